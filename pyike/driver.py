@@ -1,0 +1,291 @@
+"""The thin driver: sockets, timers and signals around the sans-IO core.
+
+Everything protocol-related is decided in :mod:`pyike.ike`; this module only
+moves datagrams between UDP sockets and an :class:`~pyike.ike.Endpoint`,
+keeps one timer armed at the endpoint's next deadline, and turns signals into
+API calls (SIGHUP reload, SIGTERM/SIGINT orderly shutdown with DELETEs).
+
+Sockets: UDP 500 and 4500, IPv4 and IPv6, bound to the wildcard address with
+IP_PKTINFO / IPV6_RECVPKTINFO so that the core learns which local address a
+datagram arrived on (it needs it for NAT detection and replies), and replies
+leave from that same address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from pyike import wire
+from pyike.ike import Addr, Endpoint, Event, Transmit
+from pyike.registry import ExchangeType
+
+log = logging.getLogger("pyike.driver")
+
+NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 2.2
+NATT_KEEPALIVE = b"\xff"  # RFC 3948 2.3
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IN_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst, addr
+_IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
+RECV_BUFFER = 4 * 1024 * 1024  # the interop notes: small buffers lose IKE under load
+
+
+@dataclass(slots=True)
+class UdpSocket:
+    sock: socket.socket
+    family: int
+    port: int
+
+
+def open_udp(family: int, port: int, bind: str | None = None) -> UdpSocket:
+    """A non-blocking UDP socket with packet info enabled, ready for IKE/ESP."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, RECV_BUFFER)
+            except OSError:
+                pass
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            sock.bind((bind or "::", port))
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.bind((bind or "0.0.0.0", port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return UdpSocket(sock, family, port)
+
+
+def recv_datagram(s: UdpSocket) -> tuple[bytes, Addr, Addr] | None:
+    """One datagram with its source and the local address it arrived on."""
+    try:
+        data, anc, _flags, src = s.sock.recvmsg(65535, 256)
+    except (BlockingIOError, InterruptedError):
+        return None
+    local_ip: IPv4Address | IPv6Address | None = None
+    for level, kind, value in anc:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
+            local_ip = IPv4Address(_IN_PKTINFO.unpack_from(value)[1])
+        elif (level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO
+              and len(value) >= _IN6_PKTINFO.size):
+            local_ip = IPv6Address(_IN6_PKTINFO.unpack_from(value)[0])
+    src_ip = ip_address(src[0].split("%")[0])
+    if local_ip is None:
+        local_ip = ip_address(s.sock.getsockname()[0].split("%")[0])
+    return data, (src_ip, src[1]), (local_ip, s.port)
+
+
+def send_datagram(s: UdpSocket, data: bytes, local: Addr, remote: Addr) -> None:
+    """Send from a chosen local address (packet info), to ``remote``."""
+    if s.family == socket.AF_INET6:
+        anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(local[0].packed, 0))]
+    else:
+        anc = [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, local[0].packed, b"\0" * 4))]
+    try:
+        s.sock.sendmsg([data], anc, 0, (str(remote[0]), remote[1]))
+    except OSError as e:
+        if e.errno == errno.EINVAL and not local[0].is_unspecified:
+            # Our address went away (dynamic IP): let the kernel choose one.
+            s.sock.sendto(data, (str(remote[0]), remote[1]))
+        else:
+            raise
+
+
+def describe_ike(data: bytes) -> str:
+    """``IKE_AUTH req 1`` for a log line, from the header alone."""
+    try:
+        h = wire.Header.parse(data)
+    except wire.WireError:
+        return f"{len(data)} bytes (unparseable)"
+    kind = "res" if h.is_response else "req"
+    return f"{ExchangeType.name_of(h.exchange)} {kind} {h.message_id}"
+
+
+class Driver:
+    """Runs an Endpoint on real sockets until stopped.
+
+    ``on_event`` sees every core event (after the driver's own handling);
+    ``on_esp`` receives ESP datagrams from port 4500 (the data plane hooks in
+    there); ``on_reload`` is called on SIGHUP.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, ports: tuple[int, int] = (500, 4500),
+                 families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
+                 on_event: Callable[[Event], None] | None = None,
+                 on_esp: Callable[[bytes, Addr, Addr], None] | None = None,
+                 on_reload: Callable[[], None] | None = None) -> None:
+        self.endpoint = endpoint
+        self.ports = ports
+        self.families = families
+        self.on_event = on_event
+        self.on_esp = on_esp
+        self.on_reload = on_reload
+        self.sockets: dict[tuple[int, int], UdpSocket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_deadline = 0.0
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    # ------------------------------------------------------------------ sockets
+
+    def open(self) -> None:
+        for family in self.families:
+            for port in self.ports:
+                try:
+                    self.sockets[(family, port)] = open_udp(family, port)
+                except OSError as e:
+                    name = "IPv6" if family == socket.AF_INET6 else "IPv4"
+                    if family == socket.AF_INET6 and e.errno == errno.EAFNOSUPPORT:
+                        log.info("no IPv6 on this host; not listening on [::]:%d", port)
+                        continue
+                    raise OSError(e.errno, f"cannot listen on {name} UDP port {port}: "
+                                  f"{e.strerror}") from e
+        for s in self.sockets.values():
+            log.debug("listening on %s UDP port %d",
+                      "IPv6" if s.family == socket.AF_INET6 else "IPv4", s.port)
+
+    def close(self) -> None:
+        for s in self.sockets.values():
+            if self._loop is not None:
+                self._loop.remove_reader(s.sock.fileno())
+            s.sock.close()
+        self.sockets.clear()
+
+    def socket_for(self, local: Addr) -> UdpSocket | None:
+        family = socket.AF_INET6 if local[0].version == 6 else socket.AF_INET
+        return self.sockets.get((family, local[1]))
+
+    # ------------------------------------------------------------------ data flow
+
+    def _readable(self, s: UdpSocket) -> None:
+        # Drain a bounded batch per wake-up so one busy socket cannot starve timers.
+        for _ in range(64):
+            got = recv_datagram(s)
+            if got is None:
+                break
+            data, src, dst = got
+            if s.port == self.ports[1]:
+                if data == NATT_KEEPALIVE:
+                    continue  # RFC 3948 2.3: keepalives are ignored
+                if data[:4] != NON_ESP_MARKER:
+                    if self.on_esp is not None and len(data) >= 8:
+                        self.on_esp(data, src, dst)
+                    continue
+                data = data[4:]
+            if log.isEnabledFor(logging.INFO):
+                log.info("recv %s peer [%s]:%d local [%s]:%d, %d bytes", describe_ike(data),
+                         src[0], src[1], dst[0], dst[1], len(data))
+            self.endpoint.receive(data, src, dst, self.now())
+        self.pump()
+
+    def send(self, t: Transmit) -> None:
+        s = self.socket_for(t.local)
+        if s is None:
+            log.warning("no socket for local [%s]:%d; dropping %s", t.local[0], t.local[1],
+                        describe_ike(t.data))
+            return
+        data = NON_ESP_MARKER + t.data if t.local[1] == self.ports[1] else t.data
+        try:
+            send_datagram(s, data, t.local, t.remote)
+        except OSError as e:
+            # Network down or address gone: the core retransmits, nothing is lost.
+            log.warning("send to [%s]:%d failed: %s", t.remote[0], t.remote[1], e.strerror)
+
+    def pump(self) -> None:
+        """Send what the core queued, hand events out, re-arm the timer."""
+        ep = self.endpoint
+        for _ in range(1000):  # events may queue more output; bounded anyway
+            transmits = ep.datagrams_to_send()
+            for t in transmits:
+                self.send(t)
+            event = ep.next_event()
+            if event is not None and self.on_event is not None:
+                self.on_event(event)
+            if not transmits and event is None:
+                break
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.endpoint.get_timer()
+        if deadline is not None:
+            delay = max(0.0, deadline - self.now())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.endpoint.handle_timer(self.now())
+        self.pump()
+        if self._stopping is not None and self._stopping.is_set() is False and \
+                self._stop_deadline and (not self.endpoint.sas or
+                                         self.now() >= self._stop_deadline):
+            self._stopping.set()
+
+    # ------------------------------------------------------------------ run
+
+    def stop(self, reason: str = "shutting down", grace: float = 3.0) -> None:
+        """Send DELETEs for every IKE SA, then stop once answered (or after ``grace``)."""
+        if self._stopping is None or self._stop_deadline:
+            return
+        log.info("%s: deleting %d IKE SA(s)", reason, len(self.endpoint.sas))
+        self.endpoint.close_all(self.now(), reason)
+        self._stop_deadline = self.now() + grace
+        self.pump()
+        assert self._loop is not None
+        self._loop.call_later(grace, self._stopping.set)
+        self._loop.call_soon(self._check_stopped)
+
+    def _check_stopped(self) -> None:
+        if self._stopping is None:
+            return
+        if not self.endpoint.sas:
+            self._stopping.set()
+        elif not self._stopping.is_set():
+            assert self._loop is not None
+            self._loop.call_later(0.05, self._check_stopped)
+
+    async def run(self, start: Callable[[], None] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if not self.sockets:
+            self.open()
+        for s in self.sockets.values():
+            self._loop.add_reader(s.sock.fileno(), self._readable, s)
+        self._loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
+        self._loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
+        if self.on_reload is not None:
+            self._loop.add_signal_handler(signal.SIGHUP, self.on_reload)
+        try:
+            if start is not None:
+                start()
+            self.pump()
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                self._loop.remove_signal_handler(sig)
+            if self._timer is not None:
+                self._timer.cancel()
+            self.close()

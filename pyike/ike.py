@@ -1,0 +1,1301 @@
+"""The IKEv2 state machine, sans-IO (RFC 7296).
+
+Nothing here touches a socket, a clock or a thread. An :class:`Endpoint` is fed
+datagrams (``receive``), the current time (``handle_timer``) and API calls
+(``connect``, ``close``); it answers with :class:`Transmit` records, a next
+timer deadline and :class:`Event` objects. The driver moves the bytes.
+
+One :class:`IkeSa` per IKE SA. Which handler runs for an incoming message is
+decided in one place, the ``_REQUEST_HANDLERS`` / ``_RESPONSE_HANDLERS``
+tables at the bottom of the class; initiator and responder share the child
+SA negotiation, the AUTH computation and the message protection code.
+
+Where each step of the protocol lives:
+  IKE_SA_INIT   Endpoint._on_init_request (responder), IkeSa._on_init_response
+  keys          IkeSa._derive_keys  (SKEYSEED and SK_*: crypto.derive_ike_keys)
+  IKE_AUTH      IkeSa._send_auth_request, _on_auth_request, _on_auth_response
+  AUTH octets   IkeSa._auth_octets  (RFC 7296 2.15)
+  Child SAs     IkeSa._child_offer, _child_answer, _child_accept, _new_child
+  protection    IkeSa._protect / _unprotect  (the SK payload, 3.14)
+  INFORMATIONAL IkeSa._on_informational_request (DELETE, liveness)
+  CREATE_CHILD  IkeSa._on_create_child_request (Child and IKE SA rekey by the peer)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from ipaddress import IPv4Address, IPv6Address
+
+from pyike import crypto, proposals, ts, wire
+from pyike.proposals import Suite
+from pyike.registry import (
+    AuthMethod,
+    DhId,
+    ExchangeType,
+    HashAlgorithm,
+    HeaderFlag,
+    IdType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    TransformType,
+)
+from pyike.wire import (
+    AuthPayload,
+    DeletePayload,
+    IdPayload,
+    KePayload,
+    Message,
+    NoncePayload,
+    NotifyPayload,
+    Proposal,
+    SaPayload,
+    TrafficSelector,
+    TsPayload,
+)
+
+log = logging.getLogger("pyike.ike")
+
+IPAddress = IPv4Address | IPv6Address
+Addr = tuple[IPAddress, int]
+IKE_PORT = 500
+NATT_PORT = 4500
+NONCE_LEN = 32
+ZERO_SPI = bytes(8)
+# RFC 7427 section 4: the hashes we can verify and produce.
+OUR_SIG_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(slots=True)
+class SaPolicy:
+    """What one IKE SA should negotiate: the core's view of an iked.conf policy."""
+
+    name: str
+    ike_proposals: list[Proposal]
+    child_proposals: list[Proposal]
+    local_id: tuple[int, bytes]
+    ts_local: list[TrafficSelector]
+    ts_remote: list[TrafficSelector]
+    peer_id: tuple[int, bytes] | None = None  # dstid; None accepts any ID with a known key
+    local_key: object | None = None  # EC private key (ecdsa256/384/521)
+    psk: bytes | None = None
+    # Looks up the peer's public key by (ID type, ID data): iked's pubkeys/ layout.
+    peer_key: Callable[[int, bytes], object | None] = lambda _t, _d: None
+    rfc7427: bool = True  # offer/use RFC 7427 signatures (method 14)
+    force_encap: bool = False  # fake NAT detection so ESP goes in UDP (iked -t, encap=yes)
+    initial_contact: bool = True
+    ike_lifetime: float = 86400.0
+    child_lifetime: float = 10800.0
+    child_lifetime_bytes: int = 4294967296
+    dpd_interval: float = 60.0  # probe when nothing was received for this long (0 = off)
+    retransmit_base: float = 2.0  # RFC 7296 2.1: exponential backoff, like iked
+    retransmit_tries: int = 5
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(slots=True)
+class Transmit:
+    """A datagram to send: the IKE message, from our ``local`` to ``remote``.
+
+    The driver prepends the 4-byte non-ESP marker when the local port is 4500
+    (RFC 3948 2.2).
+    """
+
+    data: bytes
+    local: Addr
+    remote: Addr
+
+
+@dataclass(slots=True)
+class ChildSa:
+    """A negotiated ESP SA pair, everything the data plane needs."""
+
+    policy: str
+    spi_in: int
+    spi_out: int
+    suite: Suite
+    key_in: tuple[bytes, bytes]  # (encryption, integrity) for packets we receive
+    key_out: tuple[bytes, bytes]  # for packets we send
+    ts_local: list[TrafficSelector]
+    ts_remote: list[TrafficSelector]
+    lifetime: float
+    lifetime_bytes: int
+    encap: bool  # ESP in UDP (RFC 3948)
+    local: Addr
+    remote: Addr
+    created: float = 0.0
+
+    def describe(self) -> str:
+        flows = ", ".join(f"{ts.describe(a)} -> {ts.describe(b)}"
+                          for a in self.ts_local for b in self.ts_remote)
+        return (f"spi in 0x{self.spi_in:08x} out 0x{self.spi_out:08x} "
+                f"({self.suite.describe()}) {flows}")
+
+
+class Event:
+    """Base of everything the core reports to its driver."""
+
+
+@dataclass(slots=True)
+class IkeSaEstablished(Event):
+    sa: IkeSa
+    rekeyed_from: bytes | None = None  # our old SPI when this replaces an SA
+
+
+@dataclass(slots=True)
+class IkeSaClosed(Event):
+    sa: IkeSa
+    reason: str
+    error: bool = True  # False for an orderly DELETE or a rekey
+
+
+@dataclass(slots=True)
+class ChildSaCreated(Event):
+    sa: IkeSa
+    child: ChildSa
+    replaces: ChildSa | None = None  # set for a rekey: old SA stays until deleted
+
+
+@dataclass(slots=True)
+class ChildSaDeleted(Event):
+    sa: IkeSa
+    child: ChildSa
+    reason: str
+
+
+@dataclass(slots=True)
+class IkeKeysDerived(Event):
+    """SK_* of a new IKE SA, for an explicitly requested key log only."""
+
+    sa: IkeSa
+    keys: crypto.IkeKeys
+
+
+@dataclass(slots=True)
+class InitialContact(Event):
+    """The peer said it has no other SAs with us (RFC 7296 2.4): drop older ones."""
+
+    sa: IkeSa
+    peer_id: tuple[int, bytes]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ProtocolError(Exception):
+    """A request we refuse; ``notify`` goes back to the peer in the response."""
+
+    def __init__(self, detail: str, notify: NotifyType, data: bytes = b"") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.notify = notify
+        self.data = data
+
+
+class State(Enum):
+    INIT_SENT = auto()  # initiator: IKE_SA_INIT request out
+    AUTH_SENT = auto()  # initiator: IKE_AUTH request out
+    INIT_DONE = auto()  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
+    ESTABLISHED = auto()
+    DELETING = auto()  # our DELETE of the IKE SA is out
+    CLOSED = auto()
+
+
+@dataclass(slots=True)
+class _Request:
+    """Our outstanding request (window size 1, RFC 7296 2.3)."""
+
+    message_id: int
+    exchange: int
+    data: bytes
+    purpose: str
+    sent_at: float
+    tries: int = 1
+    context: dict = field(default_factory=dict)
+
+
+def id_text(id_type: int, data: bytes) -> str:
+    """An ID for humans: ``fqdn/namorar.example.com``, ``ipv6/2001:db8::1``."""
+    try:
+        if id_type == IdType.ID_IPV4_ADDR:
+            return f"ipv4/{IPv4Address(data)}"
+        if id_type == IdType.ID_IPV6_ADDR:
+            return f"ipv6/{IPv6Address(data)}"
+        if id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+            kind = "fqdn" if id_type == IdType.ID_FQDN else "ufqdn"
+            return f"{kind}/{data.decode('ascii', 'replace')}"
+    except ValueError:
+        pass
+    return f"{IdType.name_of(id_type)}/{data.hex()}"
+
+
+def _spi_text(spi: bytes) -> str:
+    return f"0x{spi.hex()}"
+
+
+def _sig_hash_notify() -> NotifyPayload:
+    """RFC 7427 section 4: the hashes we accept in method-14 signatures."""
+    return NotifyPayload(ProtocolId.NONE, b"", NotifyType.SIGNATURE_HASH_ALGORITHMS,
+                         b"".join(h.to_bytes(2, "big") for h in OUR_SIG_HASHES))
+
+
+def _hash_list(data: bytes) -> set[int]:
+    return {int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data) - 1, 2)}
+
+
+# --------------------------------------------------------------------------- IKE SA
+
+
+class IkeSa:
+    """One IKE SA and its Child SAs. Create through :class:`Endpoint`."""
+
+    def __init__(self, endpoint: Endpoint, policy: SaPolicy, *, initiator: bool,
+                 local: Addr, peer: Addr, now: float) -> None:
+        self.endpoint = endpoint
+        self.policy = policy
+        self.initiator = initiator  # we are the original initiator (header I flag)
+        self.local = local
+        self.peer = peer
+        self.state = State.INIT_SENT if initiator else State.INIT_DONE
+        rng = endpoint.rng
+        self.spi_i = rng(8) if initiator else ZERO_SPI
+        self.spi_r = ZERO_SPI
+        self.created = now
+        self.established_at: float | None = None
+        self.last_received = now
+        self.nat_detected = False
+        self.peer_id: tuple[int, bytes] | None = None
+        self.suite: Suite | None = None
+        self.keys: crypto.IkeKeys | None = None
+        self.children: dict[int, ChildSa] = {}  # by our inbound SPI
+        self.close_reason = ""
+        # Message IDs (2.2): ours for requests we send, the peer's for requests we answer.
+        self._next_request_id = 0
+        self._peer_next_id = 0
+        self._request: _Request | None = None
+        self._queue: deque[tuple[str, dict]] = deque()
+        self._last_response: tuple[int, bytes, Addr, Addr] | None = None
+        # IKE_SA_INIT state needed later for AUTH (2.15) and key derivation.
+        self._dh: crypto.DhPrivate | None = None
+        self._ni = b""
+        self._nr = b""
+        self._init_request = b""
+        self._init_response = b""
+        self._peer_hashes: set[int] = set()
+        self._cookie = b""
+        self._out: crypto.SkCipher | None = None
+        self._in: crypto.SkCipher | None = None
+        self._peer_id_body = b""
+        # Set by a request handler: close the SA once its response is out.
+        self._close_after_response = ""
+        self._fail_after_response = ""
+
+    def note_alive(self, now: float) -> None:
+        """The driver saw authenticated traffic (ESP) from the peer: no probe needed."""
+        self.last_received = max(self.last_received, now)
+
+    # ------------------------------------------------------------------ naming
+
+    @property
+    def our_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def label(self) -> str:
+        return f"spi={_spi_text(self.our_spi)}"
+
+    def describe(self) -> str:
+        peer_id = id_text(*self.peer_id) if self.peer_id else "?"
+        role = "initiator" if self.initiator else "responder"
+        suite = self.suite.describe() if self.suite else ""
+        return (f"peer [{self.peer[0]}]:{self.peer[1]}[{peer_id}] local "
+                f"[{self.local[0]}]:{self.local[1]} policy '{self.policy.name}' as {role} "
+                f"({suite})")
+
+    # ------------------------------------------------------------------ output
+
+    def _emit(self, event: Event) -> None:
+        self.endpoint.events.append(event)
+
+    def _transmit(self, data: bytes, what: str) -> None:
+        log.info("%s: send %s peer [%s]:%d local [%s]:%d, %d bytes", self.label, what,
+                 self.peer[0], self.peer[1], self.local[0], self.local[1], len(data))
+        self.endpoint.transmits.append(Transmit(data, self.local, self.peer))
+
+    def _flags(self, response: bool) -> int:
+        return (HeaderFlag.INITIATOR if self.initiator else 0) | (
+            HeaderFlag.RESPONSE if response else 0)
+
+    def _protect(self, exchange: int, message_id: int, response: bool,
+                 payloads: list[wire.Payload]) -> bytes:
+        """Build an SK-protected message (RFC 7296 3.14, RFC 5282 for AEAD)."""
+        assert self._out is not None
+        first, inner = wire.build_payloads(payloads)
+        body_len = self._out.sealed_length(len(inner))
+        header = wire.Header(self.spi_i, self.spi_r, PayloadType.SK, exchange,
+                             self._flags(response), message_id,
+                             wire.HEADER_LEN + 4 + body_len).pack()
+        aad = header + wire.payload_header(first, 4 + body_len)
+        return aad + self._out.seal(aad, inner)
+
+    def _unprotect(self, data: bytes, msg: Message) -> list[wire.Payload]:
+        """Check and decrypt the SK payload; raises IntegrityError or WireError."""
+        sk = msg.payloads[-1] if msg.payloads else None
+        if not isinstance(sk, wire.SkPayload) or self._in is None:
+            raise wire.WireError("expected an encrypted (SK) payload")
+        aad = data[: len(data) - len(sk.data)]
+        return wire.parse_payloads(sk.first_inner, self._in.open(aad, sk.data))
+
+    # ------------------------------------------------------------------ requests
+
+    def _send_request(self, exchange: int, payloads: list[wire.Payload], purpose: str,
+                      now: float, context: dict | None = None, *,
+                      plain: bool = False) -> None:
+        mid = self._next_request_id
+        if plain:  # IKE_SA_INIT only
+            msg = Message(self.spi_i, self.spi_r, exchange, self._flags(False), mid, payloads)
+            data = wire.build_message(msg)
+        else:
+            data = self._protect(exchange, mid, False, payloads)
+        self._request = _Request(mid, exchange, data, purpose, now, context=context or {})
+        self._transmit(data, f"{ExchangeType.name_of(exchange)} req {mid}")
+
+    def _queue_request(self, purpose: str, now: float, **context: object) -> None:
+        """Window size 1 (2.3): start now if idle, else after the current exchange."""
+        if self._request is None and self.state == State.ESTABLISHED:
+            self._start_request(purpose, now, dict(context))
+        else:
+            self._queue.append((purpose, dict(context)))
+
+    def _start_request(self, purpose: str, now: float, context: dict) -> None:
+        if purpose == "liveness":
+            self._send_request(ExchangeType.INFORMATIONAL, [], purpose, now)
+        elif purpose == "delete_ike":
+            self.state = State.DELETING
+            self._send_request(ExchangeType.INFORMATIONAL,
+                               [DeletePayload(ProtocolId.IKE, 0, [])], purpose, now)
+        elif purpose == "delete_child":
+            # A DELETE names the SPI of the SA as its sender receives it (3.11).
+            spi_in: int = context["spi_in"]
+            self._send_request(ExchangeType.INFORMATIONAL,
+                               [DeletePayload(ProtocolId.ESP, 4, [spi_in.to_bytes(4, "big")])],
+                               purpose, now, context)
+        else:  # pragma: no cover - programming error
+            raise ValueError(purpose)
+
+    def _request_done(self, now: float) -> None:
+        self._request = None
+        while self._queue and self.state == State.ESTABLISHED and self._request is None:
+            purpose, context = self._queue.popleft()
+            self._start_request(purpose, now, context)
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        if self.state == State.CLOSED:
+            return None
+        deadlines = []
+        if self._request is not None:
+            r = self._request
+            deadlines.append(r.sent_at + self.policy.retransmit_base * 2 ** (r.tries - 1))
+        elif self.state == State.ESTABLISHED and self.policy.dpd_interval > 0:
+            deadlines.append(self.last_received + self.policy.dpd_interval)
+        if self.state == State.INIT_DONE:
+            # A half-open SA dies if IKE_AUTH never comes (keeps cookies meaningful).
+            deadlines.append(self.created + self.endpoint.half_open_timeout)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state == State.CLOSED:
+            return
+        if self.state == State.INIT_DONE and now >= self.created + self.endpoint.half_open_timeout:
+            self._close("no IKE_AUTH from the initiator", now)
+            return
+        r = self._request
+        if r is not None:
+            if now < r.sent_at + self.policy.retransmit_base * 2 ** (r.tries - 1):
+                return
+            if r.tries >= self.policy.retransmit_tries:
+                self._close(f"peer not responding ({ExchangeType.name_of(r.exchange)} "
+                            f"req {r.message_id} sent {r.tries} times)", now)
+                return
+            r.tries += 1
+            r.sent_at = now
+            self._transmit(r.data, f"{ExchangeType.name_of(r.exchange)} req {r.message_id} "
+                                   f"(retransmit {r.tries - 1})")
+            return
+        if (self.state == State.ESTABLISHED and self.policy.dpd_interval > 0
+                and now >= self.last_received + self.policy.dpd_interval):
+            # Liveness (2.4): an empty INFORMATIONAL; no answer after the
+            # retransmissions means the peer is gone.
+            log.debug("%s: nothing received for %.0f s, probing", self.label,
+                      now - self.last_received)
+            self._queue_request("liveness", now)
+
+    # ------------------------------------------------------------------ API
+
+    def delete(self, now: float, reason: str = "closed by us") -> None:
+        """Send a DELETE for the whole IKE SA (and so all its Child SAs, 1.4.1)."""
+        if self.state in (State.ESTABLISHED,):
+            self.close_reason = reason
+            self._queue.clear()
+            if self._request is None:
+                self._start_request("delete_ike", now, {})
+            else:
+                self._queue.append(("delete_ike", {}))
+        elif self.state != State.CLOSED:
+            self._close(reason, now, error=False)
+
+    def _close(self, reason: str, now: float, *, error: bool = True) -> None:
+        if self.state == State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.close_reason = reason
+        for child in list(self.children.values()):
+            self._emit(ChildSaDeleted(self, child, reason))
+        self.children.clear()
+        self._request = None
+        self._queue.clear()
+        (log.warning if error else log.info)("%s: IKE SA closed: %s", self.label, reason)
+        self._emit(IkeSaClosed(self, reason, error))
+
+    # ------------------------------------------------------------------ responder: IKE_SA_INIT
+
+    def _answer_init(self, msg: Message, data: bytes, ni: bytes, ke: KePayload,
+                     chosen: Proposal, suite: Suite, src: Addr, dst: Addr, now: float) -> None:
+        """Responder: build the IKE_SA_INIT response and derive the keys."""
+        self._ni = ni
+        self._nr = self.endpoint.rng(NONCE_LEN)
+        self._init_request = data
+        self._peer_hashes = self._sig_hashes(msg)
+        self._dh = crypto.dh_generate(DhId(suite.dh))
+        shared = self._dh.shared(ke.data)
+        self._check_nat(msg, src, dst, spi_r=ZERO_SPI)
+        payloads: list[wire.Payload] = [
+            SaPayload([Proposal(chosen.number, chosen.protocol, b"", chosen.transforms)]),
+            KePayload(self._dh.group, self._dh.public_bytes),
+            NoncePayload(self._nr),
+            *self._nat_detection_notifies(self.spi_r),
+        ]
+        if self.policy.rfc7427:
+            payloads.append(_sig_hash_notify())
+        reply = Message(self.spi_i, self.spi_r, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0,
+                        payloads)
+        self._init_response = wire.build_message(reply)
+        self._peer_next_id = 1
+        self._derive_keys(suite, shared)
+        self._transmit(self._init_response, "IKE_SA_INIT res 0")
+
+    # ------------------------------------------------------------------ initiator: IKE_SA_INIT
+
+    def start(self, now: float) -> None:
+        """Initiator: send the IKE_SA_INIT request (RFC 7296 1.2)."""
+        groups = proposals.dh_groups(self.policy.ike_proposals)
+        self._dh = crypto.dh_generate(DhId(groups[0]))
+        self._ni = self.endpoint.rng(NONCE_LEN)
+        self._send_init_request(now)
+
+    def _send_init_request(self, now: float) -> None:
+        assert self._dh is not None
+        payloads: list[wire.Payload] = []
+        if self._cookie:
+            payloads.append(NotifyPayload(ProtocolId.NONE, b"", NotifyType.COOKIE, self._cookie))
+        payloads += [
+            SaPayload(self.policy.ike_proposals),
+            KePayload(self._dh.group, self._dh.public_bytes),
+            NoncePayload(self._ni),
+            *self._nat_detection_notifies(ZERO_SPI),
+        ]
+        if self.policy.rfc7427:
+            payloads.append(_sig_hash_notify())
+        self._next_request_id = 0
+        self._send_request(ExchangeType.IKE_SA_INIT, payloads, "init", now, plain=True)
+        self._init_request = self._request.data if self._request else b""
+
+    def _nat_detection_notifies(self, spi_r: bytes) -> list[NotifyPayload]:
+        """NAT_DETECTION_*_IP (2.23). With forced encapsulation the source hash is
+        deliberately wrong, so the peer believes we are behind a NAT and both
+        sides move to UDP 4500 (what iked -t and strongSwan encap=yes do)."""
+        src = crypto.nat_detection_hash(self.spi_i, spi_r, self.local[0], self.local[1])
+        if self.policy.force_encap:
+            src = self.endpoint.rng(len(src))
+        dst = crypto.nat_detection_hash(self.spi_i, spi_r, self.peer[0], self.peer[1])
+        return [NotifyPayload(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_SOURCE_IP, src),
+                NotifyPayload(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_DESTINATION_IP, dst)]
+
+    def _check_nat(self, msg: Message, src: Addr, dst: Addr, *, spi_r: bytes | None = None
+                   ) -> None:
+        """Compare the peer's NAT_DETECTION hashes with the addresses we saw."""
+        src_hashes = [n.data for n in msg.find_all(NotifyPayload)
+                      if n.type == NotifyType.NAT_DETECTION_SOURCE_IP]
+        dst_hashes = [n.data for n in msg.find_all(NotifyPayload)
+                      if n.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
+        if not src_hashes and not dst_hashes:
+            self.nat_detected = self.policy.force_encap
+            return
+        # The request's hashes were computed with SPIr = 0, the response's with SPIr.
+        spi_r = self.spi_r if spi_r is None else spi_r
+        peer_nat = crypto.nat_detection_hash(self.spi_i, spi_r, src[0], src[1]) not in src_hashes
+        our_nat = crypto.nat_detection_hash(self.spi_i, spi_r, dst[0], dst[1]) not in dst_hashes
+        self.nat_detected = peer_nat or our_nat or self.policy.force_encap
+        if peer_nat or our_nat:
+            log.info("%s: NAT detected (%s)", self.label,
+                     " and ".join(x for x, y in (("peer behind NAT", peer_nat),
+                                                 ("we are behind NAT", our_nat)) if y))
+
+    def _on_init_response(self, msg: Message, data: bytes, src: Addr, dst: Addr,
+                          now: float) -> None:
+        cookie = msg.notify(NotifyType.COOKIE)
+        if cookie is not None:
+            # 2.6: repeat the request with the cookie first, all else unchanged.
+            if self._cookie == cookie.data:
+                self._close("responder repeated the same COOKIE", now)
+                return
+            log.info("%s: responder asked for a cookie, retrying", self.label)
+            self._cookie = cookie.data
+            self._send_init_request(now)
+            return
+        invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None:
+            group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
+            if (group not in proposals.dh_groups(self.policy.ike_proposals)
+                    or (self._dh and group == self._dh.group)
+                    or group not in crypto.SUPPORTED_GROUPS):
+                self._close(f"responder wants DH group {DhId.name_of(group)}, "
+                            f"which we do not offer", now)
+                return
+            log.info("%s: responder wants DH group %s, retrying", self.label,
+                     DhId.name_of(group))
+            self._dh = crypto.dh_generate(DhId(group))
+            self._send_init_request(now)
+            return
+        for n in msg.find_all(NotifyPayload):
+            if n.type < 16384:  # error types (3.10.1)
+                self._close(f"IKE_SA_INIT refused by peer: {NotifyType.name_of(n.type)}", now)
+                return
+        sa, ke, nonce = msg.find(SaPayload), msg.find(KePayload), msg.find(NoncePayload)
+        if sa is None or ke is None or nonce is None or len(sa.proposals) != 1:
+            self._close("malformed IKE_SA_INIT response (needs one SA proposal, KE, Nonce)", now)
+            return
+        chosen = sa.proposals[0]
+        if not proposals.is_acceptable_answer(chosen, self.policy.ike_proposals):
+            self._close("responder chose a proposal we did not offer", now)
+            return
+        suite = proposals.suite_of(chosen)
+        assert self._dh is not None
+        if ke.group != suite.dh or ke.group != self._dh.group:
+            self._close("responder's KE group does not match the chosen proposal", now)
+            return
+        self.spi_r = msg.spi_r
+        self._nr = nonce.data
+        self._init_response = data
+        self._peer_hashes = self._sig_hashes(msg)
+        self._check_nat(msg, src, dst)
+        try:
+            shared = self._dh.shared(ke.data)
+        except crypto.InvalidKeyExchange as e:
+            self._close(f"invalid KE from responder: {e}", now)
+            return
+        self._derive_keys(suite, shared)
+        self._request = None
+        self._next_request_id = 1
+        if self.nat_detected and self.local[1] != NATT_PORT:
+            # RFC 3948 / 7296 2.23: move to port 4500 once a NAT is seen (or forced).
+            self.local = (self.local[0], NATT_PORT)
+            self.peer = (self.peer[0], NATT_PORT)
+        self._send_auth_request(now)
+
+    def _sig_hashes(self, msg: Message) -> set[int]:
+        n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        return _hash_list(n.data) if n is not None else set()
+
+    def _derive_keys(self, suite: Suite, shared: bytes) -> None:
+        """SKEYSEED and SK_* (RFC 7296 2.14) and the SK payload ciphers."""
+        assert suite.prf is not None
+        self.suite = suite
+        self.keys = crypto.derive_ike_keys(suite.prf, suite.encr, suite.key_bits, suite.integ,
+                                           self._ni, self._nr, shared, self.spi_i, self.spi_r)
+        self._make_ciphers()
+        self._emit(IkeKeysDerived(self, self.keys))
+
+    def _make_ciphers(self) -> None:
+        k, s = self.keys, self.suite
+        assert k is not None and s is not None
+        i_to_r = crypto.SkCipher(s.encr, s.key_bits, s.integ, k.sk_ei, k.sk_ai)
+        r_to_i = crypto.SkCipher(s.encr, s.key_bits, s.integ, k.sk_er, k.sk_ar)
+        self._out, self._in = (i_to_r, r_to_i) if self.initiator else (r_to_i, i_to_r)
+
+    # ------------------------------------------------------------------ AUTH (2.15)
+
+    def _auth_octets(self, *, ours: bool) -> bytes:
+        """The signed octets: our IKE_SA_INIT message, the peer's nonce, prf(SK_p, ID)."""
+        assert self.keys is not None and self.suite is not None and self.suite.prf is not None
+        we_init = self.initiator
+        signer_is_initiator = we_init if ours else not we_init
+        if signer_is_initiator:
+            message, nonce, sk_p = self._init_request, self._nr, self.keys.sk_pi
+        else:
+            message, nonce, sk_p = self._init_response, self._ni, self.keys.sk_pr
+        id_body = self._local_id_payload().body() if ours else self._peer_id_body
+        return crypto.auth_octets(message, nonce, self.suite.prf, sk_p, id_body)
+
+    def _local_id_payload(self) -> IdPayload:
+        kind = PayloadType.IDi if self.initiator else PayloadType.IDr
+        return IdPayload(kind, self.policy.local_id[0], self.policy.local_id[1])
+
+    def _make_auth(self) -> AuthPayload:
+        octets = self._auth_octets(ours=True)
+        p = self.policy
+        assert self.suite is not None and self.suite.prf is not None
+        if p.psk is not None:
+            return AuthPayload(AuthMethod.PSK, crypto.psk_auth(self.suite.prf, p.psk, octets))
+        if p.local_key is None:
+            raise ProtocolError("no local key configured", NotifyType.AUTHENTICATION_FAILED)
+        natural = crypto.auth_method_for_key(p.local_key)
+        if p.rfc7427 and self._peer_hashes:
+            # RFC 7427: the hash that matches the curve, if the peer takes it.
+            preferred = {AuthMethod.ECDSA_SHA256_P256: HashAlgorithm.SHA2_256,
+                         AuthMethod.ECDSA_SHA384_P384: HashAlgorithm.SHA2_384,
+                         AuthMethod.ECDSA_SHA512_P521: HashAlgorithm.SHA2_512}.get(natural)
+            usable = [h for h in OUR_SIG_HASHES if h in self._peer_hashes]
+            if usable:
+                h = preferred if preferred in usable else usable[0]
+                return AuthPayload(AuthMethod.DIGITAL_SIGNATURE,
+                                   crypto.sign_auth(AuthMethod.DIGITAL_SIGNATURE, p.local_key,
+                                                    octets, h))
+        return AuthPayload(natural, crypto.sign_auth(natural, p.local_key, octets))
+
+    def _verify_peer(self, id_payload: IdPayload | None, auth: AuthPayload | None) -> None:
+        """Check the peer's identity and AUTH; raises ProtocolError(AUTHENTICATION_FAILED)."""
+        fail = NotifyType.AUTHENTICATION_FAILED
+        if id_payload is None or auth is None:
+            raise ProtocolError("IKE_AUTH without ID or AUTH payload", fail)
+        self.peer_id = (id_payload.id_type, id_payload.data)
+        self._peer_id_body = id_payload.body()
+        p = self.policy
+        if p.peer_id is not None and self.peer_id != p.peer_id:
+            raise ProtocolError(f"peer ID {id_text(*self.peer_id)} is not the expected "
+                                f"{id_text(*p.peer_id)}", fail)
+        octets = self._auth_octets(ours=False)
+        assert self.suite is not None and self.suite.prf is not None
+        if auth.method == AuthMethod.PSK:
+            if p.psk is None:
+                raise ProtocolError("peer used a shared key but the policy wants signatures",
+                                    fail)
+            if not hmac.compare_digest(auth.data, crypto.psk_auth(self.suite.prf, p.psk, octets)):
+                raise ProtocolError("shared key AUTH does not match", fail)
+            return
+        if p.psk is not None:
+            raise ProtocolError(f"peer used {AuthMethod.name_of(auth.method)} but the policy "
+                                f"wants a shared key", fail)
+        key = p.peer_key(*self.peer_id)
+        if key is None:
+            raise ProtocolError(f"no public key for {id_text(*self.peer_id)}", fail)
+        try:
+            crypto.verify_auth(AuthMethod.lookup(auth.method), key, octets, auth.data)
+        except crypto.AuthenticationError as e:
+            raise ProtocolError(f"{AuthMethod.name_of(auth.method)} signature of "
+                                f"{id_text(*self.peer_id)} does not verify: {e}", fail) from e
+
+    # ------------------------------------------------------------------ Child SA negotiation
+
+    def _child_offer(self) -> tuple[int, list[Proposal]]:
+        spi_in = self.endpoint.new_child_spi()
+        props = proposals.with_spi(proposals.without_dh(self.policy.child_proposals),
+                                   spi_in.to_bytes(4, "big"))
+        return spi_in, props
+
+    def _child_answer(self, sa: SaPayload | None, tsi: TsPayload | None,
+                      tsr: TsPayload | None, *, we_initiated: bool
+                      ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector]]:
+        """Responder side: pick a proposal and narrow the selectors (2.9), or refuse."""
+        if sa is None or tsi is None or tsr is None:
+            raise ProtocolError("Child SA request lacks SA, TSi or TSr", NotifyType.INVALID_SYNTAX)
+        chosen = proposals.select(sa.proposals, self.policy.child_proposals, ignore_dh=True)
+        if chosen is None or len(chosen.spi) != 4:
+            raise ProtocolError("no acceptable Child SA proposal", NotifyType.NO_PROPOSAL_CHOSEN)
+        # TSi is the exchange initiator's side: for us as responder, the remote side.
+        remote = ts.narrow(tsi.selectors, self.policy.ts_remote)
+        local = ts.narrow(tsr.selectors, self.policy.ts_local)
+        if not remote or not local:
+            raise ProtocolError(
+                "traffic selectors outside policy: offered "
+                + ", ".join(map(ts.describe, tsi.selectors)) + " -> "
+                + ", ".join(map(ts.describe, tsr.selectors)),
+                NotifyType.TS_UNACCEPTABLE)
+        return chosen, local, remote
+
+    def _child_accept(self, sa: SaPayload | None, tsi: TsPayload | None,
+                      tsr: TsPayload | None, offered: list[Proposal]
+                      ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector]]:
+        """Initiator side: check the answer and intersect its selectors with ours.
+
+        OpenIKED answers with its whole policy instead of narrowing, so the
+        intersection is required, not just a check (2.9).
+        """
+        if sa is None or tsi is None or tsr is None or len(sa.proposals) != 1:
+            raise ProtocolError("Child SA answer lacks SA, TSi or TSr", NotifyType.INVALID_SYNTAX)
+        chosen = sa.proposals[0]
+        if len(chosen.spi) != 4 or not proposals.is_acceptable_answer(chosen, offered,
+                                                                       ignore_dh=True):
+            raise ProtocolError("peer chose a Child SA proposal we did not offer",
+                                NotifyType.NO_PROPOSAL_CHOSEN)
+        local = ts.narrow(tsi.selectors, self.policy.ts_local)
+        remote = ts.narrow(tsr.selectors, self.policy.ts_remote)
+        if not local or not remote:
+            raise ProtocolError("peer's traffic selectors do not overlap ours",
+                                NotifyType.TS_UNACCEPTABLE)
+        return chosen, local, remote
+
+    def _new_child(self, chosen: Proposal, spi_in: int, local: list[TrafficSelector],
+                   remote: list[TrafficSelector], ni: bytes, nr: bytes, *,
+                   we_initiated: bool, now: float, shared: bytes | None = None) -> ChildSa:
+        """KEYMAT (2.17): initiator->responder keys first, of the exchange's initiator."""
+        assert self.keys is not None and self.suite is not None and self.suite.prf is not None
+        suite = proposals.suite_of(chosen)
+        k = crypto.derive_child_keys(self.suite.prf, self.keys.sk_d, ni, nr, suite.encr,
+                                     suite.key_bits, suite.integ, shared)
+        i_to_r, r_to_i = (k.ei, k.ai), (k.er, k.ar)
+        key_out, key_in = (i_to_r, r_to_i) if we_initiated else (r_to_i, i_to_r)
+        child = ChildSa(
+            policy=self.policy.name, spi_in=spi_in, spi_out=int.from_bytes(chosen.spi, "big"),
+            suite=suite, key_in=key_in, key_out=key_out, ts_local=local, ts_remote=remote,
+            lifetime=self.policy.child_lifetime, lifetime_bytes=self.policy.child_lifetime_bytes,
+            encap=self.nat_detected, local=self.local, remote=self.peer, created=now)
+        self.children[spi_in] = child
+        return child
+
+    def _child_ts_payloads(self, local: list[TrafficSelector], remote: list[TrafficSelector],
+                           *, we_initiate: bool) -> list[wire.Payload]:
+        tsi, tsr = (local, remote) if we_initiate else (remote, local)
+        return [TsPayload(PayloadType.TSi, tsi), TsPayload(PayloadType.TSr, tsr)]
+
+    # ------------------------------------------------------------------ IKE_AUTH
+
+    def _send_auth_request(self, now: float) -> None:
+        spi_in, offer = self._child_offer()
+        payloads: list[wire.Payload] = [self._local_id_payload()]
+        if self.policy.initial_contact:
+            payloads.append(NotifyPayload(ProtocolId.NONE, b"", NotifyType.INITIAL_CONTACT))
+        if self.policy.peer_id is not None:
+            payloads.append(IdPayload(PayloadType.IDr, *self.policy.peer_id))
+        payloads.append(self._make_auth())
+        payloads += [SaPayload(offer),
+                     *self._child_ts_payloads(self.policy.ts_local, self.policy.ts_remote,
+                                              we_initiate=True)]
+        self.state = State.AUTH_SENT
+        self._send_request(ExchangeType.IKE_AUTH, payloads, "auth", now,
+                           {"spi_in": spi_in, "offer": offer})
+
+    def _on_auth_request(self, msg: Message, payloads: list[wire.Payload], now: float
+                         ) -> list[wire.Payload]:
+        """Responder: verify the initiator, then answer with our AUTH and the Child SA."""
+        idi = next((p for p in payloads if isinstance(p, IdPayload)
+                    and p.kind == PayloadType.IDi), None)
+        if idi is not None:
+            # Choose the policy again, now that the peer's identity is known (iked does).
+            better = self.endpoint.policy_for(self.peer, self.local, (idi.id_type, idi.data))
+            if better is not None and better is not self.policy:
+                log.debug("%s: policy '%s' chosen by peer ID", self.label, better.name)
+                self.policy = better
+        try:
+            self._verify_peer(idi, _find(payloads, AuthPayload))
+        except ProtocolError as e:
+            log.warning("%s: AUTHENTICATION_FAILED: %s", self.label, e.detail)
+            self._fail_after_response = f"authentication of the peer failed: {e.detail}"
+            return [NotifyPayload(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
+        reply: list[wire.Payload] = [self._local_id_payload(), self._make_auth()]
+        self.state = State.ESTABLISHED
+        self.established_at = now
+        log.info("%s: established %s", self.label, self.describe())
+        self._emit(IkeSaEstablished(self))
+        if any(isinstance(p, NotifyPayload) and p.type == NotifyType.INITIAL_CONTACT
+               for p in payloads):
+            assert self.peer_id is not None
+            self._emit(InitialContact(self, self.peer_id))
+        tsi = next((p for p in payloads if isinstance(p, TsPayload)
+                    and p.kind == PayloadType.TSi), None)
+        tsr = next((p for p in payloads if isinstance(p, TsPayload)
+                    and p.kind == PayloadType.TSr), None)
+        sa = _find(payloads, SaPayload)
+        if sa is None:  # childless IKE SA (RFC 6023): nothing more to do
+            return reply
+        try:
+            chosen, local, remote = self._child_answer(sa, tsi, tsr, we_initiated=False)
+        except ProtocolError as e:
+            # 1.2: the IKE SA stands even if the Child SA is refused.
+            log.warning("%s: Child SA refused (%s): %s", self.label,
+                        NotifyType.name_of(e.notify), e.detail)
+            return [*reply, NotifyPayload(ProtocolId.NONE, b"", e.notify, e.data)]
+        spi_in = self.endpoint.new_child_spi()
+        answer = Proposal(chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"),
+                          chosen.transforms)
+        child = self._new_child(chosen, spi_in, local, remote, self._ni, self._nr,
+                                we_initiated=False, now=now)
+        log.info("%s: created Child SA %s", self.label, child.describe())
+        self._emit(ChildSaCreated(self, child))
+        return [*reply, SaPayload([answer]),
+                *self._child_ts_payloads(local, remote, we_initiate=False)]
+
+    def _on_auth_response(self, msg: Message, payloads: list[wire.Payload], now: float) -> None:
+        errors = [p for p in payloads if isinstance(p, NotifyPayload) and p.type < 16384]
+        auth = _find(payloads, AuthPayload)
+        if auth is None:
+            what = ", ".join(NotifyType.name_of(n.type) for n in errors) or "no AUTH payload"
+            self._close(f"IKE_AUTH refused by peer: {what}", now)
+            return
+        idr = next((p for p in payloads if isinstance(p, IdPayload)
+                    and p.kind == PayloadType.IDr), None)
+        try:
+            self._verify_peer(idr, auth)
+        except ProtocolError as e:
+            self._close(f"authentication of the peer failed: {e.detail}", now)
+            return
+        assert self._request is not None
+        ctx = self._request.context
+        self.state = State.ESTABLISHED
+        self.established_at = now
+        log.info("%s: established %s", self.label, self.describe())
+        self._emit(IkeSaEstablished(self))
+        if errors:
+            log.warning("%s: Child SA refused by peer: %s", self.label,
+                        ", ".join(NotifyType.name_of(n.type) for n in errors))
+            return
+        try:
+            chosen, local, remote = self._child_accept(
+                _find(payloads, SaPayload), _find_ts(payloads, PayloadType.TSi),
+                _find_ts(payloads, PayloadType.TSr), ctx["offer"])
+        except ProtocolError as e:
+            log.warning("%s: Child SA answer unusable (%s): %s; deleting it", self.label,
+                        NotifyType.name_of(e.notify), e.detail)
+            self._queue.append(("delete_child", {"spi_in": ctx["spi_in"]}))
+            return
+        child = self._new_child(chosen, ctx["spi_in"], local, remote, self._ni, self._nr,
+                                we_initiated=True, now=now)
+        log.info("%s: created Child SA %s", self.label, child.describe())
+        self._emit(ChildSaCreated(self, child))
+
+    # ------------------------------------------------------------------ INFORMATIONAL
+
+    def _on_informational_request(self, msg: Message, payloads: list[wire.Payload],
+                                  now: float) -> list[wire.Payload]:
+        """DELETE (1.4.1), liveness (2.4: empty request, empty answer), status notifies."""
+        reply: list[wire.Payload] = []
+        for p in payloads:
+            if isinstance(p, DeletePayload):
+                if p.protocol == ProtocolId.IKE:
+                    log.info("%s: peer deleted the IKE SA", self.label)
+                    self._close_after_response = "deleted by peer"
+                    return []
+                if p.protocol in (ProtocolId.ESP, ProtocolId.AH):
+                    ours = []
+                    for spi in p.spis:
+                        child = self._child_by_out_spi(int.from_bytes(spi, "big"))
+                        if child is None:
+                            continue
+                        del self.children[child.spi_in]
+                        ours.append(child.spi_in.to_bytes(4, "big"))
+                        log.info("%s: peer deleted Child SA %s", self.label, child.describe())
+                        self._emit(ChildSaDeleted(self, child, "deleted by peer"))
+                    if ours:
+                        reply.append(DeletePayload(p.protocol, 4, ours))
+            elif isinstance(p, NotifyPayload) and p.type < 16384:
+                log.warning("%s: peer reports %s", self.label, NotifyType.name_of(p.type))
+        return reply
+
+    def _child_by_out_spi(self, spi: int) -> ChildSa | None:
+        return next((c for c in self.children.values() if c.spi_out == spi), None)
+
+    def _on_informational_response(self, msg: Message, payloads: list[wire.Payload],
+                                   now: float) -> None:
+        assert self._request is not None
+        if self._request.purpose == "delete_ike":
+            self._close(self.close_reason or "deleted", now, error=False)
+        elif self._request.purpose == "delete_child":
+            child = self.children.pop(self._request.context["spi_in"], None)
+            if child is not None:
+                self._emit(ChildSaDeleted(self, child, "deleted by us"))
+
+    # ------------------------------------------------------------------ CREATE_CHILD_SA
+
+    def _on_create_child_request(self, msg: Message, payloads: list[wire.Payload],
+                                 now: float) -> list[wire.Payload]:
+        """The peer rekeys a Child SA (1.3.3) or asks for a new one (1.3.1)."""
+        sa = _find(payloads, SaPayload)
+        nonce = _find(payloads, NoncePayload)
+        if sa is None or nonce is None:
+            raise ProtocolError("CREATE_CHILD_SA without SA or Nonce", NotifyType.INVALID_SYNTAX)
+        if sa.proposals and sa.proposals[0].protocol == ProtocolId.IKE:
+            raise ProtocolError("IKE SA rekey not supported yet", NotifyType.NO_PROPOSAL_CHOSEN)
+        rekey = next((p for p in payloads if isinstance(p, NotifyPayload)
+                      and p.type == NotifyType.REKEY_SA), None)
+        old = None
+        if rekey is not None:
+            spi = int.from_bytes(rekey.spi, "big")
+            old = self._child_by_out_spi(spi) or self.children.get(spi)
+            if old is None:
+                raise ProtocolError("REKEY_SA for an unknown Child SA",
+                                    NotifyType.CHILD_SA_NOT_FOUND, b"")
+        chosen, local, remote = self._child_answer(
+            sa, _find_ts(payloads, PayloadType.TSi), _find_ts(payloads, PayloadType.TSr),
+            we_initiated=False)
+        ke = _find(payloads, KePayload)
+        shared = None
+        reply_ke: list[wire.Payload] = []
+        if ke is not None:  # PFS (1.3.1): a fresh DH for the new Child SA
+            if ke.group not in crypto.SUPPORTED_GROUPS:
+                raise ProtocolError("unsupported KE group", NotifyType.INVALID_KE_PAYLOAD,
+                                    proposals.dh_groups(self.policy.child_proposals or
+                                                        self.policy.ike_proposals)[0]
+                                    .to_bytes(2, "big"))
+            dh = crypto.dh_generate(DhId(ke.group))
+            try:
+                shared = dh.shared(ke.data)
+            except crypto.InvalidKeyExchange as e:
+                raise ProtocolError(str(e), NotifyType.INVALID_SYNTAX) from e
+            reply_ke = [KePayload(dh.group, dh.public_bytes)]
+            chosen = Proposal(chosen.number, chosen.protocol, chosen.spi,
+                              [*chosen.transforms,
+                               wire.Transform(TransformType.DH, ke.group)])
+        nr = self.endpoint.rng(NONCE_LEN)
+        spi_in = self.endpoint.new_child_spi()
+        answer = Proposal(chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"),
+                          chosen.transforms)
+        child = self._new_child(chosen, spi_in, local, remote, nonce.data, nr,
+                                we_initiated=False, now=now, shared=shared)
+        log.info("%s: %s Child SA %s", self.label, "rekeyed" if old else "created",
+                 child.describe())
+        self._emit(ChildSaCreated(self, child, replaces=old))
+        return [SaPayload([answer]), NoncePayload(nr), *reply_ke,
+                *self._child_ts_payloads(local, remote, we_initiate=False)]
+
+    # ------------------------------------------------------------------ receive
+
+    def receive(self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float) -> None:
+        """Handle one parsed message addressed to this SA."""
+        if self.state == State.CLOSED:
+            return
+        if msg.is_response:
+            self._receive_response(msg, data, src, dst, now)
+        else:
+            self._receive_request(msg, data, src, dst, now)
+
+    def _receive_response(self, msg: Message, data: bytes, src: Addr, dst: Addr,
+                          now: float) -> None:
+        r = self._request
+        if r is None or msg.message_id != r.message_id or msg.exchange != r.exchange:
+            log.debug("%s: drop unexpected response %s #%d", self.label,
+                      ExchangeType.name_of(msg.exchange), msg.message_id)
+            return
+        handler = self._RESPONSE_HANDLERS.get((self.state, msg.exchange))
+        if handler is None:
+            log.debug("%s: drop %s response in state %s", self.label,
+                      ExchangeType.name_of(msg.exchange), self.state.name)
+            return
+        self.last_received = now
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            handler(self, msg, data, src, dst, now)
+            return
+        try:
+            payloads = self._unprotect(data, msg)
+        except (crypto.IntegrityError, wire.WireError) as e:
+            log.warning("%s: drop %s response #%d: %s", self.label,
+                        ExchangeType.name_of(msg.exchange), msg.message_id, e)
+            return
+        self._note_peer_address(src, dst)
+        handler(self, msg, payloads, now)
+        if self.state != State.CLOSED and self._request is r:
+            self._next_request_id = r.message_id + 1
+            self._request_done(now)
+
+    def _receive_request(self, msg: Message, data: bytes, src: Addr, dst: Addr,
+                         now: float) -> None:
+        if self._last_response is not None and msg.message_id == self._last_response[0]:
+            # 2.1: a retransmitted request gets the very same response again.
+            mid, resp, _, _ = self._last_response
+            log.debug("%s: retransmitted request #%d, resending response", self.label, mid)
+            self.endpoint.transmits.append(Transmit(resp, dst, src))
+            return
+        if msg.message_id != self._peer_next_id:
+            log.debug("%s: drop request #%d, expected #%d", self.label, msg.message_id,
+                      self._peer_next_id)
+            return
+        handler = self._REQUEST_HANDLERS.get((self.state, msg.exchange))
+        if handler is None:
+            log.info("%s: drop %s request in state %s", self.label,
+                     ExchangeType.name_of(msg.exchange), self.state.name)
+            return
+        try:
+            payloads = self._unprotect(data, msg)
+        except crypto.IntegrityError as e:
+            log.warning("%s: drop %s request #%d: %s", self.label,
+                        ExchangeType.name_of(msg.exchange), msg.message_id, e)
+            return
+        except wire.WireError as e:
+            # Authenticated but malformed: answer with the error (2.21.2).
+            log.warning("%s: bad %s request #%d: %s", self.label,
+                        ExchangeType.name_of(msg.exchange), msg.message_id, e)
+            self._respond(msg, [NotifyPayload(ProtocolId.NONE, b"", e.notify, e.data)], src, dst)
+            return
+        self.last_received = now
+        self._note_peer_address(src, dst)
+        self._close_after_response = ""
+        self._fail_after_response = ""
+        try:
+            reply = handler(self, msg, payloads, now)
+        except ProtocolError as e:
+            log.warning("%s: refuse %s request #%d (%s): %s", self.label,
+                        ExchangeType.name_of(msg.exchange), msg.message_id,
+                        NotifyType.name_of(e.notify), e.detail)
+            reply = [NotifyPayload(ProtocolId.NONE, b"", e.notify, e.data)]
+        self._respond(msg, reply, src, dst)
+        if self._close_after_response:
+            self._close(self._close_after_response, now, error=False)
+        elif self._fail_after_response:
+            self._close(self._fail_after_response, now)
+
+    def _respond(self, msg: Message, payloads: list[wire.Payload], src: Addr, dst: Addr) -> None:
+        data = self._protect(msg.exchange, msg.message_id, True, payloads)
+        self._last_response = (msg.message_id, data, dst, src)
+        self._peer_next_id = msg.message_id + 1
+        log.info("%s: send %s res %d peer [%s]:%d local [%s]:%d, %d bytes", self.label,
+                 ExchangeType.name_of(msg.exchange), msg.message_id, src[0], src[1],
+                 dst[0], dst[1], len(data))
+        self.endpoint.transmits.append(Transmit(data, dst, src))
+
+    def _note_peer_address(self, src: Addr, dst: Addr) -> None:
+        """Follow the peer to a new address once a message from there authenticated."""
+        if src != self.peer and self.state in (State.ESTABLISHED, State.INIT_DONE,
+                                               State.AUTH_SENT):
+            log.info("%s: peer moved from [%s]:%d to [%s]:%d", self.label, self.peer[0],
+                     self.peer[1], src[0], src[1])
+            self.peer = src
+            for child in self.children.values():
+                child.remote = src
+        self.local = dst
+
+    _REQUEST_HANDLERS: dict[tuple[State, int], Callable] = {}
+    _RESPONSE_HANDLERS: dict[tuple[State, int], Callable] = {}
+
+
+# The state table: which handler runs for which (state, exchange). Anything
+# not listed is dropped with a log line.
+IkeSa._REQUEST_HANDLERS = {
+    (State.INIT_DONE, ExchangeType.IKE_AUTH): IkeSa._on_auth_request,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeSa._on_informational_request,
+    (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeSa._on_create_child_request,
+    (State.DELETING, ExchangeType.INFORMATIONAL): IkeSa._on_informational_request,
+}
+IkeSa._RESPONSE_HANDLERS = {
+    (State.INIT_SENT, ExchangeType.IKE_SA_INIT): IkeSa._on_init_response,
+    (State.AUTH_SENT, ExchangeType.IKE_AUTH): IkeSa._on_auth_response,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeSa._on_informational_response,
+    (State.DELETING, ExchangeType.INFORMATIONAL): IkeSa._on_informational_response,
+}
+
+
+def _find(payloads: list[wire.Payload], cls: type) -> object | None:
+    return next((p for p in payloads if isinstance(p, cls)), None)
+
+
+def _find_ts(payloads: list[wire.Payload], kind: PayloadType) -> TsPayload | None:
+    return next((p for p in payloads if isinstance(p, TsPayload) and p.kind == kind), None)
+
+
+# --------------------------------------------------------------------------- endpoint
+
+
+class Endpoint:
+    """All IKE SAs of one daemon: demultiplexing, responder creation, cookies.
+
+    ``policy_for(peer, local, peer_id)`` picks the responder policy (iked's
+    rule lives in pyike.config); ``rng`` is injectable for reproducible tests.
+    """
+
+    def __init__(self, policy_for: Callable[[Addr, Addr, tuple[int, bytes] | None],
+                                            SaPolicy | None] = lambda *_: None, *,
+                 rng: Callable[[int], bytes] = os.urandom, cookie_threshold: int = 32,
+                 half_open_timeout: float = 30.0) -> None:
+        self.policy_for = policy_for
+        self.rng = rng
+        self.cookie_threshold = cookie_threshold
+        self.half_open_timeout = half_open_timeout
+        self.sas: dict[bytes, IkeSa] = {}  # by our SPI
+        self._half_open: dict[tuple[bytes, Addr], IkeSa] = {}  # responder, by (SPIi, peer)
+        self._cookie_secret = rng(32)
+        self._child_spis: set[int] = set()
+        self.transmits: list[Transmit] = []
+        self.events: list[Event] = []
+        self.dropped = 0
+
+    # ------------------------------------------------------------------ API
+
+    def connect(self, policy: SaPolicy, local: Addr, peer: Addr, now: float) -> IkeSa:
+        """Start an IKE SA as initiator."""
+        sa = IkeSa(self, policy, initiator=True, local=local, peer=peer, now=now)
+        self.sas[sa.spi_i] = sa
+        sa.start(now)
+        return sa
+
+    def close_all(self, now: float, reason: str = "shutting down") -> None:
+        for sa in list(self.sas.values()):
+            sa.delete(now, reason)
+
+    def datagrams_to_send(self) -> list[Transmit]:
+        out, self.transmits = self.transmits, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self.events.pop(0) if self.events else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for sa in self.sas.values() if (d := sa.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        for sa in list(self.sas.values()):
+            deadline = sa.next_deadline()
+            if deadline is not None and now >= deadline:
+                sa.handle_timer(now)
+        self._reap()
+
+    def new_child_spi(self) -> int:
+        """A fresh inbound ESP SPI (>= 256: 1-255 are reserved, RFC 4303 2.1)."""
+        while True:
+            spi = int.from_bytes(self.rng(4), "big")
+            if spi >= 256 and spi not in self._child_spis:
+                self._child_spis.add(spi)
+                return spi
+
+    # ------------------------------------------------------------------ receive
+
+    def receive(self, data: bytes, src: Addr, dst: Addr, now: float) -> None:
+        """One IKE datagram (non-ESP marker already removed). Never raises."""
+        try:
+            msg = wire.parse_message(data)
+        except wire.WireError as e:
+            self.dropped += 1
+            log.warning("drop datagram from [%s]:%d: %s", src[0], src[1], e)
+            return
+        try:
+            self._dispatch(msg, data, src, dst, now)
+        except Exception:  # a bug must not take the daemon down for other peers
+            self.dropped += 1
+            log.exception("internal error handling %s from [%s]:%d; message dropped",
+                          ExchangeType.name_of(msg.exchange), src[0], src[1])
+        self._reap()
+
+    def _dispatch(self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float) -> None:
+        if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.is_response:
+            existing = self._half_open.get((msg.spi_i, src))
+            if existing is not None:  # a retransmission: same answer again (2.1)
+                self.transmits.append(Transmit(existing._init_response, dst, src))
+                return
+            self._on_init_request(msg, data, src, dst, now)
+            return
+        ours = msg.spi_r if msg.is_initiator else msg.spi_i
+        sa = self.sas.get(ours)
+        if sa is None:
+            self.dropped += 1
+            log.info("drop %s %s #%d from [%s]:%d: unknown SPI %s",
+                     ExchangeType.name_of(msg.exchange),
+                     "response" if msg.is_response else "request", msg.message_id,
+                     src[0], src[1], _spi_text(ours))
+            return
+        sa.receive(msg, data, src, dst, now)
+
+    def _reap(self) -> None:
+        for spi, sa in list(self.sas.items()):
+            if sa.state == State.CLOSED:
+                del self.sas[spi]
+                self._half_open.pop((sa.spi_i, sa.peer), None)
+                for c in sa.children:
+                    self._child_spis.discard(c)
+        for key, sa in list(self._half_open.items()):
+            if sa.state != State.INIT_DONE:
+                del self._half_open[key]
+
+    # ------------------------------------------------------------------ responder IKE_SA_INIT
+
+    def _plain_reply(self, msg: Message, notify: NotifyType, data: bytes,
+                     src: Addr, dst: Addr) -> None:
+        """An unauthenticated IKE_SA_INIT error answer (SPIr zero, 2.6/1.2)."""
+        reply = Message(msg.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0,
+                        [NotifyPayload(ProtocolId.NONE, b"", notify, data)])
+        self.transmits.append(Transmit(wire.build_message(reply), dst, src))
+
+    def _cookie_for(self, msg: Message, nonce: bytes, src: Addr) -> bytes:
+        """2.6: <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)."""
+        h = hashlib.sha256(nonce + src[0].packed + msg.spi_i + self._cookie_secret).digest()
+        return b"\x00" + h
+
+    def _on_init_request(self, msg: Message, data: bytes, src: Addr, dst: Addr,
+                         now: float) -> None:
+        if msg.message_id != 0 or msg.spi_r != ZERO_SPI:
+            log.info("drop IKE_SA_INIT from [%s]:%d: bad message ID or SPIr", src[0], src[1])
+            return
+        sa_p, ke, nonce = msg.find(SaPayload), msg.find(KePayload), msg.find(NoncePayload)
+        if sa_p is None or ke is None or nonce is None:
+            log.warning("IKE_SA_INIT from [%s]:%d lacks SA, KE or Nonce", src[0], src[1])
+            self._plain_reply(msg, NotifyType.INVALID_SYNTAX, b"", src, dst)
+            return
+        if len(self._half_open) >= self.cookie_threshold:
+            # 2.6: under load, state is only kept for initiators that can receive.
+            expected = self._cookie_for(msg, nonce.data, src)
+            got = msg.notify(NotifyType.COOKIE)
+            if got is None or not hmac.compare_digest(got.data, expected):
+                log.info("IKE_SA_INIT from [%s]:%d: %d half-open SAs, asking for a cookie",
+                         src[0], src[1], len(self._half_open))
+                self._plain_reply(msg, NotifyType.COOKIE, expected, src, dst)
+                return
+        policy = self.policy_for(src, dst, None)
+        if policy is None:
+            log.warning("IKE_SA_INIT from [%s]:%d: no policy for this peer", src[0], src[1])
+            self._plain_reply(msg, NotifyType.NO_PROPOSAL_CHOSEN, b"", src, dst)
+            return
+        chosen = proposals.select(sa_p.proposals, policy.ike_proposals)
+        if chosen is None:
+            log.warning("IKE_SA_INIT from [%s]:%d: no proposal chosen (policy '%s')",
+                        src[0], src[1], policy.name)
+            self._plain_reply(msg, NotifyType.NO_PROPOSAL_CHOSEN, b"", src, dst)
+            return
+        suite = proposals.suite_of(chosen)
+        if ke.group != suite.dh:
+            # 1.2/3.4: tell the initiator which group we want; keep no state.
+            log.info("IKE_SA_INIT from [%s]:%d: KE group %s, asking for %s", src[0], src[1],
+                     DhId.name_of(ke.group), DhId.name_of(suite.dh))
+            self._plain_reply(msg, NotifyType.INVALID_KE_PAYLOAD,
+                              int(suite.dh).to_bytes(2, "big"), src, dst)
+            return
+        sa = IkeSa(self, policy, initiator=False, local=dst, peer=src, now=now)
+        sa.spi_i = msg.spi_i
+        sa.spi_r = self._new_ike_spi()
+        try:
+            sa._answer_init(msg, data, nonce.data, ke, chosen, suite, src, dst, now)
+        except crypto.InvalidKeyExchange as e:
+            log.warning("IKE_SA_INIT from [%s]:%d: invalid KE: %s", src[0], src[1], e)
+            self._plain_reply(msg, NotifyType.INVALID_SYNTAX, b"", src, dst)
+            return
+        self.sas[sa.spi_r] = sa
+        self._half_open[(sa.spi_i, src)] = sa
+
+    def _new_ike_spi(self) -> bytes:
+        while True:
+            spi = self.rng(8)
+            if spi != ZERO_SPI and spi not in self.sas:
+                return spi
+
+
+
