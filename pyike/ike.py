@@ -298,6 +298,7 @@ class IkeSa:
         self._out: crypto.SkCipher | None = None
         self._in: crypto.SkCipher | None = None
         self._peer_id_body = b""
+        self.peer_auth_method: int | None = None  # what the peer signed with, for logs/tests
         # Set by a request handler: close the SA once its response is out.
         self._close_after_response = ""
         self._fail_after_response = ""
@@ -457,6 +458,11 @@ class IkeSa:
                 self._queue.append(("delete_ike", {}))
         elif self.state != State.CLOSED:
             self._close(reason, now, error=False)
+
+    def delete_child(self, spi_in: int, now: float) -> None:
+        """Ask the peer to delete one Child SA (INFORMATIONAL with DELETE, 1.4.1)."""
+        if spi_in in self.children:
+            self._queue_request("delete_child", now, spi_in=spi_in)
 
     def _close(self, reason: str, now: float, *, error: bool = True) -> None:
         if self.state == State.CLOSED:
@@ -690,6 +696,7 @@ class IkeSa:
                                 f"{id_text(*p.peer_id)}", fail)
         octets = self._auth_octets(ours=False)
         assert self.suite is not None and self.suite.prf is not None
+        self.peer_auth_method = auth.method
         if auth.method == AuthMethod.PSK:
             if p.psk is None:
                 raise ProtocolError("peer used a shared key but the policy wants signatures",

@@ -85,7 +85,7 @@ def make_policy(name: str, *, local_id: tuple[int, bytes], peer_id: tuple[int, b
     )
 
 
-def ip_network_of(a: object):  # noqa: ANN201
+def ip_network_of(a: object):
     from ipaddress import ip_network
     return ip_network(str(a))
 
@@ -114,7 +114,11 @@ class Pair:
         self.wire_log.append((name, t))
         to.receive(t.data, t.local, t.remote, self.now)
 
-    def run(self, max_steps: int = 200) -> int:
+    def step(self) -> int:
+        """One round: deliver what each side has queued right now."""
+        return self.run(max_steps=1, must_settle=False)
+
+    def run(self, max_steps: int = 200, must_settle: bool = True) -> int:
         """Move datagrams until both sides are quiet; returns datagrams moved."""
         moved = 0
         for _ in range(max_steps):
@@ -128,7 +132,9 @@ class Pair:
             moved += len(out_home) + len(out_vm)
             if not out_home and not out_vm:
                 return moved
-        raise AssertionError("endpoints did not go quiet")
+        if must_settle:
+            raise AssertionError("endpoints did not go quiet")
+        return moved
 
     def _collect(self) -> None:
         while (e := self.home.next_event()) is not None:
@@ -156,18 +162,15 @@ class Pair:
                 if isinstance(e, cls)]
 
 
-def swap_addrs(t: Transmit) -> Transmit:
-    return t
-
-
 def default_pair(keys: Keys | None = None, home_kw: dict | None = None,
                  vm_kw: dict | None = None, **endpoint_kw: object) -> Pair:
     keys = keys or Keys()
-    home = make_policy("home", local_id=HOME_ID, peer_id=VM_ID, local_key=keys.home,
-                       peer_public=keys.vm.public_key(), **(home_kw or {}))
-    vm = make_policy("vm", local_id=VM_ID, peer_id=HOME_ID, local_key=keys.vm,
-                     peer_public=keys.home.public_key(), local_net=VPN1, remote_net=VPN0,
-                     **(vm_kw or {}))
+    home = make_policy("home", **{"local_id": HOME_ID, "peer_id": VM_ID,
+                                  "local_key": keys.home, "peer_public": keys.vm.public_key(),
+                                  **(home_kw or {})})
+    vm = make_policy("vm", **{"local_id": VM_ID, "peer_id": HOME_ID, "local_key": keys.vm,
+                              "peer_public": keys.home.public_key(), "local_net": VPN1,
+                              "remote_net": VPN0, **(vm_kw or {})})
     return Pair(home, vm, **endpoint_kw)
 
 
