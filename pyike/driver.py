@@ -140,6 +140,10 @@ class Driver:
         self._stopping: asyncio.Event | None = None
         self._stop_deadline = 0.0
 
+    @property
+    def stopping(self) -> bool:
+        return bool(self._stop_deadline)
+
     @staticmethod
     def now() -> float:
         return time.monotonic()

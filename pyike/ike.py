@@ -464,6 +464,10 @@ class IkeSa:
         if spi_in in self.children:
             self._queue_request("delete_child", now, spi_in=spi_in)
 
+    def drop(self, now: float, reason: str) -> None:
+        """Forget this SA without telling the peer (it already forgot us, 2.4)."""
+        self._close(reason, now, error=False)
+
     def _close(self, reason: str, now: float, *, error: bool = True) -> None:
         if self.state == State.CLOSED:
             return

@@ -1,0 +1,210 @@
+"""Command line: ``pyike`` (the daemon, flags as in iked(8)) and its tools.
+
+    pyike [-dnStv] [-D macro=value] [-f file] [--keydir dir] [--active] ...
+    pyike keygen [--keydir dir] [--curve secp384r1] [--force]
+    pyike decode FILE [--keylog FILE|DIR] [--hex]
+    pyike demo
+
+Errors are one line on stderr and exit status 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from pyike import __version__
+
+SUBCOMMANDS = ("keygen", "decode", "demo")
+
+
+def _daemon_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pyike",
+        description="Userspace IKEv2/ESP tunnel that reads OpenBSD iked.conf. "
+                    f"Tools: pyike {{{','.join(SUBCOMMANDS)}}} --help.",
+        epilog="pyike runs in the foreground (use a service manager to daemonise).")
+    p.add_argument("-f", dest="file", type=Path, default=Path("/etc/iked.conf"),
+                   help="configuration file (default: /etc/iked.conf)")
+    p.add_argument("-n", dest="check", action="store_true",
+                   help="check the configuration, print the expanded policies, and exit")
+    p.add_argument("-D", dest="macros", action="append", default=[], metavar="macro=value",
+                   help="define a macro, overriding the file's")
+    p.add_argument("-d", dest="debug", action="store_true",
+                   help="log to stderr (always the case; accepted for iked compatibility)")
+    p.add_argument("-v", dest="verbose", action="count", default=0,
+                   help="more logging; repeat for more (-vv: every message, -vvv: payloads)")
+    p.add_argument("-t", dest="natt", action="store_true",
+                   help="always use UDP encapsulation (ESP in UDP 4500), like iked -t")
+    p.add_argument("-T", dest="no_natt", action="store_true",
+                   help="accepted for iked compatibility; pyike's ESP always runs over UDP")
+    p.add_argument("-s", dest="socket", type=Path, default=None,
+                   help="control socket (not implemented yet; accepted for compatibility)")
+    p.add_argument("--keydir", type=Path, default=Path("/etc/iked"),
+                   help="key directory in iked's layout (default: /etc/iked)")
+    p.add_argument("--active", action="store_true", help="make every policy active")
+    p.add_argument("--keylog", type=Path, default=None, metavar="DIR",
+                   help="write SA keys (SECRET) as Wireshark tables into DIR")
+    p.add_argument("--ports", default="500,4500", metavar="IKE,NATT",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"pyike {__version__}")
+    return p
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Per-message send/recv lines only from -v on (they are iked's -v lines too).
+    msg_level = logging.INFO if verbose >= 1 else logging.WARNING
+    logging.getLogger("pyike.driver").setLevel(min(msg_level, level) if verbose else msg_level)
+
+
+def _macros(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"pyike: -D wants macro=value, got {item!r}")
+        out[name] = value
+    return out
+
+
+def run_daemon(argv: list[str]) -> int:
+    args = _daemon_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from pyike import config as cfg
+    from pyike.daemon import Daemon, DaemonError, Options
+    macros = _macros(args.macros)
+    if args.check:
+        try:
+            conf = cfg.load_config(args.file, macros)
+        except cfg.ConfigError as e:
+            print(f"pyike: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"pyike: {args.file}: {e.strerror}", file=sys.stderr)
+            return 1
+        for p in conf.policies:
+            if args.active:
+                p.active = True
+            print(cfg.format_policy(p))
+        for w in cfg.check_policies(conf):
+            print(f"pyike: warning: {w}", file=sys.stderr)
+        print("configuration OK", file=sys.stderr)
+        return 0
+    try:
+        ports = tuple(int(x) for x in args.ports.split(","))
+        assert len(ports) == 2
+    except (ValueError, AssertionError):
+        print("pyike: --ports wants IKE,NATT", file=sys.stderr)
+        return 1
+    options = Options(config_file=args.file, macros=macros, keydir=args.keydir,
+                      force_active=args.active, force_encap=args.natt,
+                      keylog_dir=args.keylog, ports=ports)  # type: ignore[arg-type]
+    from pyike.dataplane import attach_dataplane
+    daemon = Daemon(options)
+    attach_dataplane(daemon)
+    try:
+        asyncio.run(daemon.run())
+    except DaemonError as e:
+        print(f"pyike: {e}", file=sys.stderr)
+        return 1
+    except PermissionError as e:
+        print(f"pyike: {e} (pyike needs root for ports 500/4500 and the TUN device)",
+              file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"pyike: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run_keygen(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pyike keygen",
+                                description="Create an ECDSA key pair in iked's layout "
+                                            "(private/local.key and local.pub).")
+    p.add_argument("--keydir", type=Path, default=Path("/etc/iked"))
+    p.add_argument("--curve", default="secp384r1",
+                   choices=["secp256r1", "secp384r1", "secp521r1"])
+    p.add_argument("--force", action="store_true", help="overwrite existing keys")
+    args = p.parse_args(argv)
+    from pyike import keys
+    try:
+        written = keys.keygen(args.keydir, args.curve, args.force)
+    except keys.KeyFileError as e:
+        print(f"pyike keygen: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    print("Give local.pub to your peer as pubkeys/fqdn/<your srcid> in its key directory.",
+          file=sys.stderr)
+    return 0
+
+
+def run_decode(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="pyike decode",
+        description="Print the IKE messages of a pcap/pcapng capture (or hex) as payload "
+                    "trees; decrypt SK payloads with a key log.")
+    p.add_argument("file", type=Path, help="capture file, or a hex file with --hex ('-' = stdin)")
+    p.add_argument("--keylog", type=Path, default=None, metavar="FILE|DIR",
+                   help="ikev2_decryption_table file, or the directory pyike --keylog wrote")
+    p.add_argument("--hex", action="store_true", help="input is hex, one message per line")
+    args = p.parse_args(argv)
+    from pyike import decode, keylog, pcap
+    text = ""
+    try:
+        if args.keylog is not None:
+            path = args.keylog
+            if path.is_dir():
+                path = path / keylog.IKE_TABLE_NAME
+            text = path.read_text()
+        if args.hex:
+            data = sys.stdin.read() if str(args.file) == "-" else args.file.read_text()
+            items = decode.decode_hex(data, text)
+        else:
+            items = decode.decode_capture(args.file, text)
+        count = 0
+        for item in items:
+            print(item.render())
+            count += 1
+    except (OSError, pcap.CaptureError, pcap.HexError, keylog.KeylogError) as e:
+        print(f"pyike decode: {e}", file=sys.stderr)
+        return 1
+    if count == 0:
+        print("pyike decode: no IKE messages found", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_demo(argv: list[str]) -> int:
+    from pyike.demo import main as demo_main
+    return demo_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        cmd, rest = argv[0], argv[1:]
+        return {"keygen": run_keygen, "decode": run_decode, "demo": run_demo}[cmd](rest)
+    return run_daemon(argv)
+
+
+def ctl_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pyikectl",
+                                description="Control a running pyike (not implemented yet: "
+                                            "use the daemon's logs and signals: SIGHUP "
+                                            "reloads, SIGTERM deletes all SAs and exits).")
+    p.parse_args(sys.argv[1:] if argv is None else argv)
+    p.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

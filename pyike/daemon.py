@@ -1,0 +1,326 @@
+"""The pyike daemon: iked.conf policies + key files + the IKE core + the driver.
+
+This module holds the decisions iked makes outside the protocol itself:
+turning a parsed policy into what the core negotiates (:func:`sa_policy`),
+which policy answers a responder (pyike.config's rule), starting active
+policies, re-initiating with capped backoff when an SA dies (re-resolving
+the peer's host name every time), key logging, and reload on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+
+from pyike import config as cfg
+from pyike import keylog, keys, proposals, ts
+from pyike.driver import Driver
+from pyike.ike import (
+    Addr,
+    ChildSaCreated,
+    ChildSaDeleted,
+    Endpoint,
+    Event,
+    IkeKeysDerived,
+    IkeSa,
+    IkeSaClosed,
+    IkeSaEstablished,
+    InitialContact,
+    SaPolicy,
+)
+from pyike.registry import IdType, ProtocolId
+
+log = logging.getLogger("pyike")
+
+BACKOFF_START = 1.0
+BACKOFF_CAP = 30.0  # re-initiation backoff ceiling (seconds)
+
+
+class DaemonError(Exception):
+    """A start-up problem with a message for the user (bad config, missing key...)."""
+
+
+@dataclass(slots=True)
+class Options:
+    config_file: Path = Path("/etc/iked.conf")
+    macros: dict[str, str] = field(default_factory=dict)
+    keydir: Path = keys.DEFAULT_KEYDIR
+    force_active: bool = False
+    force_encap: bool = False  # -t
+    keylog_dir: Path | None = None  # a Wireshark profile dir: ikev2_decryption_table, esp_sa
+    ports: tuple[int, int] = (500, 4500)
+    socket_path: Path | None = None
+
+
+def id_bytes(id_type: int, text: str) -> bytes:
+    """ID payload data for an iked.conf srcid/dstid (RFC 7296 3.5)."""
+    if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
+        return ip_address(text).packed
+    return text.encode()
+
+
+def flows_to_selectors(policy: cfg.Policy) -> tuple[list, list]:
+    """Local and remote traffic selectors of a policy's from/to flows."""
+    local, remote = [], []
+    for f in policy.flows:
+        for sel, net, port in ((local, f.src, f.src_port), (remote, f.dst, f.dst_port)):
+            s = ts.from_network(ip_network(net), f.proto, port)
+            if s not in sel:
+                sel.append(s)
+    return local, remote
+
+
+def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
+              global_options: object | None = None) -> SaPolicy:
+    """What the IKE core negotiates for one iked.conf policy."""
+    if policy.srcid is None:
+        raise DaemonError(f"policy '{policy.name}': no srcid")
+    local_id = (int(policy.srcid[0]), id_bytes(*policy.srcid))
+    peer_id = (int(policy.dstid[0]), id_bytes(*policy.dstid)) if policy.dstid else None
+    method = policy.auth.method if policy.auth else "ecdsa384"
+    local_key = psk = None
+    if method == "psk":
+        psk = policy.auth.psk
+    elif method.startswith("ecdsa"):
+        try:
+            local_key = store.local_private()
+        except keys.KeyFileError as e:
+            raise DaemonError(str(e)) from e
+    else:
+        raise DaemonError(f"policy '{policy.name}': authentication '{method}' is not "
+                          f"supported by pyike (use ecdsa256/384/521 or psk)")
+
+    def peer_key(id_type: int, data: bytes) -> object | None:
+        try:
+            ident = str(ip_address(data)) if id_type in (IdType.ID_IPV4_ADDR,
+                                                          IdType.ID_IPV6_ADDR) else data.decode()
+            return store.peer_public(IdType(id_type), ident)
+        except (keys.KeyFileError, ValueError, UnicodeDecodeError) as e:
+            log.warning("peer key lookup failed: %s", e)
+            return None
+
+    local_ts, remote_ts = flows_to_selectors(policy)
+    dpd = getattr(global_options, "dpd_check_interval", 60) or 0
+    return SaPolicy(
+        name=policy.name,
+        ike_proposals=proposals.from_specs(policy.ike_proposals, ProtocolId.IKE),
+        child_proposals=proposals.from_specs(policy.child_proposals, ProtocolId.ESP),
+        local_id=local_id,
+        peer_id=peer_id,
+        local_key=local_key,
+        psk=psk,
+        peer_key=peer_key,
+        ts_local=local_ts,
+        ts_remote=remote_ts,
+        force_encap=options.force_encap or bool(getattr(policy, "natt", False)),
+        ike_lifetime=float(policy.ikelifetime),
+        child_lifetime=float(policy.lifetime),
+        child_lifetime_bytes=int(policy.lifetime_bytes),
+        dpd_interval=float(dpd),
+    )
+
+
+def local_address_for(peer: Addr) -> Addr:
+    """The source address the kernel would use towards ``peer`` (no packet is sent:
+    connecting a UDP socket only consults the routing table)."""
+    family = socket.AF_INET6 if peer[0].version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((str(peer[0]), peer[1]))
+        return ip_address(s.getsockname()[0].split("%")[0]), 500
+
+
+def resolve(host: str, family_hint: int | None = None) -> list:
+    """Every address of ``host`` (fresh lookup each time: the peer may move)."""
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    out = []
+    for info in infos:
+        a = ip_address(info[4][0].split("%")[0])
+        if a not in out and (family_hint is None or a.version == family_hint):
+            out.append(a)
+    return out
+
+
+class Daemon:
+    """Owns the Endpoint, the Driver and the policy table; reacts to core events."""
+
+    def __init__(self, options: Options,
+                 on_child: Callable[[Event], None] | None = None) -> None:
+        self.options = options
+        self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
+        self.config: cfg.Config | None = None
+        self.policies: dict[str, SaPolicy] = {}
+        self.endpoint = Endpoint(self._policy_for)
+        self.driver = Driver(self.endpoint, ports=options.ports, on_event=self._on_event,
+                             on_reload=self.reload)
+        self.ike_keylog = self.esp_keylog = None
+        if options.keylog_dir is not None:
+            # Only on explicit request: these files let anyone decrypt the traffic.
+            options.keylog_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.ike_keylog = keylog.KeyLogWriter(options.keylog_dir / keylog.IKE_TABLE_NAME)
+            self.esp_keylog = keylog.KeyLogWriter(options.keylog_dir / keylog.ESP_TABLE_NAME)
+            log.warning("writing SA keys to %s (anyone who reads them can decrypt the traffic)",
+                        options.keylog_dir)
+        self._active_sa: dict[str, IkeSa] = {}  # policy name -> its current IKE SA
+        self._backoff: dict[str, float] = {}
+        self._retry: dict[str, asyncio.TimerHandle] = {}
+
+    # ------------------------------------------------------------------ config
+
+    def load(self) -> None:
+        try:
+            self.config = cfg.load_config(self.options.config_file, self.options.macros)
+        except cfg.ConfigError as e:
+            raise DaemonError(str(e)) from e
+        except OSError as e:
+            raise DaemonError(f"{self.options.config_file}: {e.strerror}") from e
+        for warning in cfg.check_policies(self.config):
+            log.warning("%s", warning)
+        store = keys.KeyStore(self.options.keydir)
+        table = {}
+        for p in self.config.policies:
+            if self.options.force_active:
+                p.active = True
+            table[p.name] = sa_policy(p, store, self.options, self.config.options)
+        self.policies = table
+        log.info("loaded %d polic%s from %s", len(table), "y" if len(table) == 1 else "ies",
+                 self.options.config_file)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; SAs of vanished policies are deleted."""
+        log.info("SIGHUP: reloading %s", self.options.config_file)
+        try:
+            self.load()
+        except DaemonError as e:
+            log.error("reload failed, keeping the old configuration: %s", e)
+            return
+        now = self.driver.now()
+        for name, sa in list(self._active_sa.items()):
+            if name not in self.policies:
+                sa.delete(now, "policy removed by reload")
+        self.start_active()
+        self.driver.pump()
+
+    def _policy_for(self, peer: Addr, local: Addr,
+                    peer_id: tuple[int, bytes] | None) -> SaPolicy | None:
+        if self.config is None:
+            return None
+        ident = None
+        if peer_id is not None:
+            id_type, data = peer_id
+            try:
+                text = str(ip_address(data)) if id_type in (IdType.ID_IPV4_ADDR,
+                                                            IdType.ID_IPV6_ADDR) else data.decode()
+            except (ValueError, UnicodeDecodeError):
+                text = data.hex()
+            ident = (IdType.lookup(id_type), text)
+        chosen = cfg.select_responder_policy(self.config, peer[0], local[0], ident)
+        return self.policies.get(chosen.name) if chosen is not None else None
+
+    # ------------------------------------------------------------------ active policies
+
+    def start_active(self) -> None:
+        if self.config is None:
+            return
+        for p in self.config.policies:
+            if p.active and p.name not in self._active_sa and p.name not in self._retry:
+                self.initiate(p.name)
+
+    def _peer_addresses(self, p: cfg.Policy) -> list:
+        if p.peer_host:
+            try:
+                return resolve(p.peer_host)
+            except OSError as e:
+                log.warning("policy '%s': cannot resolve peer %s: %s", p.name, p.peer_host, e)
+                return []
+        if p.peer is not None and ip_network(p.peer).num_addresses == 1:
+            return [ip_network(p.peer).network_address]
+        return []
+
+    def initiate(self, name: str) -> None:
+        assert self.config is not None
+        self._retry.pop(name, None)
+        p = next((x for x in self.config.policies if x.name == name), None)
+        policy = self.policies.get(name)
+        if p is None or policy is None:
+            return
+        addresses = self._peer_addresses(p)
+        if not addresses:
+            if p.peer_host is None and p.peer is None:
+                log.warning("policy '%s' is active but has no peer; it can only answer", name)
+                return
+            self._schedule_retry(name)
+            return
+        peer = (addresses[0], self.options.ports[0])
+        try:
+            local = ((ip_address(str(p.local[0])), self.options.ports[0]) if p.local
+                     else local_address_for(peer))
+        except OSError as e:
+            log.warning("policy '%s': no route to peer %s: %s", name, peer[0], e.strerror)
+            self._schedule_retry(name)
+            return
+        log.info("policy '%s': initiating to [%s]:%d from [%s]:%d", name, peer[0], peer[1],
+                 local[0], local[1])
+        sa = self.endpoint.connect(policy, (local[0], self.options.ports[0]), peer,
+                                   self.driver.now())
+        self._active_sa[name] = sa
+        self.driver.pump()
+
+    def _schedule_retry(self, name: str) -> None:
+        """Capped exponential backoff before the next attempt (issue: dynamic IP)."""
+        delay = self._backoff.get(name, BACKOFF_START)
+        self._backoff[name] = min(delay * 2, BACKOFF_CAP)
+        loop = asyncio.get_event_loop()
+        log.info("policy '%s': next attempt in %.0f s", name, delay)
+        self._retry[name] = loop.call_later(delay, self.initiate, name)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, IkeKeysDerived) and self.ike_keylog is not None:
+            s = event.sa.suite
+            assert s is not None
+            k = event.keys
+            self.ike_keylog.write(keylog.IkeKeyRecord(
+                event.sa.spi_i, event.sa.spi_r, s.encr, s.key_bits, s.integ,
+                k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar))
+        elif isinstance(event, IkeSaEstablished):
+            self._backoff.pop(event.sa.policy.name, None)
+        elif isinstance(event, InitialContact):
+            self._drop_older_sas(event.sa, event.peer_id)
+        elif isinstance(event, IkeSaClosed):
+            name = event.sa.policy.name
+            if self._active_sa.get(name) is event.sa:
+                del self._active_sa[name]
+                if not self.driver.stopping and self.config is not None and any(
+                        p.name == name and p.active for p in self.config.policies):
+                    self._schedule_retry(name)
+        elif isinstance(event, ChildSaCreated) and self.esp_keylog is not None:
+            c = event.child
+            for spi, (src, dst), key in ((c.spi_out, (c.local, c.remote), c.key_out),
+                                         (c.spi_in, (c.remote, c.local), c.key_in)):
+                self.esp_keylog.write(keylog.EspKeyRecord(
+                    src[0], dst[0], spi, c.suite.encr, c.suite.key_bits, c.suite.integ,
+                    key[0], key[1]))
+        if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
+            self.on_child(event)
+
+    def _drop_older_sas(self, sa: IkeSa, peer_id: tuple[int, bytes]) -> None:
+        """INITIAL_CONTACT (RFC 7296 2.4): the peer lost its state; ours is stale."""
+        for other in list(self.endpoint.sas.values()):
+            if other is not sa and other.peer_id == peer_id:
+                log.info("%s: replaced by %s after INITIAL_CONTACT", other.label, sa.label)
+                other.drop(self.driver.now(), "peer sent INITIAL_CONTACT on a new SA")
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        self.load()
+        self.driver.open()
+        await self.driver.run(start=self.start_active)
+        for handle in self._retry.values():
+            handle.cancel()
