@@ -117,7 +117,9 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
         peer_key=peer_key,
         ts_local=local_ts,
         ts_remote=remote_ts,
-        force_encap=options.force_encap or bool(getattr(policy, "natt", False)),
+        # pyike's ESP runs in userspace over UDP 4500 only (no raw IP protocol 50),
+        # so it always asks for UDP encapsulation, as iked -t does.
+        force_encap=True,
         ike_lifetime=float(policy.ikelifetime),
         child_lifetime=float(policy.lifetime),
         child_lifetime_bytes=int(policy.lifetime_bytes),
@@ -321,6 +323,20 @@ class Daemon:
     async def run(self) -> None:
         self.load()
         self.driver.open()
-        await self.driver.run(start=self.start_active)
-        for handle in self._retry.values():
-            handle.cancel()
+        dp = getattr(self, "dataplane", None)
+        try:
+            if dp is not None:
+                from pyike.dataplane import local_addresses_and_routes
+                assert self.config is not None
+                local, remote = local_addresses_and_routes(self.config.policies)
+                family = socket.AF_INET6 if any(
+                    p.peer is not None and ip_network(p.peer).version == 6
+                    for p in self.config.policies) else socket.AF_INET
+                dp.open(local, remote, family)
+                dp.start(asyncio.get_running_loop())
+            await self.driver.run(start=self.start_active)
+        finally:
+            for handle in self._retry.values():
+                handle.cancel()
+            if dp is not None:
+                dp.close()
