@@ -61,6 +61,8 @@ def setup_logging(verbose: int) -> None:
     # Per-message send/recv lines only from -v on (they are iked's -v lines too).
     msg_level = logging.INFO if verbose >= 1 else logging.WARNING
     logging.getLogger("pyike.driver").setLevel(min(msg_level, level) if verbose else msg_level)
+    for noisy in ("pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _macros(items: list[str]) -> dict[str, str]:
@@ -122,6 +124,10 @@ def run_daemon(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: one line for the user, the traceback with -vv
+        logging.getLogger("pyike").debug("internal error", exc_info=True)
+        print(f"pyike: internal error: {e!r} (run with -vv for the traceback)", file=sys.stderr)
+        return 70
     return 0
 
 

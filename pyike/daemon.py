@@ -32,6 +32,7 @@ from pyike.ike import (
     IkeSaEstablished,
     InitialContact,
     SaPolicy,
+    State,
 )
 from pyike.registry import IdType, ProtocolId
 
@@ -82,18 +83,18 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
         raise DaemonError(f"policy '{policy.name}': no srcid")
     local_id = (int(policy.srcid[0]), id_bytes(*policy.srcid))
     peer_id = (int(policy.dstid[0]), id_bytes(*policy.dstid)) if policy.dstid else None
-    method = policy.auth.method if policy.auth else "ecdsa384"
+    method = policy.auth.method if policy.auth else "signature"
     local_key = psk = None
     if method == "psk":
         psk = policy.auth.psk
-    elif method.startswith("ecdsa"):
+    elif method.startswith("ecdsa") or method in ("signature", "rfc7427"):
         try:
             local_key = store.local_private()
         except keys.KeyFileError as e:
             raise DaemonError(str(e)) from e
     else:
         raise DaemonError(f"policy '{policy.name}': authentication '{method}' is not "
-                          f"supported by pyike (use ecdsa256/384/521 or psk)")
+                          f"supported by pyike (use ecdsa256/384/521, rfc7427 or psk)")
 
     def peer_key(id_type: int, data: bytes) -> object | None:
         try:
@@ -120,7 +121,7 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
         # pyike's ESP runs in userspace over UDP 4500 only (no raw IP protocol 50),
         # so it always asks for UDP encapsulation, as iked -t does.
         force_encap=True,
-        ike_lifetime=float(policy.ikelifetime),
+        ike_lifetime=float(policy.ikelifetime),  # 0: never rekeyed (iked's default)
         child_lifetime=float(policy.lifetime),
         child_lifetime_bytes=int(policy.lifetime_bytes),
         dpd_interval=float(dpd),
@@ -232,6 +233,14 @@ class Daemon:
             if p.active and p.name not in self._active_sa and p.name not in self._retry:
                 self.initiate(p.name)
 
+    def _peer_state(self, peer_id: tuple[int, bytes] | None) -> str:
+        """'established', 'pending' or '' for our IKE SAs with this peer identity."""
+        states = {sa.state for sa in self.endpoint.sas.values()
+                  if sa.policy.peer_id == peer_id or sa.peer_id == peer_id}
+        if State.ESTABLISHED in states:
+            return "established"
+        return "pending" if states - {State.CLOSED, State.DELETING} else ""
+
     def _peer_addresses(self, p: cfg.Policy) -> list:
         if p.peer_host:
             try:
@@ -249,6 +258,13 @@ class Daemon:
         p = next((x for x in self.config.policies if x.name == name), None)
         policy = self.policies.get(name)
         if p is None or policy is None:
+            return
+        # Several policies to one peer (the guide has three) make several IKE SAs.
+        # INITIAL_CONTACT goes only on the first (RFC 7296 2.4): the others start
+        # once it is established, without it, so the peer keeps them all.
+        peer_state = self._peer_state(policy.peer_id)
+        if peer_state == "pending":
+            log.debug("policy '%s': waiting for the first IKE SA to this peer", name)
             return
         addresses = self._peer_addresses(p)
         if not addresses:
@@ -268,7 +284,8 @@ class Daemon:
         log.info("policy '%s': initiating to [%s]:%d from [%s]:%d", name, peer[0], peer[1],
                  local[0], local[1])
         sa = self.endpoint.connect(policy, (local[0], self.options.ports[0]), peer,
-                                   self.driver.now())
+                                   self.driver.now(),
+                                   initial_contact=peer_state != "established")
         self._active_sa[name] = sa
         self.driver.pump()
 
@@ -292,6 +309,7 @@ class Daemon:
                 k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar))
         elif isinstance(event, IkeSaEstablished):
             self._backoff.pop(event.sa.policy.name, None)
+            asyncio.get_running_loop().call_soon(self.start_active)
         elif isinstance(event, InitialContact):
             self._drop_older_sas(event.sa, event.peer_id)
         elif isinstance(event, IkeSaClosed):
@@ -332,7 +350,12 @@ class Daemon:
                 family = socket.AF_INET6 if any(
                     p.peer is not None and ip_network(p.peer).version == 6
                     for p in self.config.policies) else socket.AF_INET
-                dp.open(local, remote, family)
+                from pyike.dataplane import DataPlaneError
+                try:
+                    # Netlink set-up blocks (and pyroute2 runs its own loop): a thread.
+                    await asyncio.to_thread(dp.open, local, remote, family)
+                except DataPlaneError as e:
+                    raise DaemonError(str(e)) from e
                 dp.start(asyncio.get_running_loop())
             await self.driver.run(start=self.start_active)
         finally:

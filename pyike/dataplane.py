@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network, summarize_address_range
 
+from pyroute2 import IPRoute, NetlinkError
+
 from pyike import esp
 from pyike.ike import ChildSa, ChildSaCreated, ChildSaDeleted, Event, IkeSa
 from pyike.registry import EncrId, IntegId
@@ -45,6 +47,10 @@ def selector_networks(selectors: list) -> list[IPv4Network | IPv6Network]:
             if net not in out:
                 out.append(net)
     return out
+
+
+class DataPlaneError(Exception):
+    """The TUN device or its addresses/routes could not be set up."""
 
 
 @dataclass(slots=True)
@@ -81,7 +87,11 @@ class DataPlane:
     # ------------------------------------------------------------------ device
 
     def open(self, local_addresses: list, remote_networks: list, outer_family: int) -> None:
-        """Create the TUN device, give it the local flow addresses and routes."""
+        """Create the TUN device, give it the local flow addresses and routes.
+
+        Blocking (netlink): call it outside the event loop or in a thread, since
+        pyroute2's synchronous IPRoute runs an asyncio loop of its own.
+        """
         from pytun import IFF_NO_PI, IFF_TUN, TunTapDevice
         self.tun = TunTapDevice(name=self.tun_name, flags=IFF_TUN | IFF_NO_PI)
         self.fd = self.tun.fileno()
@@ -89,13 +99,16 @@ class DataPlane:
         # Worst case among what we negotiate: CBC + HMAC-SHA2-512 has the most overhead.
         self.mtu = esp.tunnel_mtu(PATH_MTU, 6 if outer_family == socket.AF_INET6 else 4,
                                   EncrId.AES_CBC, IntegId.HMAC_SHA2_512_256)
-        self._configure(local_addresses, remote_networks)
+        try:
+            self._configure(local_addresses, remote_networks)
+        except (OSError, NetlinkError) as e:
+            self.close()
+            raise DataPlaneError(f"cannot configure {self.tun_name}: {e}") from e
         log.info("TUN %s up, MTU %d, addresses %s, routes %s", self.tun_name, self.mtu,
                  ", ".join(map(str, local_addresses)) or "none",
                  ", ".join(map(str, remote_networks)) or "none")
 
     def _configure(self, local_addresses: list, remote_networks: list) -> None:
-        from pyroute2 import IPRoute
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.tun_name)[0]
             ipr.link("set", index=idx, mtu=self.mtu, state="up")
@@ -104,8 +117,8 @@ class DataPlane:
                 prefix = 128 if a.version == 6 else 32
                 try:
                     ipr.addr("add", index=idx, address=str(a), prefixlen=prefix)
-                except Exception as e:  # pyroute2 raises NetlinkError
-                    if getattr(e, "code", None) != errno.EEXIST:
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
                         raise
                 self._addresses.add((str(a), prefix))
             for net in remote_networks:

@@ -299,6 +299,7 @@ class IkeSa:
         self._in: crypto.SkCipher | None = None
         self._peer_id_body = b""
         self.peer_auth_method: int | None = None  # what the peer signed with, for logs/tests
+        self.initial_contact = policy.initial_contact
         # Set by a request handler: close the SA once its response is out.
         self._close_after_response = ""
         self._fail_after_response = ""
@@ -798,7 +799,7 @@ class IkeSa:
     def _send_auth_request(self, now: float) -> None:
         spi_in, offer = self._child_offer()
         payloads: list[wire.Payload] = [self._local_id_payload()]
-        if self.policy.initial_contact:
+        if self.initial_contact:
             payloads.append(NotifyPayload(ProtocolId.NONE, b"", NotifyType.INITIAL_CONTACT))
         if self.policy.peer_id is not None:
             payloads.append(IdPayload(PayloadType.IDr, *self.policy.peer_id))
@@ -1153,9 +1154,17 @@ class Endpoint:
 
     # ------------------------------------------------------------------ API
 
-    def connect(self, policy: SaPolicy, local: Addr, peer: Addr, now: float) -> IkeSa:
-        """Start an IKE SA as initiator."""
+    def connect(self, policy: SaPolicy, local: Addr, peer: Addr, now: float, *,
+                initial_contact: bool | None = None) -> IkeSa:
+        """Start an IKE SA as initiator.
+
+        ``initial_contact`` overrides the policy: it must only be sent when no
+        other IKE SA exists between the two identities (RFC 7296 2.4), else the
+        peer deletes those.
+        """
         sa = IkeSa(self, policy, initiator=True, local=local, peer=peer, now=now)
+        if initial_contact is not None:
+            sa.initial_contact = initial_contact
         self.sas[sa.spi_i] = sa
         sa.start(now)
         return sa

@@ -92,6 +92,8 @@ def covers(ts: TrafficSelector, addr: IPAddress, proto: int, port: int) -> bool:
 
 def describe(ts: TrafficSelector) -> str:
     """``tcp 2001:db8::1 port 25`` style text for logs, like iked prints flows."""
+    if not isinstance(ts, TrafficSelector):  # wire.UnknownSelector: a type we cannot use
+        return f"selector type {getattr(ts, 'ts_type', '?')}"
     if ts.start_addr == ts.end_addr:
         addr = str(ts.start_addr)
     else:

@@ -1,0 +1,92 @@
+"""Run the real ``pyike`` daemon in a test namespace: keys, config, log access.
+
+Used by the namespace tests and by ``pyike demo``'s sibling in tests: it
+writes a key directory in iked's layout, starts ``python -m pyike -f CONF``
+inside a Netns with its stderr in a file, and offers bounded waits on the log.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pyike import keys
+from pyike.registry import IdType
+from tests.netns import Netns
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+
+def write_keydir(root: Path, private: ec.EllipticCurvePrivateKey,
+                 peers: dict[str, ec.EllipticCurvePublicKey]) -> Path:
+    """iked's layout: private/local.key (0600 under 0700), local.pub, pubkeys/fqdn/<id>."""
+    (root / "private").mkdir(parents=True, mode=0o700, exist_ok=True)
+    key = root / "private" / "local.key"
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.TraditionalOpenSSL,
+                                          serialization.NoEncryption()))
+    key.chmod(0o600)
+    (root / "local.pub").write_bytes(keys.public_key_pem(private.public_key()))
+    for ident, pub in peers.items():
+        keys.install_peer_key(root, IdType.ID_FQDN, ident, keys.public_key_pem(pub))
+    return root
+
+
+@dataclass
+class PyikeProc:
+    """One pyike daemon in a namespace."""
+
+    ns: Netns
+    workdir: Path
+    conf: Path
+    keydir: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self) -> PyikeProc:
+        self.log_path = self.workdir / f"pyike-{self.ns.name}.log"
+        log = self.log_path.open("wb")
+        cmd = [sys.executable, "-m", "pyike", "-f", str(self.conf), "--keydir",
+               str(self.keydir), "-vv", *self.args]
+        self.proc = self.ns.popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> list[str]:
+        """Wait (bounded) until ``pattern`` matched ``count`` log lines."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            found = [line for line in self.log().splitlines() if rx.search(line)]
+            if len(found) >= count:
+                return found
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"pyike in {self.ns.name} exited "
+                                     f"({self.proc.returncode}):\n{self.log()[-4000:]}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no {count}x /{pattern}/ in {timeout} s; log:\n"
+                                     f"{self.log()[-4000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (pyike sends DELETEs), then wait; the namespace kills leftovers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)

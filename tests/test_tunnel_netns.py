@@ -1,0 +1,131 @@
+"""pyike <-> pyike in two network namespaces, with the guide's iked.conf files.
+
+Real daemons, real UDP sockets, real TUN devices: home (active, three
+policies) and vm (one passive policy) bring the tunnel up, and traffic
+crosses it. The outer link only ever carries ESP-in-UDP and IKE.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pyike import pcap
+from tests.netns import TwoHosts, capture, ping, require_binary
+from tests.pyike_proc import CONF, PyikeProc, write_keydir
+
+pytestmark = [pytest.mark.netns]
+
+VPN0 = "2001:db8:c1da::1"
+VPN1 = "2001:db8:c1da::2"
+
+
+def start_pair(hosts: TwoHosts, tmp: Path, home_args: tuple = (), vm_args: tuple = ()
+               ) -> tuple[PyikeProc, PyikeProc]:
+    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
+    vm_keys = write_keydir(tmp / "vm-keys", vk, {"carinho.lan": hk.public_key()})
+    vm = PyikeProc(hosts.vm, tmp, CONF / "vm-iked.conf", vm_keys,
+                   ["-D", "ext=192.0.2.2", *vm_args]).start()
+    vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
+    home = PyikeProc(hosts.home, tmp, CONF / "home-iked.conf", home_keys,
+                     ["-D", "vm_host=192.0.2.2", *home_args]).start()
+    return home, vm
+
+
+def tcp_roundtrip(hosts: TwoHosts, server_ns, client_ns, addr: str, port: int,
+                  payload: bytes) -> bytes:
+    """Echo ``payload`` through a TCP server in one namespace from the other."""
+    server = server_ns.popen(["python3", "-c", (
+        "import socket\n"
+        f"s=socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+        f"s.bind(('{addr}',{port})); s.listen(1); s.settimeout(20)\n"
+        "c,_=s.accept(); c.settimeout(20); data=b''\n"
+        "while True:\n"
+        "    b=c.recv(65536)\n"
+        "    if not b: break\n"
+        "    data+=b\n"
+        "c.sendall(data); c.close()\n")])
+    time.sleep(0.3)
+    client = client_ns.run(["python3", "-c", (
+        "import socket,sys\n"
+        f"c=socket.create_connection(('{addr}',{port}),timeout=20)\n"
+        f"c.sendall(bytes.fromhex('{payload.hex()}')); c.shutdown(socket.SHUT_WR)\n"
+        "data=b''\n"
+        "while True:\n"
+        "    b=c.recv(65536)\n"
+        "    if not b: break\n"
+        "    data+=b\n"
+        "sys.stdout.write(data.hex())\n")], timeout=30)
+    server_ns.stop(server, grace=2)
+    out = client.stdout
+    return bytes.fromhex(out.decode() if isinstance(out, bytes) else out)
+
+
+def test_pyike_pair_tunnel(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    require_binary("tcpdump", "tcpdump")
+    pcap_path = tmp_path / "outer.pcap"
+    with capture(two_hosts.vm, "eth0", pcap_path, "udp"):
+        home, vm = start_pair(two_hosts, tmp_path)
+        try:
+            home.wait_log(r"established .*policy 'smtp-in' as initiator")
+            home.wait_log(r"established .*as initiator", count=3)
+            vm.wait_log(r"created Child SA", count=3)
+            # ICMPv6 both ways through the icmp6 policy's Child SA.
+            assert ping(two_hosts.home, VPN1, count=3) >= 2
+            assert ping(two_hosts.vm, VPN0, count=3) >= 2
+            # TCP from the VM to port 25 at home (the guide's smtp-in flow).
+            payload = bytes(range(256)) * 200  # 51 KB: many full-size segments
+            assert tcp_roundtrip(two_hosts, two_hosts.home, two_hosts.vm, VPN0, 25,
+                                 payload) == payload
+        finally:
+            home_rc = home.stop()
+            vm.wait_log(r"deleted by peer|IKE SA closed", timeout=10)
+            vm.stop()
+    assert home_rc == 0, home.log()[-3000:]
+    datagrams = list(pcap.read_capture(pcap_path))
+    assert datagrams
+    for d in datagrams:
+        # Only IKE (500, or 4500 with the non-ESP marker) and ESP-in-UDP: no inner
+        # IPv6 packet ever appears in clear on the outer link.
+        assert {d.sport, d.dport} <= {500, 4500}, (d.sport, d.dport)
+        assert bytes.fromhex(VPN0.replace(":", "").ljust(32, "0"))[:6] not in d.payload[:64]
+    assert sum(pcap.is_esp(d) for d in datagrams) > 20
+    assert "Traceback" not in home.log() + vm.log()
+
+
+def test_wrong_key_is_refused_by_both_sides(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    stranger = ec.generate_private_key(ec.SECP384R1())
+    home_keys = write_keydir(tmp_path / "home-keys", hk, {"namorar.example.com": vk.public_key()})
+    vm_keys = write_keydir(tmp_path / "vm-keys", vk, {"carinho.lan": stranger.public_key()})
+    vm = PyikeProc(two_hosts.vm, tmp_path, CONF / "vm-iked.conf", vm_keys,
+                   ["-D", "ext=192.0.2.2"]).start()
+    vm.wait_log(r"listening on IPv4 UDP port 4500")
+    home = PyikeProc(two_hosts.home, tmp_path, CONF / "home-iked.conf", home_keys,
+                     ["-D", "vm_host=192.0.2.2"]).start()
+    try:
+        vm.wait_log(r"AUTHENTICATION_FAILED: .*signature of fqdn/carinho.lan does not verify")
+        home.wait_log(r"IKE_AUTH refused by peer: AUTHENTICATION_FAILED")
+        assert "created Child SA" not in home.log() + vm.log()
+    finally:
+        home.stop()
+        vm.stop()
+    assert "Traceback" not in home.log() + vm.log()
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "iked.conf"
+    bad.write_text('ikev2 "x" active esp from 2001:db8::1 to 2001:db8::2 peer 192.0.2.9 '
+                   "ikesa enc aes-999\n")
+    r = subprocess.run([__import__("sys").executable, "-m", "pyike", "-n", "-f", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "iked.conf:1:" in r.stderr and "aes-999" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert socket
