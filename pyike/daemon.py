@@ -181,8 +181,10 @@ class Daemon:
             raise DaemonError(str(e)) from e
         except OSError as e:
             raise DaemonError(f"{self.options.config_file}: {e.strerror}") from e
-        for warning in cfg.check_policies(self.config):
+        for warning in self.config.warnings:
             log.warning("%s", warning)
+        for note in cfg.check_policies(self.config):  # `pyike -n` shows these as warnings
+            log.info("note: %s", note)
         store = keys.KeyStore(self.options.keydir)
         table = {}
         for p in self.config.policies:

@@ -92,8 +92,11 @@ class DataPlane:
         Blocking (netlink): call it outside the event loop or in a thread, since
         pyroute2's synchronous IPRoute runs an asyncio loop of its own.
         """
-        from pytun import IFF_NO_PI, IFF_TUN, TunTapDevice
-        self.tun = TunTapDevice(name=self.tun_name, flags=IFF_TUN | IFF_NO_PI)
+        from pytun import IFF_NO_PI, IFF_TUN, Error, TunTapDevice
+        try:
+            self.tun = TunTapDevice(name=self.tun_name, flags=IFF_TUN | IFF_NO_PI)
+        except Error as e:  # pytun's error: no /dev/net/tun, not root, name taken
+            raise DataPlaneError(f"cannot create TUN device {self.tun_name}: {e}") from e
         self.fd = self.tun.fileno()
         os.set_blocking(self.fd, False)
         # Worst case among what we negotiate: CBC + HMAC-SHA2-512 has the most overhead.
@@ -101,7 +104,7 @@ class DataPlane:
                                   EncrId.AES_CBC, IntegId.HMAC_SHA2_512_256)
         try:
             self._configure(local_addresses, remote_networks)
-        except (OSError, NetlinkError) as e:
+        except (OSError, NetlinkError, DataPlaneError) as e:
             self.close()
             raise DataPlaneError(f"cannot configure {self.tun_name}: {e}") from e
         log.info("TUN %s up, MTU %d, addresses %s, routes %s", self.tun_name, self.mtu,
@@ -111,20 +114,18 @@ class DataPlane:
     def _configure(self, local_addresses: list, remote_networks: list) -> None:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.tun_name)[0]
-            ipr.link("set", index=idx, mtu=self.mtu, state="up")
+            _netlink(f"set MTU {self.mtu} and up", ipr.link, "set", index=idx, mtu=self.mtu,
+                     state="up")
             for a in local_addresses:
                 # A TUN device is NOARP, so IPv6 skips DAD: the address is usable at once.
                 prefix = 128 if a.version == 6 else 32
-                try:
-                    ipr.addr("add", index=idx, address=str(a), prefixlen=prefix)
-                except NetlinkError as e:
-                    if e.code != errno.EEXIST:
-                        raise
+                _netlink(f"add address {a}/{prefix}", ipr.addr, "add", index=idx,
+                         address=str(a), prefixlen=prefix)
                 self._addresses.add((str(a), prefix))
             for net in remote_networks:
                 src = next((str(a) for a in local_addresses if a.version == net.version), None)
-                ipr.route("replace", dst=str(net), oif=idx,
-                          **({"prefsrc": src} if src else {}))
+                _netlink(f"add route {net}", ipr.route, "replace", dst=str(net), oif=idx,
+                         **({"prefsrc": src} if src else {}))
                 self._routes.add((str(net.network_address), net.prefixlen))
 
     def close(self) -> None:
@@ -239,6 +240,22 @@ class DataPlane:
     def stats(self) -> dict[str, int]:
         return {**self.counters, "spd_no_sa": self.spd.no_sa,
                 "unknown_spi": self.sad.unknown_spi}
+
+
+def _netlink(what: str, call: object, *args: object, **kw: object) -> None:
+    """One netlink request, retried briefly on EINVAL: right after a TUN device is
+    created (and set up) the kernel sometimes refuses an IPv6 address or route
+    for a moment, while the device's IPv6 state is being initialised."""
+    for attempt in range(20):
+        try:
+            call(*args, **kw)  # type: ignore[operator]
+            return
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return
+            if e.code != errno.EINVAL or attempt == 19:
+                raise DataPlaneError(f"{what}: {os.strerror(e.code)}") from e
+            time.sleep(0.05)
 
 
 def local_addresses_and_routes(policies: list) -> tuple[list, list]:

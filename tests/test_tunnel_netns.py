@@ -129,3 +129,14 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     assert "iked.conf:1:" in r.stderr and "aes-999" in r.stderr
     assert "Traceback" not in r.stderr
     assert socket
+
+
+def test_readme_demo_command(stale_netns_swept: None) -> None:
+    """The README's first command: `pyike demo` brings the tunnel up and delivers mail."""
+    import sys
+    r = subprocess.run([sys.executable, "-m", "pyike", "demo"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "done: the tunnel carried ICMPv6 and SMTP" in r.stdout
+    assert "Hello from the VM" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
