@@ -873,7 +873,17 @@ class IkeSa:
         try:
             self._verify_peer(idr, auth)
         except ProtocolError as e:
-            self._close(f"authentication of the peer failed: {e.detail}", now)
+            # 2.21.2: an initiator that rejects the responder's AUTH may say so in a
+            # separate INFORMATIONAL (charon does); otherwise the responder keeps an
+            # established IKE SA and Child SA until its liveness check gives up.
+            log.warning("%s: AUTHENTICATION_FAILED: %s", self.label, e.detail)
+            self.close_reason = f"authentication of the peer failed: {e.detail}"
+            self._next_request_id = msg.message_id + 1
+            self.state = State.DELETING
+            self._send_request(
+                ExchangeType.INFORMATIONAL,
+                [NotifyPayload(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)],
+                "auth_failed", now)
             return
         assert self._request is not None
         ctx = self._request.context
@@ -935,6 +945,8 @@ class IkeSa:
         assert self._request is not None
         if self._request.purpose == "delete_ike":
             self._close(self.close_reason or "deleted", now, error=False)
+        elif self._request.purpose == "auth_failed":
+            self._close(self.close_reason or "authentication of the peer failed", now)
         elif self._request.purpose == "delete_child":
             child = self.children.pop(self._request.context["spi_in"], None)
             if child is not None:
