@@ -857,7 +857,7 @@ class _Lexer:
             tok = self._number(c, pos)
             if tok is not None:
                 return tok
-            # not a number: c (a digit) starts a string, e.g. "10.0.0.1", "30m"
+            # not a number: c (a digit) starts a string, e.g. "192.0.2.1", "30m"
         if _alnum(c) or c in (":", "_", "*"):
             return self._word(c, pos)
         if c == "\n":
@@ -1840,7 +1840,7 @@ class _PolicyBuilder:
             for proto in protos:
                 for flow in self.expand(proto, src, dst):
                     # iked's flow_cmp(): protocol, addresses, prefixes, ports
-                    # ("10.0.0.1" and "10.0.0.1/32" are the same flow).
+                    # ("192.0.2.1" and "192.0.2.1/32" are the same flow).
                     key = (flow.proto, flow.src, flow.src_port, flow.dst, flow.dst_port)
                     if key in seen:
                         self.state.warn(self.rule.pos, "duplicate flow dropped (as iked does)")

@@ -3,6 +3,10 @@
 Expected values come from iked.conf(5) (OpenIKED 7.2), from OpenIKED's
 parse.y (default proposals, ID inference, lexer rules) and from the real
 ``iked -n -v`` where it is installed (Debian's openiked 7.2).
+
+Addresses here are configuration text only: nothing is sent to them, no
+namespace or socket uses them. Many are the man page's own examples (10/8,
+192.168/16); expected error columns depend on their exact spelling.
 """
 
 from __future__ import annotations
