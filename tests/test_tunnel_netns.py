@@ -140,3 +140,28 @@ def test_readme_demo_command(stale_netns_swept: None) -> None:
     assert "done: the tunnel carried ICMPv6 and SMTP" in r.stdout
     assert "Hello from the VM" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
+                                                      tmp_path: Path) -> None:
+    import signal
+    vk = ec.generate_private_key(ec.SECP384R1())
+    keys_dir = write_keydir(tmp_path / "vm-keys", vk, {})
+    conf = tmp_path / "iked.conf"
+    conf.write_text((CONF / "vm-iked.conf").read_text().replace("203.0.113.2", "192.0.2.2"))
+    conf.chmod(0o600)
+    vm = PyikeProc(two_hosts.vm, tmp_path, conf, keys_dir).start()
+    try:
+        vm.wait_log(r"loaded 1 policy")
+        conf.write_text(conf.read_text() + '\nikev2 "second" passive esp from 2001:db8:c1da::2 '
+                        "to 2001:db8:c1da::3 peer any srcid namorar.example.com ecdsa384\n")
+        vm.proc.send_signal(signal.SIGHUP)
+        vm.wait_log(r"loaded 2 policies")
+        conf.write_text("ikev2 esp from nonsense\n")
+        vm.proc.send_signal(signal.SIGHUP)
+        vm.wait_log(r"reload failed, keeping the old configuration: .*iked.conf:1:")
+        assert vm.proc.poll() is None  # still serving
+    finally:
+        rc = vm.stop()
+    assert rc == 0
+    assert "Traceback" not in vm.log()
