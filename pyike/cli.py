@@ -48,6 +48,8 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--active", action="store_true", help="make every policy active")
     p.add_argument("--keylog", type=Path, default=None, metavar="DIR",
                    help="write SA keys (SECRET) as Wireshark tables into DIR")
+    p.add_argument("--natt-keepalive", type=float, default=20.0, metavar="SECONDS",
+                   help="NAT keepalive interval on tunnels we started (default 20; 0 = off)")
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT",
                    help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"pyike {__version__}")
@@ -106,7 +108,8 @@ def run_daemon(argv: list[str]) -> int:
         return 1
     options = Options(config_file=args.file, macros=macros, keydir=args.keydir,
                       force_active=args.active, force_encap=args.natt,
-                      keylog_dir=args.keylog, ports=ports)  # type: ignore[arg-type]
+                      keylog_dir=args.keylog, ports=ports,  # type: ignore[arg-type]
+                      natt_keepalive=args.natt_keepalive)
     from pyike.dataplane import attach_dataplane
     daemon = Daemon(options)
     attach_dataplane(daemon)

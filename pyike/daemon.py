@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyike import config as cfg
 from pyike import keylog, keys, proposals, ts
-from pyike.driver import Driver
+from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
     Addr,
     ChildSaCreated,
@@ -56,6 +56,7 @@ class Options:
     keylog_dir: Path | None = None  # a Wireshark profile dir: ikev2_decryption_table, esp_sa
     ports: tuple[int, int] = (500, 4500)
     socket_path: Path | None = None
+    natt_keepalive: float = 20.0  # seconds; 0 = never (RFC 3948 2.3)
 
 
 def id_bytes(id_type: int, text: str) -> bytes:
@@ -338,6 +339,25 @@ class Daemon:
                 log.info("%s: replaced by %s after INITIAL_CONTACT", other.label, sa.label)
                 other.drop(self.driver.now(), "peer sent INITIAL_CONTACT on a new SA")
 
+    # ------------------------------------------------------------------ NAT keepalives
+
+    def _send_keepalives(self) -> None:
+        """RFC 3948 2.3: a 1-byte 0xFF datagram keeps the NAT mapping of the home
+        side alive (iked only sends these when it is itself behind a NAT, so the
+        home side must). Sent by the original initiator on every UDP-encapsulated
+        established SA; the peer's driver ignores them."""
+        for sa in list(self.endpoint.sas.values()):
+            if sa.state == State.ESTABLISHED and sa.initiator and sa.local[1] == \
+                    self.options.ports[1]:
+                s = self.driver.socket_for(sa.local)
+                if s is not None:
+                    try:
+                        s.sock.sendto(NATT_KEEPALIVE, (str(sa.peer[0]), sa.peer[1]))
+                    except OSError as e:
+                        log.debug("%s: keepalive not sent: %s", sa.label, e.strerror)
+        asyncio.get_running_loop().call_later(self.options.natt_keepalive,
+                                              self._send_keepalives)
+
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
@@ -359,6 +379,9 @@ class Daemon:
                 except DataPlaneError as e:
                     raise DaemonError(str(e)) from e
                 dp.start(asyncio.get_running_loop())
+            if self.options.natt_keepalive > 0:
+                asyncio.get_running_loop().call_later(self.options.natt_keepalive,
+                                                      self._send_keepalives)
             await self.driver.run(start=self.start_active)
         finally:
             for handle in self._retry.values():

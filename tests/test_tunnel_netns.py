@@ -165,3 +165,21 @@ def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
         rc = vm.stop()
     assert rc == 0
     assert "Traceback" not in vm.log()
+
+
+def test_home_sends_nat_keepalives(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """RFC 3948 2.3: 1-byte 0xFF datagrams from home's UDP 4500 keep a NAT open."""
+    require_binary("tcpdump", "tcpdump")
+    pcap_path = tmp_path / "keepalive.pcap"
+    with capture(two_hosts.vm, "eth0", pcap_path, "udp port 4500"):
+        home, vm = start_pair(two_hosts, tmp_path, home_args=("--natt-keepalive", "0.5"))
+        try:
+            home.wait_log(r"established .*as initiator", count=3)
+            time.sleep(2.0)
+        finally:
+            home.stop()
+            vm.stop()
+    keepalives = [d for d in pcap.read_capture(pcap_path) if pcap.is_nat_keepalive(d)]
+    assert len(keepalives) >= 3
+    assert {(str(d.src), d.sport, d.dport) for d in keepalives} == {("192.0.2.1", 4500, 4500)}
+    assert "Traceback" not in vm.log()
