@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 CHARON_BIN = "/usr/lib/ipsec/charon"
 SWANCTL_BIN = "swanctl"
-DEBIAN_PACKAGES = "strongswan-charon strongswan-swanctl libcharon-extra-plugins"
+DEBIAN_PACKAGES = ("strongswan-charon strongswan-swanctl libcharon-extra-plugins "
+                   "libstrongswan-standard-plugins")
 
 # Explicit plugin lists (interop facts): kdf is needed for the PRF+ of 5.9.8,
 # kernel-libipsec (userspace ESP on a TUN) must load before kernel-netlink.
