@@ -40,6 +40,7 @@ log = logging.getLogger("pyike")
 
 BACKOFF_START = 1.0
 BACKOFF_CAP = 30.0  # re-initiation backoff ceiling (seconds)
+USAGE_CHECK_INTERVAL = 5.0  # seconds between byte-lifetime checks
 
 
 class DaemonError(Exception):
@@ -311,6 +312,10 @@ class Daemon:
                 event.sa.spi_i, event.sa.spi_r, s.encr, s.key_bits, s.integ,
                 k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar))
         elif isinstance(event, IkeSaEstablished):
+            if event.replaces is not None:  # an IKE SA rekey: follow the children
+                for name, sa in list(self._active_sa.items()):
+                    if sa is event.replaces:
+                        self._active_sa[name] = event.sa
             self._backoff.pop(event.sa.policy.name, None)
             asyncio.get_running_loop().call_soon(self.start_active)
         elif isinstance(event, InitialContact):
@@ -338,6 +343,19 @@ class Daemon:
             if other is not sa and other.peer_id == peer_id:
                 log.info("%s: replaced by %s after INITIAL_CONTACT", other.label, sa.label)
                 other.drop(self.driver.now(), "peer sent INITIAL_CONTACT on a new SA")
+
+    # ------------------------------------------------------------------ byte lifetimes
+
+    def _check_usage(self) -> None:
+        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``)."""
+        dp = getattr(self, "dataplane", None)
+        if dp is not None:
+            now = self.driver.now()
+            for sa in list(self.endpoint.sas.values()):
+                for child in list(sa.children.values()):
+                    sa.note_child_usage(child.spi_in, dp.octets(child), now)
+            self.driver.pump()
+        asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
 
     # ------------------------------------------------------------------ NAT keepalives
 
@@ -379,6 +397,7 @@ class Daemon:
                 except DataPlaneError as e:
                     raise DaemonError(str(e)) from e
                 dp.start(asyncio.get_running_loop())
+            asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
             if self.options.natt_keepalive > 0:
                 asyncio.get_running_loop().call_later(self.options.natt_keepalive,
                                                       self._send_keepalives)

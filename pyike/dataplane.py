@@ -77,7 +77,9 @@ class DataPlane:
         self.spd = esp.Spd()
         self.sad = esp.Sad()
         self._tx: dict[int, _Tx] = {}  # outbound SA by its SPI
-        self._ike_by_spi_in: dict[int, IkeSa] = {}
+        # Inbound SPI -> its ChildSa, whose last_inbound feeds the IKE SA's liveness
+        # check (the ChildSa moves with its children when the IKE SA is rekeyed).
+        self._child_by_spi_in: dict[int, ChildSa] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routes: set[tuple[str, int]] = set()
         self._addresses: set[tuple[str, int]] = set()
@@ -159,7 +161,7 @@ class DataPlane:
             log.error("no UDP %d socket for %s; Child SA unusable", c.local[1], c.remote[0])
             return
         self.sad.add(inbound)
-        self._ike_by_spi_in[c.spi_in] = event.sa
+        self._child_by_spi_in[c.spi_in] = c
         # New outbound SA first in the SPD: traffic moves to it at once; the old
         # one keeps receiving until the peer deletes it (RFC 7296 2.8).
         self.spd.add(outbound, c.ts_local, c.ts_remote)
@@ -168,7 +170,7 @@ class DataPlane:
 
     def _remove(self, c: ChildSa) -> None:
         self.sad.remove(c.spi_in)
-        self._ike_by_spi_in.pop(c.spi_in, None)
+        self._child_by_spi_in.pop(c.spi_in, None)
         tx = self._tx.pop(c.spi_out, None)
         if tx is not None:
             self.spd.remove(tx.sa)
@@ -222,9 +224,9 @@ class DataPlane:
                                               f"{e.reason.name} ({self.counters['esp_drop']} "
                                               f"drops so far)")
             return
-        ike = self._ike_by_spi_in.get(int.from_bytes(data[:4], "big"))
-        if ike is not None:
-            ike.last_received = time.monotonic()  # authenticated traffic: peer is alive
+        child = self._child_by_spi_in.get(int.from_bytes(data[:4], "big"))
+        if child is not None:
+            child.last_inbound = time.monotonic()  # authenticated traffic: peer is alive
         try:
             os.write(self.fd, inner)
             self.counters["tun_out"] += 1
@@ -236,6 +238,13 @@ class DataPlane:
         if now - self._last_log.get(key, -LOG_EVERY) >= LOG_EVERY:
             self._last_log[key] = now
             log.warning("%s", text)
+
+    def octets(self, c: ChildSa) -> int:
+        """Inner bytes a Child SA has carried both ways (its byte lifetime, RFC 4301 4.4.2.1)."""
+        inbound = self.sad.get(c.spi_in)
+        tx = self._tx.get(c.spi_out)
+        return ((inbound.usage()[1] if inbound is not None else 0)
+                + (tx.sa.usage()[1] if tx is not None else 0))
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "spd_no_sa": self.spd.no_sa,

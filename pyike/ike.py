@@ -118,6 +118,13 @@ class Transmit:
     remote: Addr
 
 
+class ChildState(Enum):
+    ACTIVE = auto()
+    REKEYING = auto()  # our CREATE_CHILD_SA(REKEY_SA) for it is queued or out
+    REKEYED = auto()  # replaced by a new SA; waiting for its DELETE
+    DELETING = auto()  # our DELETE for it is queued or out
+
+
 @dataclass(slots=True)
 class ChildSa:
     """A negotiated ESP SA pair, everything the data plane needs."""
@@ -136,6 +143,12 @@ class ChildSa:
     local: Addr
     remote: Addr
     created: float = 0.0
+    # Lifetimes (RFC 7296 2.8): at ``rekey_at`` (soft, with jitter) the side that
+    # notices first rekeys; at ``expire_at`` (hard) an unrekeyed SA is deleted.
+    rekey_at: float = float("inf")
+    expire_at: float = float("inf")
+    state: ChildState = ChildState.ACTIVE
+    last_inbound: float = 0.0  # set by the data plane: authenticated ESP arrived
 
     def describe(self) -> str:
         flows = ", ".join(f"{ts.describe(a)} -> {ts.describe(b)}"
@@ -151,7 +164,7 @@ class Event:
 @dataclass(slots=True)
 class IkeSaEstablished(Event):
     sa: IkeSa
-    rekeyed_from: bytes | None = None  # our old SPI when this replaces an SA
+    replaces: IkeSa | None = None  # set for an IKE SA rekey: the SA whose children moved
 
 
 @dataclass(slots=True)
@@ -211,6 +224,18 @@ class State(Enum):
     ESTABLISHED = auto()
     DELETING = auto()  # our DELETE of the IKE SA is out
     CLOSED = auto()
+
+
+REKEYED_GRACE = 60.0  # seconds an SA replaced by the peer's rekey waits for its DELETE
+
+
+@dataclass(slots=True)
+class _Rekey:
+    """One completed rekey exchange, kept to settle simultaneous rekeys (2.8.1/2.8.2)."""
+
+    ours: bool  # we initiated the exchange
+    nonce: bytes  # the lower of its two nonces
+    new: ChildSa | IkeSa
 
 
 @dataclass(slots=True)
@@ -303,10 +328,36 @@ class IkeSa:
         # Set by a request handler: close the SA once its response is out.
         self._close_after_response = ""
         self._fail_after_response = ""
+        # Rekeying (RFC 7296 1.3.2, 1.3.3, 2.8).
+        self.rekey_at = float("inf")  # soft IKE SA lifetime, set once established
+        self.rekeyed_to: IkeSa | None = None  # the SA our children moved to
+        self._rekeyed_at = 0.0
+        self._ike_rekey_pending = False
+        self._ike_rekeys: list[_Rekey] = []  # completed rekeys of this IKE SA (2.8.2)
+        self._child_rekeys: dict[int, list[_Rekey]] = {}  # by the old child's spi_in
 
     def note_alive(self, now: float) -> None:
         """The driver saw authenticated traffic (ESP) from the peer: no probe needed."""
         self.last_received = max(self.last_received, now)
+
+    def last_heard(self) -> float:
+        """When the peer last proved it is alive: an IKE message, or ESP on a child."""
+        return max([self.last_received, *(c.last_inbound for c in self.children.values())])
+
+    def _soft_deadline(self, now: float, lifetime: float) -> float:
+        """Soft expiry at 85-90 % of a lifetime. The jitter makes two peers with
+        the same configuration rarely rekey at the same moment (RFC 7296 2.8.1)."""
+        if lifetime <= 0:
+            return float("inf")
+        u = int.from_bytes(self.endpoint.rng(2), "big") / 65536
+        return now + lifetime * (0.85 + 0.05 * u)
+
+    def _established(self, now: float) -> None:
+        self.state = State.ESTABLISHED
+        self.established_at = now
+        self.rekey_at = self._soft_deadline(now, self.policy.ike_lifetime)
+        log.info("%s: established %s", self.label, self.describe())
+        self._emit(IkeSaEstablished(self))
 
     # ------------------------------------------------------------------ naming
 
@@ -394,6 +445,10 @@ class IkeSa:
             self._send_request(ExchangeType.INFORMATIONAL,
                                [DeletePayload(ProtocolId.ESP, 4, [spi_in.to_bytes(4, "big")])],
                                purpose, now, context)
+        elif purpose == "rekey_child":
+            self._send_child_rekey(context, now)
+        elif purpose == "rekey_ike":
+            self._send_ike_rekey(context, now)
         else:  # pragma: no cover - programming error
             raise ValueError(purpose)
 
@@ -412,12 +467,24 @@ class IkeSa:
         if self._request is not None:
             r = self._request
             deadlines.append(r.sent_at + self.policy.retransmit_base * 2 ** (r.tries - 1))
-        elif self.state == State.ESTABLISHED and self.policy.dpd_interval > 0:
-            deadlines.append(self.last_received + self.policy.dpd_interval)
+        elif (self.state == State.ESTABLISHED and self.policy.dpd_interval > 0
+              and self.rekeyed_to is None):
+            deadlines.append(self.last_heard() + self.policy.dpd_interval)
+        if self.state == State.ESTABLISHED:
+            if self.rekeyed_to is not None:
+                deadlines.append(self._rekeyed_at + REKEYED_GRACE)
+            elif not self._ike_rekey_pending:
+                deadlines.append(self.rekey_at)
+            for c in self.children.values():
+                if c.state == ChildState.ACTIVE:
+                    deadlines.append(c.rekey_at)
+                if c.state != ChildState.DELETING:
+                    deadlines.append(c.expire_at)
         if self.state == State.INIT_DONE:
             # A half-open SA dies if IKE_AUTH never comes (keeps cookies meaningful).
             deadlines.append(self.created + self.endpoint.half_open_timeout)
-        return min(deadlines) if deadlines else None
+        soonest = min(deadlines, default=float("inf"))
+        return None if soonest == float("inf") else soonest
 
     def handle_timer(self, now: float) -> None:
         if self.state == State.CLOSED:
@@ -426,9 +493,7 @@ class IkeSa:
             self._close("no IKE_AUTH from the initiator", now)
             return
         r = self._request
-        if r is not None:
-            if now < r.sent_at + self.policy.retransmit_base * 2 ** (r.tries - 1):
-                return
+        if r is not None and now >= r.sent_at + self.policy.retransmit_base * 2 ** (r.tries - 1):
             if r.tries >= self.policy.retransmit_tries:
                 self._close(f"peer not responding ({ExchangeType.name_of(r.exchange)} "
                             f"req {r.message_id} sent {r.tries} times)", now)
@@ -437,14 +502,31 @@ class IkeSa:
             r.sent_at = now
             self._transmit(r.data, f"{ExchangeType.name_of(r.exchange)} req {r.message_id} "
                                    f"(retransmit {r.tries - 1})")
+        if self.state != State.ESTABLISHED:
             return
-        if (self.state == State.ESTABLISHED and self.policy.dpd_interval > 0
-                and now >= self.last_received + self.policy.dpd_interval):
+        if self.rekeyed_to is not None:
+            if now >= self._rekeyed_at + REKEYED_GRACE:
+                # 2.18: the rekey's initiator deletes the old SA; this peer never did.
+                self._close("replaced by a rekey; the peer sent no DELETE", now, error=False)
+            return
+        self._check_lifetimes(now)
+        if (self._request is None and self.policy.dpd_interval > 0
+                and now >= self.last_heard() + self.policy.dpd_interval):
             # Liveness (2.4): an empty INFORMATIONAL; no answer after the
             # retransmissions means the peer is gone.
             log.debug("%s: nothing received for %.0f s, probing", self.label,
-                      now - self.last_received)
+                      now - self.last_heard())
             self._queue_request("liveness", now)
+
+    def _check_lifetimes(self, now: float) -> None:
+        """Soft expiry starts a rekey, hard expiry deletes (RFC 7296 2.8, RFC 4301 4.4.2.1)."""
+        for child in list(self.children.values()):
+            if child.state != ChildState.DELETING and now >= child.expire_at:
+                self._expire_child(child, "hard lifetime reached", now)
+            elif child.state == ChildState.ACTIVE and now >= child.rekey_at:
+                self.rekey_child(child.spi_in, now)
+        if not self._ike_rekey_pending and now >= self.rekey_at:
+            self.rekey(now)
 
     # ------------------------------------------------------------------ API
 
@@ -462,8 +544,50 @@ class IkeSa:
 
     def delete_child(self, spi_in: int, now: float) -> None:
         """Ask the peer to delete one Child SA (INFORMATIONAL with DELETE, 1.4.1)."""
-        if spi_in in self.children:
+        child = self.children.get(spi_in)
+        if child is not None and child.state != ChildState.DELETING:
+            child.state = ChildState.DELETING
             self._queue_request("delete_child", now, spi_in=spi_in)
+
+    def rekey_child(self, spi_in: int, now: float) -> None:
+        """Replace a Child SA by a fresh one (CREATE_CHILD_SA with REKEY_SA, 1.3.3)."""
+        child = self.children.get(spi_in)
+        if child is not None and child.state == ChildState.ACTIVE:
+            log.info("%s: rekeying Child SA 0x%08x (%.0f s old)", self.label, spi_in,
+                     now - child.created)
+            child.state = ChildState.REKEYING
+            self._queue_request("rekey_child", now, spi_in=spi_in)
+
+    def rekey(self, now: float) -> None:
+        """Replace this IKE SA by a fresh one; its children move along (1.3.2, 2.18)."""
+        if self.state == State.ESTABLISHED and self.rekeyed_to is None \
+                and not self._ike_rekey_pending:
+            log.info("%s: rekeying IKE SA (%.0f s old)", self.label,
+                     now - (self.established_at or now))
+            self._ike_rekey_pending = True
+            self._queue_request("rekey_ike", now)
+
+    def note_child_usage(self, spi_in: int, octets: int, now: float) -> None:
+        """The data plane's byte count for a Child SA: lifetime in bytes (iked's
+        ``lifetime ... bytes``). Rekeys at 90 %, deletes at 100 %."""
+        child = self.children.get(spi_in)
+        if child is None or child.lifetime_bytes <= 0:
+            return
+        if octets >= child.lifetime_bytes and child.state != ChildState.DELETING:
+            self._expire_child(child, f"byte lifetime reached ({octets} bytes)", now)
+        elif octets >= child.lifetime_bytes * 0.9 and child.state == ChildState.ACTIVE:
+            self.rekey_child(spi_in, now)
+
+    def _expire_child(self, child: ChildSa, reason: str, now: float) -> None:
+        """Stop using a Child SA at once and tell the peer (RFC 4301: hard lifetime)."""
+        log.warning("%s: Child SA 0x%08x expired: %s", self.label, child.spi_in, reason)
+        self._forget_child(child.spi_in)
+        self._emit(ChildSaDeleted(self, child, reason))
+        self._queue_request("delete_child", now, spi_in=child.spi_in)
+
+    def _forget_child(self, spi_in: int) -> ChildSa | None:
+        self._child_rekeys.pop(spi_in, None)
+        return self.children.pop(spi_in, None)
 
     def drop(self, now: float, reason: str) -> None:
         """Forget this SA without telling the peer (it already forgot us, 2.4)."""
@@ -785,7 +909,10 @@ class IkeSa:
             policy=self.policy.name, spi_in=spi_in, spi_out=int.from_bytes(chosen.spi, "big"),
             suite=suite, key_in=key_in, key_out=key_out, ts_local=local, ts_remote=remote,
             lifetime=self.policy.child_lifetime, lifetime_bytes=self.policy.child_lifetime_bytes,
-            encap=self.nat_detected, local=self.local, remote=self.peer, created=now)
+            encap=self.nat_detected, local=self.local, remote=self.peer, created=now,
+            rekey_at=self._soft_deadline(now, self.policy.child_lifetime),
+            expire_at=now + self.policy.child_lifetime if self.policy.child_lifetime > 0
+            else float("inf"))
         self.children[spi_in] = child
         return child
 
@@ -829,10 +956,7 @@ class IkeSa:
             self._fail_after_response = f"authentication of the peer failed: {e.detail}"
             return [NotifyPayload(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
         reply: list[wire.Payload] = [self._local_id_payload(), self._make_auth()]
-        self.state = State.ESTABLISHED
-        self.established_at = now
-        log.info("%s: established %s", self.label, self.describe())
-        self._emit(IkeSaEstablished(self))
+        self._established(now)
         if any(isinstance(p, NotifyPayload) and p.type == NotifyType.INITIAL_CONTACT
                for p in payloads):
             assert self.peer_id is not None
@@ -887,10 +1011,7 @@ class IkeSa:
             return
         assert self._request is not None
         ctx = self._request.context
-        self.state = State.ESTABLISHED
-        self.established_at = now
-        log.info("%s: established %s", self.label, self.describe())
-        self._emit(IkeSaEstablished(self))
+        self._established(now)
         if errors:
             log.warning("%s: Child SA refused by peer: %s", self.label,
                         ", ".join(NotifyType.name_of(n.type) for n in errors))
@@ -927,7 +1048,7 @@ class IkeSa:
                         child = self._child_by_out_spi(int.from_bytes(spi, "big"))
                         if child is None:
                             continue
-                        del self.children[child.spi_in]
+                        self._forget_child(child.spi_in)
                         ours.append(child.spi_in.to_bytes(4, "big"))
                         log.info("%s: peer deleted Child SA %s", self.label, child.describe())
                         self._emit(ChildSaDeleted(self, child, "deleted by peer"))
@@ -948,7 +1069,7 @@ class IkeSa:
         elif self._request.purpose == "auth_failed":
             self._close(self.close_reason or "authentication of the peer failed", now)
         elif self._request.purpose == "delete_child":
-            child = self.children.pop(self._request.context["spi_in"], None)
+            child = self._forget_child(self._request.context["spi_in"])
             if child is not None:
                 self._emit(ChildSaDeleted(self, child, "deleted by us"))
 
@@ -956,13 +1077,17 @@ class IkeSa:
 
     def _on_create_child_request(self, msg: Message, payloads: list[wire.Payload],
                                  now: float) -> list[wire.Payload]:
-        """The peer rekeys a Child SA (1.3.3) or asks for a new one (1.3.1)."""
+        """The peer rekeys a Child SA (1.3.3), asks for a new one (1.3.1), or
+        rekeys this IKE SA (1.3.2)."""
         sa = _find(payloads, SaPayload)
         nonce = _find(payloads, NoncePayload)
-        if sa is None or nonce is None:
+        if sa is None or nonce is None or not sa.proposals:
             raise ProtocolError("CREATE_CHILD_SA without SA or Nonce", NotifyType.INVALID_SYNTAX)
-        if sa.proposals and sa.proposals[0].protocol == ProtocolId.IKE:
-            raise ProtocolError("IKE SA rekey not supported yet", NotifyType.NO_PROPOSAL_CHOSEN)
+        if self.rekeyed_to is not None:
+            # 2.25: this SA is on its way out; the peer must use the new one.
+            raise ProtocolError("this IKE SA was rekeyed", NotifyType.TEMPORARY_FAILURE)
+        if sa.proposals[0].protocol == ProtocolId.IKE:
+            return self._answer_ike_rekey(sa, nonce, _find(payloads, KePayload), now)
         rekey = next((p for p in payloads if isinstance(p, NotifyPayload)
                       and p.type == NotifyType.REKEY_SA), None)
         old = None
@@ -972,6 +1097,10 @@ class IkeSa:
             if old is None:
                 raise ProtocolError("REKEY_SA for an unknown Child SA",
                                     NotifyType.CHILD_SA_NOT_FOUND, b"")
+            if old.state == ChildState.DELETING:
+                # 2.25.1: a rekey colliding with our DELETE of the same SA.
+                raise ProtocolError(f"Child SA 0x{old.spi_in:08x} is being deleted",
+                                    NotifyType.TEMPORARY_FAILURE)
         chosen, local, remote = self._child_answer(
             sa, _find_ts(payloads, PayloadType.TSi), _find_ts(payloads, PayloadType.TSr),
             we_initiated=False)
@@ -979,11 +1108,11 @@ class IkeSa:
         shared = None
         reply_ke: list[wire.Payload] = []
         if ke is not None:  # PFS (1.3.1): a fresh DH for the new Child SA
-            if ke.group not in crypto.SUPPORTED_GROUPS:
-                raise ProtocolError("unsupported KE group", NotifyType.INVALID_KE_PAYLOAD,
-                                    proposals.dh_groups(self.policy.child_proposals or
-                                                        self.policy.ike_proposals)[0]
-                                    .to_bytes(2, "big"))
+            ours = proposals.dh_groups(self.policy.child_proposals)
+            if ke.group not in crypto.SUPPORTED_GROUPS or (ours and ke.group not in ours):
+                wanted = (ours or proposals.dh_groups(self.policy.ike_proposals))[0]
+                raise ProtocolError(f"KE group {DhId.name_of(ke.group)} is not ours",
+                                    NotifyType.INVALID_KE_PAYLOAD, wanted.to_bytes(2, "big"))
             dh = crypto.dh_generate(DhId(ke.group))
             try:
                 shared = dh.shared(ke.data)
@@ -991,7 +1120,7 @@ class IkeSa:
                 raise ProtocolError(str(e), NotifyType.INVALID_SYNTAX) from e
             reply_ke = [KePayload(dh.group, dh.public_bytes)]
             chosen = Proposal(chosen.number, chosen.protocol, chosen.spi,
-                              [*chosen.transforms,
+                              [*(t for t in chosen.transforms if t.type != TransformType.DH),
                                wire.Transform(TransformType.DH, ke.group)])
         nr = self.endpoint.rng(NONCE_LEN)
         spi_in = self.endpoint.new_child_spi()
@@ -1002,8 +1131,305 @@ class IkeSa:
         log.info("%s: %s Child SA %s", self.label, "rekeyed" if old else "created",
                  child.describe())
         self._emit(ChildSaCreated(self, child, replaces=old))
+        if old is not None:
+            self._child_rekey_done(old, _Rekey(False, min(nonce.data, nr), child), now)
         return [SaPayload([answer]), NoncePayload(nr), *reply_ke,
                 *self._child_ts_payloads(local, remote, we_initiate=False)]
+
+    def _refuse_while_deleting(self, msg: Message, payloads: list[wire.Payload],
+                               now: float) -> list[wire.Payload]:
+        """2.25: no new SAs on an IKE SA we are deleting."""
+        raise ProtocolError("the IKE SA is being deleted", NotifyType.TEMPORARY_FAILURE)
+
+    # ------------------------------------------------------------------ rekeying (initiator)
+
+    def _send_child_rekey(self, context: dict, now: float) -> None:
+        """CREATE_CHILD_SA: N(REKEY_SA), SA, Ni, [KEi], TSi, TSr (1.3.3)."""
+        old = self.children.get(context["spi_in"])
+        if old is None or old.state != ChildState.REKEYING:
+            return  # deleted, or rekeyed by the peer meanwhile
+        spi_in = self.endpoint.new_child_spi()
+        offer = proposals.with_spi(self.policy.child_proposals, spi_in.to_bytes(4, "big"))
+        groups = proposals.dh_groups(self.policy.child_proposals)
+        group = context.get("group") or (groups[0] if groups else None)
+        ni = self.endpoint.rng(NONCE_LEN)
+        # The REKEY_SA SPI is the old SA's SPI as we receive it (1.3.3).
+        payloads: list[wire.Payload] = [
+            NotifyPayload(ProtocolId.ESP, old.spi_in.to_bytes(4, "big"), NotifyType.REKEY_SA),
+            SaPayload(offer), NoncePayload(ni)]
+        dh = None
+        if group:  # PFS: the policy's child proposals name a group (iked's `childsa group`)
+            dh = crypto.dh_generate(DhId(group))
+            payloads.append(KePayload(dh.group, dh.public_bytes))
+        payloads += self._child_ts_payloads(old.ts_local, old.ts_remote, we_initiate=True)
+        self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, "rekey_child", now,
+                           {"old": old.spi_in, "spi_in": spi_in, "offer": offer, "ni": ni,
+                            "dh": dh})
+
+    def _send_ike_rekey(self, context: dict, now: float) -> None:
+        """CREATE_CHILD_SA: SA (IKE, our new SPI), Ni, KEi (1.3.2)."""
+        if self.rekeyed_to is not None or self.state != State.ESTABLISHED:
+            return
+        assert self.suite is not None
+        spi = self.endpoint._new_ike_spi()
+        # The current group first: the peer accepted it once, so no INVALID_KE round.
+        group = context.get("group") or self.suite.dh
+        dh = crypto.dh_generate(DhId(group))
+        ni = self.endpoint.rng(NONCE_LEN)
+        offer = proposals.with_spi(self.policy.ike_proposals, spi)
+        self._send_request(ExchangeType.CREATE_CHILD_SA,
+                           [SaPayload(offer), NoncePayload(ni), KePayload(dh.group,
+                                                                          dh.public_bytes)],
+                           "rekey_ike", now, {"spi": spi, "offer": offer, "ni": ni, "dh": dh})
+
+    def _on_create_child_response(self, msg: Message, payloads: list[wire.Payload],
+                                  now: float) -> None:
+        assert self._request is not None
+        ctx = self._request.context
+        errors = [p for p in payloads if isinstance(p, NotifyPayload) and p.type < 16384]
+        if self._request.purpose == "rekey_ike":
+            self._on_ike_rekey_response(ctx, payloads, errors, now)
+        else:
+            self._on_child_rekey_response(ctx, payloads, errors, now)
+
+    def _retry_group(self, errors: list[NotifyPayload], offered: list[int],
+                     tried: int | None) -> int | None:
+        """INVALID_KE_PAYLOAD (1.3, 3.4): the group the peer wants, if we offer it."""
+        for n in errors:
+            if n.type == NotifyType.INVALID_KE_PAYLOAD and len(n.data) >= 2:
+                group = int.from_bytes(n.data[:2], "big")
+                if group in offered and group != tried and group in crypto.SUPPORTED_GROUPS:
+                    return group
+        return None
+
+    def _retry_later(self, errors: list[NotifyPayload], now: float) -> float:
+        """When to try a refused rekey again: soon after TEMPORARY_FAILURE (2.25)."""
+        temporary = any(n.type == NotifyType.TEMPORARY_FAILURE for n in errors)
+        u = int.from_bytes(self.endpoint.rng(2), "big") / 65536
+        return now + (1.0 + 2.0 * u if temporary else 30.0)
+
+    def _on_child_rekey_response(self, ctx: dict, payloads: list[wire.Payload],
+                                 errors: list[NotifyPayload], now: float) -> None:
+        old = self.children.get(ctx["old"])
+        dh: crypto.DhPrivate | None = ctx["dh"]
+        if errors:
+            names = ", ".join(NotifyType.name_of(n.type) for n in errors)
+            group = self._retry_group(errors, proposals.dh_groups(self.policy.child_proposals),
+                                      dh.group if dh else None)
+            if group is not None and old is not None and old.state == ChildState.REKEYING:
+                log.info("%s: peer wants DH group %s for the Child SA, retrying", self.label,
+                         DhId.name_of(group))
+                self._queue.appendleft(("rekey_child", {"spi_in": old.spi_in, "group": group}))
+            elif any(n.type == NotifyType.CHILD_SA_NOT_FOUND for n in errors):
+                if old is not None:
+                    self._forget_child(old.spi_in)
+                    self._emit(ChildSaDeleted(self, old, "the peer no longer has it"))
+            elif old is not None and old.state == ChildState.REKEYING:
+                old.state = ChildState.ACTIVE
+                old.rekey_at = self._retry_later(errors, now)
+                log.warning("%s: peer refused the Child SA rekey (%s); next try in %.0f s",
+                            self.label, names, old.rekey_at - now)
+            return
+        nonce = _find(payloads, NoncePayload)
+        try:
+            if nonce is None:
+                raise ProtocolError("rekey answer without Nonce", NotifyType.INVALID_SYNTAX)
+            chosen, local, remote = self._child_accept(
+                _find(payloads, SaPayload), _find_ts(payloads, PayloadType.TSi),
+                _find_ts(payloads, PayloadType.TSr), ctx["offer"])
+            shared = self._child_shared_secret(chosen, dh, _find(payloads, KePayload))
+        except ProtocolError as e:
+            log.warning("%s: Child SA rekey answer unusable (%s): %s; deleting it", self.label,
+                        NotifyType.name_of(e.notify), e.detail)
+            self._queue.append(("delete_child", {"spi_in": ctx["spi_in"]}))
+            if old is not None and old.state == ChildState.REKEYING:
+                old.state = ChildState.ACTIVE
+                old.rekey_at = now + 30.0
+            return
+        child = self._new_child(chosen, ctx["spi_in"], local, remote, ctx["ni"], nonce.data,
+                                we_initiated=True, now=now, shared=shared)
+        log.info("%s: rekeyed Child SA %s", self.label, child.describe())
+        self._emit(ChildSaCreated(self, child, replaces=old))
+        if old is not None:
+            self._child_rekey_done(old, _Rekey(True, min(ctx["ni"], nonce.data), child), now)
+
+    def _child_shared_secret(self, chosen: Proposal, dh: crypto.DhPrivate | None,
+                             ke: KePayload | None) -> bytes | None:
+        """g^ir of a PFS rekey; the answer's DH transform says whether PFS was chosen."""
+        group = next((t.id for t in chosen.transforms if t.type == TransformType.DH
+                      and t.id != DhId.NONE), None)
+        if group is None:
+            return None
+        if dh is None or ke is None or ke.group != group or dh.group != group:
+            raise ProtocolError("PFS answer without a matching KE", NotifyType.INVALID_SYNTAX)
+        try:
+            return dh.shared(ke.data)
+        except crypto.InvalidKeyExchange as e:
+            raise ProtocolError(str(e), NotifyType.INVALID_SYNTAX) from e
+
+    def _child_rekey_done(self, old: ChildSa, done: _Rekey, now: float) -> None:
+        """After a rekey exchange: who deletes what (2.8, collisions 2.8.1).
+
+        Normally the rekey's initiator deletes the old SA. When both peers rekeyed
+        the same SA at once, the exchange holding the lowest of the four nonces
+        made a redundant SA; its initiator deletes that one, and the other
+        exchange's initiator deletes the old SA.
+        """
+        records = self._child_rekeys.setdefault(old.spi_in, [])
+        records.append(done)
+        if len(records) == 1:
+            if done.ours:
+                self._delete_replaced_child(old, now)
+            else:
+                old.state = ChildState.REKEYED  # the peer deletes it
+            return
+        loser = min(records, key=lambda r: r.nonce)
+        assert isinstance(loser.new, ChildSa)
+        log.info("%s: simultaneous rekey of Child SA 0x%08x; 0x%08x is redundant", self.label,
+                 old.spi_in, loser.new.spi_in)
+        if loser.ours:
+            old.state = ChildState.REKEYED  # the peer's exchange won: it deletes the old SA
+            loser.new.state = ChildState.DELETING
+            self._queue_request("delete_child", now, spi_in=loser.new.spi_in)
+        else:
+            self._delete_replaced_child(old, now)
+
+    def _delete_replaced_child(self, old: ChildSa, now: float) -> None:
+        old.state = ChildState.DELETING
+        self._queue_request("delete_child", now, spi_in=old.spi_in)
+
+    # ------------------------------------------------------------------ IKE SA rekey
+
+    def _answer_ike_rekey(self, sa: SaPayload, nonce: NoncePayload, ke: KePayload | None,
+                          now: float) -> list[wire.Payload]:
+        """Responder of an IKE SA rekey (1.3.2): new SPIs, keys from SK_d (2.18)."""
+        chosen = proposals.select(sa.proposals, self.policy.ike_proposals)
+        if chosen is None:
+            raise ProtocolError("no acceptable IKE SA proposal for the rekey",
+                                NotifyType.NO_PROPOSAL_CHOSEN)
+        if len(chosen.spi) != 8:
+            raise ProtocolError("IKE SA rekey proposal without an 8-byte SPI",
+                                NotifyType.INVALID_SYNTAX)
+        suite = proposals.suite_of(chosen)
+        if ke is None or ke.group != suite.dh:
+            raise ProtocolError("IKE SA rekey with a KE of another group",
+                                NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
+        dh = crypto.dh_generate(DhId(suite.dh))
+        try:
+            shared = dh.shared(ke.data)
+        except crypto.InvalidKeyExchange as e:
+            raise ProtocolError(str(e), NotifyType.INVALID_SYNTAX) from e
+        nr = self.endpoint.rng(NONCE_LEN)
+        spi_r = self.endpoint._new_ike_spi()
+        new = self._spawn_rekeyed(False, chosen.spi, spi_r, suite, nonce.data, nr, shared, now)
+        self._ike_rekey_done(_Rekey(False, min(nonce.data, nr), new), now)
+        return [SaPayload([Proposal(chosen.number, ProtocolId.IKE, spi_r, chosen.transforms)]),
+                NoncePayload(nr), KePayload(dh.group, dh.public_bytes)]
+
+    def _on_ike_rekey_response(self, ctx: dict, payloads: list[wire.Payload],
+                               errors: list[NotifyPayload], now: float) -> None:
+        dh: crypto.DhPrivate = ctx["dh"]
+        self._ike_rekey_pending = False
+        if errors:
+            group = self._retry_group(errors, proposals.dh_groups(self.policy.ike_proposals),
+                                      dh.group)
+            if group is not None:
+                log.info("%s: peer wants DH group %s for the IKE SA rekey, retrying",
+                         self.label, DhId.name_of(group))
+                self._ike_rekey_pending = True
+                self._queue.appendleft(("rekey_ike", {"group": group}))
+                return
+            self.rekey_at = self._retry_later(errors, now)
+            log.warning("%s: peer refused the IKE SA rekey (%s); next try in %.0f s", self.label,
+                        ", ".join(NotifyType.name_of(n.type) for n in errors), self.rekey_at - now)
+            return
+        sa, nonce, ke = (_find(payloads, SaPayload), _find(payloads, NoncePayload),
+                         _find(payloads, KePayload))
+        problem = ""
+        if sa is None or nonce is None or ke is None or len(sa.proposals) != 1:
+            problem = "answer lacks SA, Nonce or KE"
+        elif len(sa.proposals[0].spi) != 8 or not proposals.is_acceptable_answer(
+                sa.proposals[0], ctx["offer"]):
+            problem = "answer is not one of our proposals"
+        elif ke.group != dh.group or proposals.suite_of(sa.proposals[0]).dh != dh.group:
+            problem = "answer's KE group does not match"
+        shared = b""
+        if not problem:
+            assert ke is not None
+            try:
+                shared = dh.shared(ke.data)
+            except crypto.InvalidKeyExchange as e:
+                problem = str(e)
+        if problem:
+            # The peer may hold a new SA we cannot use; it dies unused with its lifetime.
+            log.warning("%s: IKE SA rekey answer unusable: %s", self.label, problem)
+            self.rekey_at = now + 30.0
+            return
+        assert sa is not None and nonce is not None
+        chosen = sa.proposals[0]
+        new = self._spawn_rekeyed(True, ctx["spi"], chosen.spi, proposals.suite_of(chosen),
+                                  ctx["ni"], nonce.data, shared, now)
+        self._ike_rekey_done(_Rekey(True, min(ctx["ni"], nonce.data), new), now)
+
+    def _spawn_rekeyed(self, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite: Suite,
+                       ni: bytes, nr: bytes, shared: bytes, now: float) -> IkeSa:
+        """The new IKE SA of a rekey. Its initiator is the rekey's initiator (2.18)."""
+        assert self.keys is not None and self.suite is not None and suite.prf is not None
+        new = IkeSa(self.endpoint, self.policy, initiator=we_initiated, local=self.local,
+                    peer=self.peer, now=now)
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new.peer_id, new._peer_id_body = self.peer_id, self._peer_id_body
+        new._peer_hashes, new.peer_auth_method = self._peer_hashes, self.peer_auth_method
+        new.nat_detected, new.initial_contact = self.nat_detected, False
+        new._ni, new._nr, new.suite = ni, nr, suite
+        new.keys = crypto.derive_ike_keys(suite.prf, suite.encr, suite.key_bits, suite.integ,
+                                          ni, nr, shared, spi_i, spi_r,
+                                          old_sk_d=self.keys.sk_d, old_prf=self.suite.prf)
+        new._make_ciphers()
+        new._emit(IkeKeysDerived(new, new.keys))
+        new.state = State.ESTABLISHED
+        new.established_at = now
+        new.rekey_at = new._soft_deadline(now, self.policy.ike_lifetime)
+        self.endpoint.sas[new.our_spi] = new
+        return new
+
+    def _ike_rekey_done(self, done: _Rekey, now: float) -> None:
+        """After an IKE SA rekey: move the children, delete the old SA (2.18, 2.8.2)."""
+        assert isinstance(done.new, IkeSa)
+        self._ike_rekeys.append(done)
+        if len(self._ike_rekeys) == 1:
+            self._move_to(done.new, now)
+            if done.ours:
+                self.delete(now, "rekeyed")
+            return
+        # 2.8.2: both peers rekeyed at once. The new SA with the lowest nonce is
+        # redundant: its initiator deletes it; the other's initiator deletes this one.
+        loser = min(self._ike_rekeys, key=lambda r: r.nonce)
+        winner = next(r for r in self._ike_rekeys if r is not loser)
+        assert isinstance(loser.new, IkeSa) and isinstance(winner.new, IkeSa)
+        log.info("%s: simultaneous IKE SA rekey; %s is redundant", self.label, loser.new.label)
+        if self.rekeyed_to is not winner.new:
+            source = self.rekeyed_to or self
+            source._move_to(winner.new, now, replaces=source)
+        if loser.ours:
+            loser.new.delete(now, "redundant after a simultaneous rekey (RFC 7296 2.8.2)")
+        else:
+            self.delete(now, "rekeyed")
+
+    def _move_to(self, new: IkeSa, now: float, replaces: IkeSa | None = None) -> None:
+        """Hand our Child SAs, and requests queued for them, to ``new``."""
+        log.info("%s: rekeyed IKE SA, now %s (%d Child SA%s moved)", self.label, new.label,
+                 len(self.children), "" if len(self.children) == 1 else "s")
+        new.children.update(self.children)
+        new._child_rekeys.update(self._child_rekeys)
+        self.children, self._child_rekeys = {}, {}
+        moved = [q for q in self._queue if q[0] in ("rekey_child", "delete_child")]
+        self._queue = deque(q for q in self._queue if q not in moved)
+        new._queue.extend(moved)
+        self.rekeyed_to, self._rekeyed_at = new, now
+        self._emit(IkeSaEstablished(new, replaces=replaces or self))
+        if new._request is None:
+            new._request_done(now)
 
     # ------------------------------------------------------------------ receive
 
@@ -1121,11 +1547,13 @@ IkeSa._REQUEST_HANDLERS = {
     (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeSa._on_informational_request,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeSa._on_create_child_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): IkeSa._on_informational_request,
+    (State.DELETING, ExchangeType.CREATE_CHILD_SA): IkeSa._refuse_while_deleting,
 }
 IkeSa._RESPONSE_HANDLERS = {
     (State.INIT_SENT, ExchangeType.IKE_SA_INIT): IkeSa._on_init_response,
     (State.AUTH_SENT, ExchangeType.IKE_AUTH): IkeSa._on_auth_response,
     (State.ESTABLISHED, ExchangeType.INFORMATIONAL): IkeSa._on_informational_response,
+    (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): IkeSa._on_create_child_response,
     (State.DELETING, ExchangeType.INFORMATIONAL): IkeSa._on_informational_response,
 }
 
