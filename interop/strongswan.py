@@ -93,6 +93,8 @@ class Charon:
     child_name: str = "net"
     start_action: str = "none"  # "start" initiates as soon as the config is loaded
     extra_conf: str = ""  # appended inside the charon { } section
+    conn_extra: str = ""  # lines inside the connection (e.g. "rekey_time = 25s")
+    child_extra: str = ""  # lines inside the child (e.g. "rekey_time = 8s")
     proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -184,6 +186,7 @@ class Charon:
                     remote_addrs = {self.remote_addr}
                     proposals = {self.ike_proposals}
                     encap = {"yes" if self.encap else "no"}
+                    {self.conn_extra}
                     local {{
                         auth = pubkey
                         id = {self.local_id}
@@ -200,6 +203,7 @@ class Charon:
                             remote_ts = {self.remote_ts}
                             esp_proposals = {self.esp_proposals}
                             start_action = {self.start_action}
+                            {self.child_extra}
                         }}
                     }}
                 }}

@@ -1,9 +1,11 @@
 """Traffic keeps flowing through rekeys: real pyike daemons in namespaces.
 
-Three tunnels run side by side, each its own pair of namespaces, with short
-lifetimes (Child SA 10 s, IKE SA 30 s): rekeys started by the home side only,
-by the VM side only, and by both (equal lifetimes, so both rekey at nearly the
-same time and collisions are settled by the nonce rule, RFC 7296 2.8.1/2.8.2).
+Five tunnels run side by side, each its own pair of namespaces, with short
+lifetimes (Child SA 10 s, IKE SA 30 s): pyike <-> pyike with rekeys started by
+the home side only, by the VM side only, and by both (equal lifetimes, so both
+rekey at nearly the same time and collisions are settled by the nonce rule,
+RFC 7296 2.8.1/2.8.2); pyike home <-> strongSwan charon VM (kernel-libipsec)
+with rekeys started by pyike, and by charon.
 Through each, for about a minute: a steady TCP stream from the VM to home and
 pings every 0.2 s. No TCP byte may be lost or reordered, at most one ping.
 """
@@ -17,8 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from interop.strongswan import Charon
 from tests.conftest import HOME_ADDRS, VM_ADDRS
 from tests.netns import Netns, TwoHosts, veth_pair
 from tests.pyike_proc import PyikeProc, write_keydir
@@ -117,35 +121,76 @@ def _start(hosts: TwoHosts, tmp: Path, home_life: tuple[int, int],
     return home, vm
 
 
+def _log(peer: PyikeProc | Charon) -> str:
+    return peer.log_text() if isinstance(peer, Charon) else peer.log()
+
+
 def _count(log: str, pattern: str) -> int:
     return len(re.findall(pattern, log))
 
 
+def _start_charon(hosts: TwoHosts, tmp: Path, home_life: tuple[int, int],
+                  vm_life: tuple[int, int]) -> tuple[PyikeProc, Charon]:
+    """pyike at home, strongSwan charon (kernel-libipsec) as the VM."""
+    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
+    hosts.vm.run(["ip", "-6", "addr", "add", f"{VPN1}/128", "dev", "lo", "nodad"])
+    pem = serialization.PrivateFormat.PKCS8
+    charon = Charon(
+        hosts.vm, tmp / "charon", name="rekey", local_addr="192.0.2.2",
+        remote_addr="192.0.2.1", local_id="namorar.example.com", remote_id="carinho.lan",
+        private_key_pem=vk.private_bytes(serialization.Encoding.PEM, pem,
+                                         serialization.NoEncryption()),
+        peer_public_pem=hk.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        ike_proposals="aes256gcm16-prfsha384-x25519", esp_proposals="aes256gcm16",
+        local_ts=f"{VPN1}/128", remote_ts=f"{VPN0}/128",
+        # charon's rekey_time is its soft lifetime; rand_time 0 keeps it exact.
+        conn_extra=f"rekey_time = {vm_life[1]}s\n over_time = {vm_life[1]}s\n rand_time = 0",
+        child_extra=f"rekey_time = {vm_life[0]}s\n life_time = {2 * vm_life[0]}s\n"
+                    "rand_time = 0")
+    charon.start()
+    charon.load()
+    home = PyikeProc(hosts.home, tmp, _conf(tmp / "home.conf", home=True, child=home_life[0],
+                                            ike=home_life[1]), home_keys).start()
+    return home, charon
+
+
 CASES = {
-    # name: (home child, home ike), (vm child, vm ike) lifetimes in seconds
-    "home-rekeys": ((CHILD_LIFETIME, IKE_LIFETIME), (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME)),
-    "vm-rekeys": ((10 * CHILD_LIFETIME, 10 * IKE_LIFETIME), (CHILD_LIFETIME, IKE_LIFETIME)),
-    "both-rekey": ((CHILD_LIFETIME, IKE_LIFETIME), (CHILD_LIFETIME, IKE_LIFETIME)),
+    # name: (home child, home ike), (vm child, vm ike) lifetimes in seconds, VM peer
+    "home-rekeys": ((CHILD_LIFETIME, IKE_LIFETIME), (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
+                    "pyike"),
+    "vm-rekeys": ((10 * CHILD_LIFETIME, 10 * IKE_LIFETIME), (CHILD_LIFETIME, IKE_LIFETIME),
+                  "pyike"),
+    "both-rekey": ((CHILD_LIFETIME, IKE_LIFETIME), (CHILD_LIFETIME, IKE_LIFETIME), "pyike"),
+    "pyike-rekeys-charon": ((CHILD_LIFETIME, IKE_LIFETIME),
+                            (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME), "charon"),
+    "charon-rekeys-pyike": ((10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
+                            (CHILD_LIFETIME - 1, IKE_LIFETIME - 4), "charon"),
 }
 
 
 def test_traffic_survives_rekeys(stale_netns_swept: None, tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         runs = {}
-        for name, (home_life, vm_life) in CASES.items():
+        for name, (home_life, vm_life, peer) in CASES.items():
             home_ns = stack.enter_context(Netns("rk-home"))
             vm_ns = stack.enter_context(Netns("rk-vm"))
             hosts = TwoHosts(home_ns, vm_ns, veth_pair(home_ns, vm_ns, HOME_ADDRS, VM_ADDRS))
             work = tmp_path / name
             work.mkdir()
-            home, vm = _start(hosts, work, home_life, vm_life)
+            start = _start if peer == "pyike" else _start_charon
+            home, vm = start(hosts, work, home_life, vm_life)
             stack.callback(vm.stop)
             stack.callback(home.stop)
             runs[name] = (hosts, home, vm)
         streams = {}
         for name, (hosts, home, vm) in runs.items():
             home.wait_log(r"created Child SA", timeout=30)
-            vm.wait_log(r"created Child SA", timeout=30)
+            if isinstance(vm, Charon):
+                vm.wait_established(timeout=30)
+            else:
+                vm.wait_log(r"created Child SA", timeout=30)
             server = hosts.home.popen([sys.executable, "-c", _SERVER, VPN0],
                                       stdout=subprocess.PIPE)
             streams[name] = (server, hosts.vm.popen(
@@ -161,7 +206,7 @@ def test_traffic_survives_rekeys(stale_netns_swept: None, tmp_path: Path) -> Non
         failures = []
         for name, (received, sent, pings) in results.items():
             _hosts, home, vm = runs[name]
-            logs = home.log() + vm.log()
+            logs = home.log() + _log(vm)
             child_rekeys = _count(home.log(), r"rekeyed Child SA")
             ike_rekeys = _count(home.log(), r"rekeyed IKE SA")
             summary = (f"{name}: TCP sent {sent} received {received}, pings {pings}, "
@@ -179,5 +224,5 @@ def test_traffic_survives_rekeys(stale_netns_swept: None, tmp_path: Path) -> Non
             if "not responding" in logs:
                 failures.append(f"{name}: an IKE SA died")
         assert not failures, "\n".join(failures) + "\n" + "\n".join(
-            f"--- {n} home\n{r[1].log()[-3000:]}\n--- {n} vm\n{r[2].log()[-3000:]}"
+            f"--- {n} home\n{r[1].log()[-3000:]}\n--- {n} vm\n{_log(r[2])[-3000:]}"
             for n, r in runs.items())
