@@ -558,6 +558,10 @@ class IkeSa:
             child.state = ChildState.REKEYING
             self._queue_request("rekey_child", now, spi_in=spi_in)
 
+    def create_child(self, now: float) -> None:
+        """One more Child SA for the policy's selectors (CREATE_CHILD_SA, 1.3.1)."""
+        self._queue_request("rekey_child", now, spi_in=None)
+
     def rekey(self, now: float) -> None:
         """Replace this IKE SA by a fresh one; its children move along (1.3.2, 2.18)."""
         if self.state == State.ESTABLISHED and self.rekeyed_to is None \
@@ -1144,27 +1148,35 @@ class IkeSa:
     # ------------------------------------------------------------------ rekeying (initiator)
 
     def _send_child_rekey(self, context: dict, now: float) -> None:
-        """CREATE_CHILD_SA: N(REKEY_SA), SA, Ni, [KEi], TSi, TSr (1.3.3)."""
-        old = self.children.get(context["spi_in"])
-        if old is None or old.state != ChildState.REKEYING:
-            return  # deleted, or rekeyed by the peer meanwhile
+        """CREATE_CHILD_SA: [N(REKEY_SA)], SA, Ni, [KEi], TSi, TSr (1.3.1, 1.3.3).
+
+        ``context["spi_in"]`` names the Child SA to rekey, or is None for a new one.
+        """
+        old = None
+        if context["spi_in"] is not None:
+            old = self.children.get(context["spi_in"])
+            if old is None or old.state != ChildState.REKEYING:
+                return  # deleted, or rekeyed by the peer meanwhile
         spi_in = self.endpoint.new_child_spi()
         offer = proposals.with_spi(self.policy.child_proposals, spi_in.to_bytes(4, "big"))
         groups = proposals.dh_groups(self.policy.child_proposals)
         group = context.get("group") or (groups[0] if groups else None)
         ni = self.endpoint.rng(NONCE_LEN)
-        # The REKEY_SA SPI is the old SA's SPI as we receive it (1.3.3).
-        payloads: list[wire.Payload] = [
-            NotifyPayload(ProtocolId.ESP, old.spi_in.to_bytes(4, "big"), NotifyType.REKEY_SA),
-            SaPayload(offer), NoncePayload(ni)]
+        payloads: list[wire.Payload] = []
+        if old is not None:  # the REKEY_SA SPI is the old SA's SPI as we receive it (1.3.3)
+            payloads.append(NotifyPayload(ProtocolId.ESP, old.spi_in.to_bytes(4, "big"),
+                                          NotifyType.REKEY_SA))
+        payloads += [SaPayload(offer), NoncePayload(ni)]
         dh = None
         if group:  # PFS: the policy's child proposals name a group (iked's `childsa group`)
             dh = crypto.dh_generate(DhId(group))
             payloads.append(KePayload(dh.group, dh.public_bytes))
-        payloads += self._child_ts_payloads(old.ts_local, old.ts_remote, we_initiate=True)
+        local, remote = ((old.ts_local, old.ts_remote) if old is not None
+                         else (self.policy.ts_local, self.policy.ts_remote))
+        payloads += self._child_ts_payloads(local, remote, we_initiate=True)
         self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, "rekey_child", now,
-                           {"old": old.spi_in, "spi_in": spi_in, "offer": offer, "ni": ni,
-                            "dh": dh})
+                           {"old": context["spi_in"], "spi_in": spi_in, "offer": offer,
+                            "ni": ni, "dh": dh})
 
     def _send_ike_rekey(self, context: dict, now: float) -> None:
         """CREATE_CHILD_SA: SA (IKE, our new SPI), Ni, KEi (1.3.2)."""
@@ -1210,16 +1222,16 @@ class IkeSa:
 
     def _on_child_rekey_response(self, ctx: dict, payloads: list[wire.Payload],
                                  errors: list[NotifyPayload], now: float) -> None:
-        old = self.children.get(ctx["old"])
+        old = self.children.get(ctx["old"]) if ctx["old"] is not None else None
         dh: crypto.DhPrivate | None = ctx["dh"]
         if errors:
             names = ", ".join(NotifyType.name_of(n.type) for n in errors)
             group = self._retry_group(errors, proposals.dh_groups(self.policy.child_proposals),
                                       dh.group if dh else None)
-            if group is not None and old is not None and old.state == ChildState.REKEYING:
+            if group is not None and (old is None or old.state == ChildState.REKEYING):
                 log.info("%s: peer wants DH group %s for the Child SA, retrying", self.label,
                          DhId.name_of(group))
-                self._queue.appendleft(("rekey_child", {"spi_in": old.spi_in, "group": group}))
+                self._queue.appendleft(("rekey_child", {"spi_in": ctx["old"], "group": group}))
             elif any(n.type == NotifyType.CHILD_SA_NOT_FOUND for n in errors):
                 if old is not None:
                     self._forget_child(old.spi_in)
@@ -1248,7 +1260,8 @@ class IkeSa:
             return
         child = self._new_child(chosen, ctx["spi_in"], local, remote, ctx["ni"], nonce.data,
                                 we_initiated=True, now=now, shared=shared)
-        log.info("%s: rekeyed Child SA %s", self.label, child.describe())
+        log.info("%s: %s Child SA %s", self.label, "rekeyed" if old else "created",
+                 child.describe())
         self._emit(ChildSaCreated(self, child, replaces=old))
         if old is not None:
             self._child_rekey_done(old, _Rekey(True, min(ctx["ni"], nonce.data), child), now)

@@ -343,3 +343,21 @@ def test_ike_rekey_answer_carries_new_spi_and_ke() -> None:
     assert all(len(prop.spi) == 8 for prop in sa.proposals)
     assert [type(x).__name__ for x in payloads] == ["SaPayload", "NoncePayload", "KePayload"]
     assert wire.Header.parse(req.data).next_payload == PayloadType.SK
+
+
+def test_additional_child_sa() -> None:
+    p = up()
+    home, vm = current(p.home.sas), current(p.vm.sas)
+    home.create_child(p.now)
+    p.run()
+    assert len(home.children) == len(vm.children) == 2
+    for hc in home.children.values():
+        vc = vm.children[hc.spi_out]
+        assert hc.key_out == vc.key_in and hc.key_in == vc.key_out
+    assert not p.events("home", ChildSaDeleted)
+    # Both rekey independently afterwards.
+    for c in list(home.children.values()):
+        home.rekey_child(c.spi_in, p.now)
+    p.run()
+    assert len(home.children) == len(vm.children) == 2
+    assert len(p.events("vm", ChildSaDeleted)) == 2
