@@ -18,7 +18,10 @@ Where each step of the protocol lives:
   Child SAs     IkeSa._child_offer, _child_answer, _child_accept, _new_child
   protection    IkeSa._protect / _unprotect  (the SK payload, 3.14)
   INFORMATIONAL IkeSa._on_informational_request (DELETE, liveness)
-  CREATE_CHILD  IkeSa._on_create_child_request (Child and IKE SA rekey by the peer)
+  CREATE_CHILD  IkeSa._on_create_child_request (the peer rekeys or adds an SA),
+                IkeSa.rekey_child / rekey / create_child (we do), _check_lifetimes
+                (soft and hard expiry), _child_rekey_done / _ike_rekey_done
+                (who deletes what, simultaneous rekeys)
 """
 
 from __future__ import annotations
