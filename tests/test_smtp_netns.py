@@ -12,8 +12,9 @@ Cases (the IKE/ESP ends):
   policies: smtp-in, smtp-out, icmp6) and conf/vm-iked.conf;
 - ``pyike-charon``: pyike at home with the guide's policies, strongSwan charon
   (kernel-libipsec, ``encap = yes``) on the VM, AES-GCM-16 ESP;
-- ``charon-pyike``: charon at home (one child for vpn0 <-> vpn1), pyike on the VM
-  with conf/vm-iked.conf, AES-CBC + HMAC-SHA2-256 ESP.
+- ``charon-pyike``: charon at home with the guide's three policies as children of
+  one IKE SA (the second and third by CREATE_CHILD_SA), pyike on the VM with
+  conf/vm-iked.conf, AES-CBC + HMAC-SHA2-256 ESP.
 
 Each case: ping6 both ways over the inner addresses, a TCP connection from the VM to
 home's port 25 (the real smtpd's banner), the mail delivered (smtpd's mda and mta log
@@ -82,11 +83,58 @@ def _charon(ns: Netns, tmp: Path, *, home: bool, own: ec.EllipticCurvePrivateKey
     local_in, remote_in = (VPN0, VPN1) if home else (VPN1, VPN0)
     # libipsec's TUN has no address: the inner address lives on lo.
     ns.run(["ip", "-6", "addr", "add", f"{local_in}/128", "dev", "lo", "nodad"])
-    return Charon(ns, tmp / "charon", name="mail", local_addr=local, remote_addr=remote,
-                  local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
-                  private_key_pem=_pem(own), peer_public_pem=_pub_pem(peer),
-                  ike_proposals=ike, esp_proposals=esp, local_ts=f"{local_in}/128",
-                  remote_ts=f"{remote_in}/128", encap=True)
+    cls = GuideCharon if home else Charon
+    return cls(ns, tmp / "charon", name="mail", local_addr=local, remote_addr=remote,
+               local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
+               private_key_pem=_pem(own), peer_public_pem=_pub_pem(peer),
+               ike_proposals=ike, esp_proposals=esp, local_ts=f"{local_in}/128",
+               remote_ts=f"{remote_in}/128", encap=True)
+
+
+# The guide's three home policies (conf/home-iked.conf) as charon children.
+GUIDE_CHILDREN = {
+    "smtp-in": (f"{VPN0}/128[tcp/25]", f"{VPN1}/128[tcp]"),
+    "smtp-out": (f"{VPN0}/128[tcp]", f"{VPN1}/128[tcp/25]"),
+    "icmp6": (f"{VPN0}/128[ipv6-icmp]", f"{VPN1}/128[ipv6-icmp]"),
+}
+
+
+class GuideCharon(Charon):
+    """charon at home with the guide's policies: one IKE SA, a child per policy (the
+    first in IKE_AUTH, the others by CREATE_CHILD_SA, RFC 7296 1.3.1)."""
+
+    def swanctl_conf(self) -> str:
+        children = "".join(
+            f"""
+            {name} {{
+                local_ts = {local}
+                remote_ts = {remote}
+                esp_proposals = {self.esp_proposals}
+                start_action = none
+            }}""" for name, (local, remote) in GUIDE_CHILDREN.items())
+        return f"""\
+connections {{
+    {self.name} {{
+        version = 2
+        local_addrs = {self.local_addr}
+        remote_addrs = {self.remote_addr}
+        proposals = {self.ike_proposals}
+        encap = yes
+        local {{
+            auth = pubkey
+            id = {self.local_id}
+            pubkeys = local.pem
+        }}
+        remote {{
+            auth = pubkey
+            id = {self.remote_id}
+            pubkeys = peer.pem
+        }}
+        children {{{children}
+        }}
+    }}
+}}
+"""
 
 
 @contextmanager
@@ -127,13 +175,13 @@ def tunnel(kind: str, hosts: TwoHosts, tmp: Path) -> Iterator[Tunnel]:
                              ike="aes256-sha384-ecp384", esp="aes256-sha256")
             stack.enter_context(charon)
             charon.load()
-            charon.initiate(timeout=TIMEOUT_S)
-            vm.wait_log(r"created Child SA", timeout=TIMEOUT_S)
+            for child in GUIDE_CHILDREN:
+                charon.initiate(child, timeout=TIMEOUT_S)
+            vm.wait_log(r"created Child SA", count=3, timeout=TIMEOUT_S)
             t = Tunnel(keylog, vm, charon)
         if t.charon is not None:
             # (swanctl --list-sas --raw with [proto] selectors is beyond parse_list_sas)
-            want = 3 if kind == "pyike-charon" else 1
-            c = t.charon
+            want, c = 3, t.charon
             wait_until(lambda: len(_CHARON_CHILD.findall(c.log_text())) >= want, TIMEOUT_S,
                        what=f"{want} CHILD_SA(s) established in charon's log")
         yield t
