@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pyike import pcap
-from tests.netns import TwoHosts, capture, ping, require_binary
+from tests.netns import TwoHosts, capture, ping, require_binary, wait_until
 from tests.pyike_proc import CONF, PyikeProc, write_keydir
 
 pytestmark = [pytest.mark.netns]
@@ -223,6 +223,13 @@ def test_demo_ctrl_c_tears_everything_down(stale_netns_swept: None) -> None:
     shutil.rmtree(work[1], ignore_errors=True)
 
 
+def _catches(pid: int, sig: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
 def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
                                                       tmp_path: Path) -> None:
     import signal
@@ -234,6 +241,11 @@ def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
     vm = PyikeProc(two_hosts.vm, tmp_path, conf, keys_dir).start()
     try:
         vm.wait_log(r"loaded 1 policy")
+        # "loaded" is logged before the event loop installs its SIGHUP handler (after the
+        # TUN set-up): until then SIGHUP would kill it. Wait until the kernel says the
+        # process catches SIGHUP (SigCgt in /proc/PID/status).
+        wait_until(lambda: _catches(vm.proc.pid, signal.SIGHUP), 20,
+                   what="pyike to catch SIGHUP")
         conf.write_text(conf.read_text() + '\nikev2 "second" passive esp from 2001:db8:c1da::2 '
                         "to 2001:db8:c1da::3 peer any srcid namorar.example.com ecdsa384\n")
         vm.proc.send_signal(signal.SIGHUP)
