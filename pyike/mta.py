@@ -112,7 +112,8 @@ def make_mailbox(user: str = DELIVERY_USER) -> tuple[Path, Path]:
     to it; returns (the directory, the aliases file). ``dir/Maildir`` is the Maildir
     smtpd creates on first delivery. Remove the directory with ``shutil.rmtree``."""
     pw = pwd.getpwnam(user)
-    root = Path(tempfile.mkdtemp(prefix="pyike-mail-"))
+    # /tmp itself, not $TMPDIR: every parent must be searchable by ``user``.
+    root = Path(tempfile.mkdtemp(prefix="pyike-mail-", dir="/tmp"))
     root.chmod(0o755)
     box = root / "box"
     box.mkdir(mode=0o700)
