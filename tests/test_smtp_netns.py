@@ -70,8 +70,9 @@ def _pub_pem(key: ec.EllipticCurvePublicKey) -> bytes:
 @dataclass
 class Tunnel:
     keylog: Path  # the pyike end's --keylog directory
-    pyike: PyikeProc
+    pyike: PyikeProc  # the pyike end that writes it
     charon: Charon | None = None
+    peer_pyike: PyikeProc | None = None  # the other end, when it is pyike too
 
     def logs(self) -> str:
         return self.pyike.log() + (self.charon.log_text() if self.charon else "")
@@ -162,9 +163,11 @@ def tunnel(kind: str, hosts: TwoHosts, tmp: Path) -> Iterator[Tunnel]:
             stack.callback(home.stop)
             # The guide's three policies: one IKE SA and Child SA each.
             home.wait_log(r"created Child SA", count=3, timeout=TIMEOUT_S)
-            t = Tunnel(keylog, home, None if kind == "pyike-pyike" else charon)
             if kind == "pyike-pyike":
                 vm.wait_log(r"created Child SA", count=3, timeout=TIMEOUT_S)
+                t = Tunnel(keylog, home, peer_pyike=vm)
+            else:
+                t = Tunnel(keylog, home, charon)
         else:  # charon-pyike: charon initiates from home, pyike answers on the VM
             vm_keys = write_keydir(tmp / "vm-keys", vk, {HOME_ID: hk.public_key()})
             vm = PyikeProc(hosts.vm, tmp, CONF / "vm-iked.conf", vm_keys,
@@ -394,4 +397,5 @@ def test_mail_over_tunnel(two_hosts: TwoHosts, tmp_path: Path, kind: str) -> Non
     assert seen["ike"] >= 4 and seen["esp"] >= 20, seen
     check_decrypted(tshark_decrypt(pcap_path, t.keylog, tmp_path), mail,
                     esn_spis(t.pyike.log()))
-    assert "Traceback" not in t.pyike.log()
+    for proc in (t.pyike, t.peer_pyike):
+        assert proc is None or "Traceback" not in proc.log()
