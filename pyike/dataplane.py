@@ -131,6 +131,8 @@ class DataPlane:
                 self._routes.add((str(net.network_address), net.prefixlen))
 
     def close(self) -> None:
+        if self.tun is not None:  # the totals, once: drops are otherwise rate-limited
+            log.info("data plane totals: %s", " ".join(f"{k}={v}" for k, v in self.stats().items()))
         if self._loop is not None and self.fd >= 0:
             self._loop.remove_reader(self.fd)
         if self.tun is not None:

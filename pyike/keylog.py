@@ -22,7 +22,10 @@ algorithm names below are those of Wireshark's dissectors (checked against tshar
 
   One line per direction; the SPI is the one in the ESP header of packets from src to
   dst. For AES-GCM the key includes the 4-byte salt (RFC 4106 section 8.1); the
-  authentication is "NULL" with key "0x".
+  authentication is "NULL" with key "0x". The table has no column for extended
+  sequence numbers: on an ESN SA Wireshark (4.0 here) decrypts every packet, UDP-
+  encapsulated or not, but leaves the high 32 bits out of the ICV input (RFC 4303
+  section 2.2.1) and so reports the ICV as wrong (tests/test_smtp_netns.py).
 
 To use them, put the files in a Wireshark profile directory (e.g.
 ``~/.config/wireshark/profiles/pyike/``) and run ``tshark -C pyike -o

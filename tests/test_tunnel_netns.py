@@ -7,6 +7,7 @@ crosses it. The outer link only ever carries ESP-in-UDP and IKE.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -16,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pyike import pcap
-from tests.netns import TwoHosts, capture, ping, require_binary
+from tests.netns import TwoHosts, capture, ping, require_binary, wait_until
 from tests.pyike_proc import CONF, PyikeProc, write_keydir
 
 pytestmark = [pytest.mark.netns]
@@ -131,15 +132,102 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     assert socket
 
 
+def _demo_leftovers(tag: str) -> list[str]:
+    """Namespaces of the demo run ``tag`` (its PID) that still exist."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                         timeout=10).stdout
+    return [line.split()[0] for line in out.splitlines() if line.endswith(tag)
+            or f"-{tag} " in line + " "]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(f"{cmdline.parent.name}: {args}")
+    return found
+
+
 def test_readme_demo_command(stale_netns_swept: None) -> None:
-    """The README's first command: `pyike demo` brings the tunnel up and delivers mail."""
+    """The README's first command: `pyike demo` brings the tunnel up, and OpenSMTPD at
+    the VM relays a mail through it to home's OpenSMTPD, which delivers it to a Maildir."""
     import sys
-    r = subprocess.run([sys.executable, "-m", "pyike", "demo"], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "done: the tunnel carried ICMPv6 and SMTP" in r.stdout
-    assert "Hello from the VM" in r.stdout
-    assert "Traceback" not in r.stdout + r.stderr
+    require_binary("smtpd", "opensmtpd")
+    require_binary("swaks", "swaks")
+    proc = subprocess.Popen([sys.executable, "-m", "pyike", "demo"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "done: the tunnel carried ICMPv6 and SMTP, OpenSMTPD delivered the mail" in out
+    # smtpd's own log lines: the VM relayed over the tunnel, home delivered locally.
+    assert re.search(r'vm: +smtpd: mta delivery .*relay="\[2001:db8:c1da::1\].*result="Ok"',
+                     out), out
+    assert re.search(r"home: smtpd: mda delivery .*user=nobody .*result=Ok stat=Delivered",
+                     out), out
+    m = re.search(r"home: in the Maildir: (\S+/Maildir/new/\S+)", out)
+    assert m, out
+    assert re.search(r"\| Subject: delivered through pyike \([0-9a-f]{16}\)", out), out
+    assert "| Hello from the VM, over IKEv2/ESP." in out
+    assert "Traceback" not in out + err
+    # Torn down: namespaces, processes and the mailbox are gone.
+    assert _demo_leftovers(str(proc.pid)) == []
+    assert not Path(m[1]).exists()
+
+
+def test_demo_ctrl_c_tears_everything_down(stale_netns_swept: None) -> None:
+    """SIGINT while both smtpds run: exit 130, no namespace, no process, no mailbox left."""
+    import signal
+    import sys
+    require_binary("smtpd", "opensmtpd")
+    require_binary("swaks", "swaks")
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "pyike", "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "vm:   smtpd listening" in line:
+                break
+        assert any("vm:   smtpd listening" in x for x in lines), "".join(lines)
+        maildir = re.search(r"Maildir (/\S+)", "".join(lines))
+        assert maildir, "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert "==> interrupted" in out and "==> tearing down" in out
+    assert "Traceback" not in out
+    assert _demo_leftovers(str(proc.pid)) == []
+    work = re.search(r"logs kept in (\S+)", out)
+    assert work, out
+    assert _processes_mentioning(work[1]) == []  # no smtpd (or pyike) survived
+    assert not Path(maildir[1]).parent.parent.exists()  # the mailbox under /tmp
+    import shutil
+    shutil.rmtree(work[1], ignore_errors=True)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
 
 
 def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
@@ -153,6 +241,11 @@ def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
     vm = PyikeProc(two_hosts.vm, tmp_path, conf, keys_dir).start()
     try:
         vm.wait_log(r"loaded 1 policy")
+        # "loaded" is logged before the event loop installs its SIGHUP handler (after the
+        # TUN set-up): until then SIGHUP would kill it. Wait until the kernel says the
+        # process catches SIGHUP (SigCgt in /proc/PID/status).
+        wait_until(lambda: _catches(vm.proc.pid, signal.SIGHUP), 20,
+                   what="pyike to catch SIGHUP")
         conf.write_text(conf.read_text() + '\nikev2 "second" passive esp from 2001:db8:c1da::2 '
                         "to 2001:db8:c1da::3 peer any srcid namorar.example.com ecdsa384\n")
         vm.proc.send_signal(signal.SIGHUP)
