@@ -166,8 +166,8 @@ def _write_conf(path: Path, text: str) -> Path:
 @contextlib.contextmanager
 def pair(two_hosts: TwoHosts, tmp_path: Path, *, pyike_home: bool, rfc7427: bool = True,
          natt: bool = False, pyike_extra: str = "", pyike_sets: str = "", iked_extra: str = "",
-         iked_sets: str = "", auto_expire: bool = False, with_capture: bool = False
-         ) -> Iterator[Pair]:
+         iked_sets: str = "", auto_expire: bool = False, with_capture: bool = False,
+         pyike_args: tuple[str, ...] = ()) -> Iterator[Pair]:
     """Start the responder first, then the initiator; stop both (by PID) at the end."""
     _need_tools()
     home_ns, vm_ns = two_hosts
@@ -176,7 +176,7 @@ def pair(two_hosts: TwoHosts, tmp_path: Path, *, pyike_home: bool, rfc7427: bool
     keylog = tmp_path / "keylog"
     keylog.mkdir()
     pyike_args = ["--keylog", str(keylog), *([] if rfc7427 else ["--no-rfc7427"]),
-                  *(["-t"] if natt else [])]
+                  *(["-t"] if natt else []), *pyike_args]
     if pyike_home:
         conf = _write_conf(tmp_path / "home-iked.conf", guide_conf(
             "home-iked.conf", for_iked=False, policy_extra=pyike_extra, sets=pyike_sets))
@@ -479,4 +479,53 @@ def test_forced_natt(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> N
         assert {m["peer"] for m in p.iked_established()} == {f"{p.pyike_addr}:4500"}
     text = decode(p)
     assert ":500 " not in text and ":500\n" not in text, text[:2000]
+    _no_traceback(p)
+
+
+def test_natt_keepalives_only_from_pyike(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """pyike fakes being behind a NAT (forced encapsulation), so iked thinks only the
+    home side is NATed; iked sends keepalives only when it is itself behind a NAT
+    (docs/iked.md), so pyike, the initiator, sends the RFC 3948 2.3 one-byte
+    keepalives (here every second) and iked takes them without complaint."""
+    with pair(two_hosts, tmp_path, pyike_home=True, pyike_args=("--natt-keepalive", "1")) as p:
+        check_children(p, p.wait_up())
+        pcap = tmp_path / "keepalive.pcap"
+        with capture(two_hosts.vm, "eth0", pcap, "udp port 4500"):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(_keepalives(pcap, HOME_ADDR)) < 3:
+                time.sleep(0.2)
+        from_pyike = _keepalives(pcap, HOME_ADDR)
+        assert len(from_pyike) >= 3, from_pyike
+        assert p.iked.running() and not p.iked.deleted_sas()
+    _no_traceback(p)
+
+
+def _keepalives(pcap: Path, src: str) -> list[float]:
+    from pyike.pcap import CaptureError, is_nat_keepalive, read_capture
+    try:
+        return [d.timestamp for d in read_capture(pcap)
+                if is_nat_keepalive(d) and d.src == ip_address(src) and d.sport == 4500]
+    except (CaptureError, OSError):
+        return []  # tcpdump has not written the header yet
+
+
+def test_iked_ignores_initial_contact(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """pyike killed (no DELETE) and restarted: its first new IKE SA carries
+    INITIAL_CONTACT (RFC 7296 2.4), which iked parses but does not act on, so it
+    keeps the three stale IKE SAs next to the three new ones (until its own liveness
+    check frees them); the new ones work."""
+    with pair(two_hosts, tmp_path, pyike_home=True) as p:
+        check_children(p, p.wait_up())
+        assert p.pyike.proc is not None
+        p.pyike.proc.kill()
+        p.pyike.proc.wait(10)
+        p.pyike.start()
+        p.pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S, count=3)
+        p.iked.wait_for(lambda: len(p.iked_established()) >= 6, TIMEOUT_S,
+                        "six established IKE SAs")
+        time.sleep(1.0)  # iked acting on INITIAL_CONTACT would delete the old ones now
+        show = p.iked.ikectl("show", "sa")
+        assert len(re.findall(r"^iked_sas:", show, re.M)) == 6, show
+        assert not p.iked.deleted_sas()
+        assert p.iked.log_text().count("type INITIAL_CONTACT") == 2  # first SA of each run
     _no_traceback(p)
