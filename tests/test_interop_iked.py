@@ -349,6 +349,21 @@ def test_iked_deletes(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> 
     _no_traceback(p)
 
 
+def test_iked_sigterm_sends_no_delete(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """iked stopped with SIGTERM flushes its SAs without telling the peer (no DELETE,
+    docs/iked.md): pyike hears nothing and keeps its IKE SAs until its liveness check
+    gives up. This pins the fact the docs rely on."""
+    with pair(two_hosts, tmp_path, pyike_home=True) as p:
+        check_children(p, p.wait_up())
+        before = p.pyike.log()
+        p.iked.stop()
+        assert "config_doreset: flushing SAs" in p.iked.log_text()
+        time.sleep(2.0)  # a DELETE would arrive within milliseconds on this link
+        after = p.pyike.log()[len(before):]
+        assert "recv INFORMATIONAL" not in after and "peer deleted" not in after, after
+    _no_traceback(p)
+
+
 # --- Child SA rekeys ------------------------------------------------------------------
 
 @pytest.mark.parametrize("pyike_home", [pytest.param(True, id="pyike_home"),
