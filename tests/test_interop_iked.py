@@ -298,7 +298,8 @@ def test_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, rfc7427: bool) -> 
         p.pyike.stop()
         p.iked.wait_for(lambda: spis <= {r["spi"] for r in p.iked.deleted_sas()}, TIMEOUT_S,
                         "iked deleting every Child SA after pyike's DELETEs")
-        p.iked.wait_for_log(r"(?s)(received delete.*){3}")
+        p.iked.wait_for(lambda: p.iked.log_text().count("received delete") >= 3, TIMEOUT_S,
+                        "three IKE SA DELETEs")
         assert p.iked.running()
     methods = auth_methods(decode(p))
     assert methods == [AUTH_7427 if rfc7427 else AUTH_4754] * 6, methods
@@ -400,7 +401,8 @@ def test_pyike_rekeys_child(two_hosts: TwoHosts, tmp_path: Path, pyike_home: boo
     answers, and the new SAs' keys agree. Needs the lead's pyike/ike.py change."""
     with pair(two_hosts, tmp_path, pyike_home=pyike_home, pyike_extra="lifetime 8") as p:
         by_flow = check_children(p, p.wait_up())
-        (line,) = p.pyike.wait_log(r"rekeyed Child SA", timeout=TIMEOUT_S)
+        # The three Child SAs share the lifetime: the first rekey is enough here.
+        line = p.pyike.wait_log(r"rekeyed Child SA", timeout=TIMEOUT_S)[0]
         p.pyike.wait_log(r"send CREATE_CHILD_SA req", timeout=1)
         rekeyed = _CHILD.search(line)
         assert rekeyed is not None
