@@ -38,7 +38,8 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", dest="verbose", action="count", default=0,
                    help="more logging; repeat for more (-vv: every message, -vvv: payloads)")
     p.add_argument("-t", dest="natt", action="store_true",
-                   help="always use UDP encapsulation (ESP in UDP 4500), like iked -t")
+                   help="like iked -t: start IKE on UDP 4500 (non-ESP marker) and always "
+                        "encapsulate ESP in UDP")
     p.add_argument("-T", dest="no_natt", action="store_true",
                    help="accepted for iked compatibility; pyike's ESP always runs over UDP")
     p.add_argument("-s", dest="socket", type=Path, default=None,
@@ -48,6 +49,9 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--active", action="store_true", help="make every policy active")
     p.add_argument("--keylog", type=Path, default=None, metavar="DIR",
                    help="write SA keys (SECRET) as Wireshark tables into DIR")
+    p.add_argument("--no-rfc7427", dest="rfc7427", action="store_false",
+                   help="do not offer RFC 7427 signatures (no SIGNATURE_HASH_ALGORITHMS "
+                        "notify): AUTH uses the RFC 4754 ECDSA methods, and so does the peer")
     p.add_argument("--natt-keepalive", type=float, default=20.0, metavar="SECONDS",
                    help="NAT keepalive interval on tunnels we started (default 20; 0 = off)")
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT",
@@ -109,7 +113,7 @@ def run_daemon(argv: list[str]) -> int:
     options = Options(config_file=args.file, macros=macros, keydir=args.keydir,
                       force_active=args.active, force_encap=args.natt,
                       keylog_dir=args.keylog, ports=ports,  # type: ignore[arg-type]
-                      natt_keepalive=args.natt_keepalive)
+                      natt_keepalive=args.natt_keepalive, rfc7427=args.rfc7427)
     from pyike.dataplane import attach_dataplane
     daemon = Daemon(options)
     attach_dataplane(daemon)

@@ -58,6 +58,7 @@ class Options:
     ports: tuple[int, int] = (500, 4500)
     socket_path: Path | None = None
     natt_keepalive: float = 20.0  # seconds; 0 = never (RFC 3948 2.3)
+    rfc7427: bool = True  # --no-rfc7427: RFC 4754 AUTH only (iked then signs with it too)
 
 
 def id_bytes(id_type: int, text: str) -> bytes:
@@ -123,6 +124,7 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
         # pyike's ESP runs in userspace over UDP 4500 only (no raw IP protocol 50),
         # so it always asks for UDP encapsulation, as iked -t does.
         force_encap=True,
+        rfc7427=options.rfc7427,
         ike_lifetime=float(policy.ikelifetime),  # 0: never rekeyed (iked's default)
         child_lifetime=float(policy.lifetime),
         child_lifetime_bytes=int(policy.lifetime_bytes),
@@ -277,9 +279,12 @@ class Daemon:
                 return
             self._schedule_retry(name)
             return
-        peer = (addresses[0], self.options.ports[0])
+        # -t, like iked -t: start on the NAT-T port (RFC 7296 2.23 allows IKE_SA_INIT
+        # on 4500, with the non-ESP marker); a peer running iked -t listens only there.
+        port = self.options.ports[1] if self.options.force_encap else self.options.ports[0]
+        peer = (addresses[0], port)
         try:
-            local = ((ip_address(str(p.local[0])), self.options.ports[0]) if p.local
+            local = ((ip_address(str(p.local[0])), port) if p.local
                      else local_address_for(peer))
         except OSError as e:
             log.warning("policy '%s': no route to peer %s: %s", name, peer[0], e.strerror)
@@ -287,7 +292,7 @@ class Daemon:
             return
         log.info("policy '%s': initiating to [%s]:%d from [%s]:%d", name, peer[0], peer[1],
                  local[0], local[1])
-        sa = self.endpoint.connect(policy, (local[0], self.options.ports[0]), peer,
+        sa = self.endpoint.connect(policy, (local[0], port), peer,
                                    self.driver.now(),
                                    initial_contact=peer_state != "established")
         self._active_sa[name] = sa
