@@ -21,6 +21,7 @@ a pass/fail row in the result table:
   xfrm state    the guest kernel holds ESP SAs in tunnel mode, cbc(aes), hmac(sha*),
                 encap espinudp 4500
   ping6         echo 2001:db8:c1da::1 -> ::2 through the tunnel
+  ping6 from vm echo ::2 -> ::1, started in the guest
   tcp 25        connect to [2001:db8:c1da::2]:25, banner, a line sent and echoed
   esp counters  the guest's XFRM SAs counted packets both ways
   capture       on tap0 only UDP 500/4500 between the outer addresses (plus ARP
@@ -304,8 +305,10 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
                 with r.check("boot") as ok:
                     vm.start()
                     result.image_built = bool(vm.base and vm.base.built)
-                    ok(True, f"kernel {vm.base.kernel.version if vm.base else '?'}, "
-                             f"iked up {vm.boot_seconds:.1f} s after qemu start")
+                    ok(True, f"kernel {vm.base.kernel.version if vm.base else '?'}, image "
+                             f"{'built' if result.image_built else 'cached'} in "
+                             f"{vm.build_seconds:.1f} s, iked up {vm.boot_seconds:.1f} s "
+                             "after qemu start")
                 with r.check("kernel esp") as ok:
                     mods = vm.run("lsmod").split()
                     need = {"esp4", "esp6", "af_key"}
@@ -339,6 +342,14 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
                     with r.check("ping6") as ok:
                         got = ping(ns, VM_INNER, count=3, timeout=3.0)
                         ok(got >= 2, f"{got}/3 echo replies from {VM_INNER}")
+                    with r.check("ping6 from vm") as ok:
+                        # The other direction, started by the guest: its kernel picks
+                        # the outbound SA from iked's flow (RFC 4301 5.1).
+                        out = vm.run(f"ping -6 -c 3 -W 3 {HOME_INNER}", timeout=30)
+                        m = re.search(r"(\d+) packets received", out)
+                        got = int(m.group(1)) if m else 0
+                        ok(got >= 2, f"{got}/3 echo replies from {HOME_INNER}"
+                           if m else f"busybox ping said {out[-200:]!r}")
                     with r.check("tcp 25") as ok:
                         out = ns.run([sys.executable, "-c", _TCP_SCRIPT, VM_INNER, SMTP_LINE,
                                       "15"], timeout=30, check=False)
@@ -346,7 +357,8 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
                         good = (len(lines) == 2 and lines[0].startswith("220 ")
                                 and lines[1] == f"250 got: {SMTP_LINE}")
                         ok(good, f"[{VM_INNER}]:25 said {lines[0]!r}, echoed the line"
-                           if good else f"stdout {out.stdout!r} stderr {out.stderr[-300:]!r}")
+                           if good else f"no reply: stdout {out.stdout.strip()!r}, "
+                           f"{(out.stderr.strip().splitlines() or [''])[-1][:120]}")
                     with r.check("esp counters") as ok:
                         states = _xfrm_states(vm.run("ip-full -s xfrm state"))
                         inbound = sum(_packets(s) for s in states

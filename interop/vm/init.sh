@@ -32,8 +32,10 @@ esac
 # The inner (tunnel) address lives on lo; the route to the home machine's inner
 # address only has to exist: the XFRM policy iked installs sends matching packets
 # through ESP (RFC 4301 4.4.1), the rest would go out cleartext and show in captures.
+# "src" makes packets the guest starts leave from the tunnel address, which the
+# policy covers, instead of eth0's outer address (RFC 6724 would pick that one).
 $IP -6 addr add "$VM_INNER/128" dev lo
-$IP -6 route add "$HOME_INNER/128" dev eth0
+$IP -6 route add "$HOME_INNER/128" dev eth0 src "$VM_INNER"
 
 # A one-line SMTP-ish service on port 25: banner, read a line, echo it back.
 cat > /bin/smtp25 <<'EOS'
