@@ -26,7 +26,8 @@ import pytest
 
 from interop.vm import image
 from interop.vm.case import OUTER6, classify_frames, run_case
-from tests.netns import require_binary, require_root
+from interop.vm.runner import IkedVM, VMError
+from tests.netns import Netns, require_binary, require_root
 
 HOME, VM, _ = OUTER6
 INNER_HOME, INNER_VM = "2001:db8:c1da::1", "2001:db8:c1da::2"
@@ -94,3 +95,24 @@ def test_pyike_iked_vm_kernel_esp(tmp_path: Path) -> None:
     assert result.passed, f"{table}\n{result.error}"
     assert names == ["boot", "kernel esp", "ike sa", "child sas", "xfrm state", "ping6",
                      "ping6 from vm", "tcp 25", "esp counters", "capture"], table
+
+
+@pytest.mark.netns
+@pytest.mark.interop
+@pytest.mark.slow
+def test_vm_failure_cleans_up(tmp_path: Path) -> None:
+    """iked refusing its configuration is reported as such, fast, and qemu, the tap
+    device and the namespace are all gone afterwards."""
+    require_root()
+    require_binary("qemu-system-x86_64", image.DEBIAN_PACKAGES)
+    with Netns("ikedvm-fail") as ns:
+        vm = IkedVM(ns, tmp_path / "vm", "this is not an iked.conf\n", {})
+        with pytest.raises(VMError, match="iked exited"):
+            vm.__enter__()
+        assert vm.proc is not None and vm.proc.poll() is not None
+        links = ns.run(["ip", "-o", "link", "show"]).stdout
+        assert vm.tap not in links, links
+        name = ns.name
+    assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                      text=True, timeout=10).stdout
+    assert "PYIKE-VM: modules" in vm.console()

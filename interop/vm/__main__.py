@@ -1,7 +1,7 @@
 """``python -m interop.vm`` (what ``interop/run iked-vm`` runs): the iked-vm case.
 
-Exit status 0 when every check passed, 1 otherwise (2 for a usage problem such as
-not being root). Prints a result table; ``--workdir`` keeps the logs, the console
+Exit status 0 when every check passed, 1 otherwise (also when it cannot run, e.g.
+not root). Prints a result table; ``--workdir`` keeps the logs, the console
 and the outer capture somewhere known.
 """
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("iked-vm: needs root (network namespaces, tap devices)", file=sys.stderr)
-        return 2
+        return 1
     repo = str(Path(__file__).resolve().parents[2])
     if repo not in sys.path:
         sys.path.insert(0, repo)  # tests.netns, tests.pyike_proc

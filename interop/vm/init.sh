@@ -47,8 +47,14 @@ EOS
 chmod 755 /bin/smtp25
 nc -ll -p 25 -e /bin/smtp25 &
 
-chmod 600 /etc/iked.conf /etc/iked/private/local.key
 chmod 700 /etc/iked/private
+chmod 600 /etc/iked.conf /etc/iked/private/* 2>/dev/null
+# iked with a broken file logs "no valid configuration rules found" and runs on
+# with no policy: check the file first (-n) so the host hears of it at once.
+if ! /usr/sbin/iked -n $IKED_ARGS -f /etc/iked.conf; then
+	mark "iked exited: configuration rejected (iked -n)"
+	while :; do sleep 3600; done
+fi
 # iked logs to stderr with -d: straight onto the console the host reads.
 /usr/sbin/iked $IKED_ARGS -f /etc/iked.conf &
 IKED_PID=$!
