@@ -94,7 +94,7 @@ def test_pyike_iked_vm_kernel_esp(tmp_path: Path) -> None:
     names = [c.name for c in result.checks]
     assert result.passed, f"{table}\n{result.error}"
     assert names == ["boot", "kernel esp", "ike sa", "child sas", "xfrm state", "ping6",
-                     "ping6 from vm", "tcp 25", "esp counters", "capture"], table
+                     "ping6 from vm", "tcp 25", "tcp bulk", "esp counters", "capture"], table
 
 
 @pytest.mark.netns

@@ -23,6 +23,8 @@ a pass/fail row in the result table:
   ping6         echo 2001:db8:c1da::1 -> ::2 through the tunnel
   ping6 from vm echo ::2 -> ::1, started in the guest
   tcp 25        connect to [2001:db8:c1da::2]:25, banner, a line sent and echoed
+  tcp bulk      1 MiB each way in full-size segments (inner MTU 1390 fills the
+                1500-byte link exactly), checked by SHA-256 / content
   esp counters  the guest's XFRM SAs counted packets both ways
   capture       on tap0 only UDP 500/4500 between the outer addresses (plus ARP
                 and link-local IPv6 housekeeping): no inner packet in cleartext,
@@ -84,6 +86,33 @@ ikev2 "vm" active esp \\
 \tpeer $vm_host \\
 \tsrcid carinho.lan dstid namorar.example.com \\
 \tecdsa384
+"""
+
+BULK_BYTES = 1 << 20
+BULK_PATTERN = b"pyike through kernel ESP\n"  # what busybox `yes` repeats on port 27
+
+_BULK_SCRIPT = r"""
+import hashlib, os, socket, sys, time
+addr, n, pattern, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), float(sys.argv[4])
+data = os.urandom(n)
+t0 = time.monotonic()
+s = socket.create_connection((addr, 26), timeout=timeout)
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+reply = b""
+while chunk := s.recv(4096):
+    reply += chunk
+up = time.monotonic() - t0
+ok_up = reply.decode().strip() == hashlib.sha256(data).hexdigest()
+t0 = time.monotonic()
+s = socket.create_connection((addr, 27), timeout=timeout)
+got = bytearray()
+while chunk := s.recv(65536):
+    got += chunk
+down = time.monotonic() - t0
+want = (pattern + b"\n") * (n // (len(pattern) + 1) + 1)
+ok_down = bytes(got) == want[:n]
+print(f"{int(ok_up)} {int(ok_down)} {up:.2f} {down:.2f} {len(got)}")
 """
 
 _TCP_SCRIPT = r"""
@@ -359,13 +388,30 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
                         ok(good, f"[{VM_INNER}]:25 said {lines[0]!r}, echoed the line"
                            if good else f"no reply: stdout {out.stdout.strip()!r}, "
                            f"{(out.stderr.strip().splitlines() or [''])[-1][:120]}")
+                    with r.check("tcp bulk") as ok:
+                        out = ns.run([sys.executable, "-c", _BULK_SCRIPT, VM_INNER,
+                                      str(BULK_BYTES), BULK_PATTERN.decode().strip(), "30"],
+                                     timeout=90, check=False)
+                        fields = out.stdout.split()
+                        if len(fields) != 5:
+                            ok(False, f"client failed: "
+                                      f"{(out.stderr.strip().splitlines() or [''])[-1][:120]}")
+                        else:
+                            up_ok, down_ok = fields[0] == "1", fields[1] == "1"
+                            kib = BULK_BYTES // 1024
+                            ok(up_ok and down_ok,
+                               f"{kib} KiB up (SHA-256 {'matches' if up_ok else 'DIFFERS'}) in "
+                               f"{fields[2]} s, {kib} KiB down "
+                               f"({'intact' if down_ok else 'CORRUPT, ' + fields[4] + ' B'}) "
+                               f"in {fields[3]} s")
                     with r.check("esp counters") as ok:
                         states = _xfrm_states(vm.run("ip-full -s xfrm state"))
                         inbound = sum(_packets(s) for s in states
                                       if s.startswith(f"src {home_addr} dst {vm_addr}\n"))
                         outbound = sum(_packets(s) for s in states
                                        if s.startswith(f"src {vm_addr} dst {home_addr}\n"))
-                        ok(inbound >= 4 and outbound >= 4,
+                        # 1 MiB each way is >= 790 full segments (1330 B of payload).
+                        ok(inbound >= 790 and outbound >= 790,
                            f"guest kernel ESP packets: {inbound} in, {outbound} out")
                     pyike.stop()
                 with r.check("capture") as ok:

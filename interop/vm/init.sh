@@ -46,6 +46,20 @@ echo "250 got: $line"
 EOS
 chmod 755 /bin/smtp25
 nc -ll -p 25 -e /bin/smtp25 &
+# Bulk data both ways, in full-size segments: port 26 answers the SHA-256 of all it
+# received (up to the client's FIN), port 27 sends $BULK_BYTES of a fixed pattern.
+cat > /bin/sum26 <<'EOS'
+#!/bin/sh
+sha256sum | cut -d' ' -f1
+EOS
+cat > /bin/send27 <<'EOS'
+#!/bin/sh
+. /etc/pyike-vm.env
+yes "pyike through kernel ESP" | head -c "$BULK_BYTES"
+EOS
+chmod 755 /bin/sum26 /bin/send27
+nc -ll -p 26 -e /bin/sum26 &
+nc -ll -p 27 -e /bin/send27 &
 
 chmod 700 /etc/iked/private
 chmod 600 /etc/iked.conf /etc/iked/private/* 2>/dev/null

@@ -54,6 +54,7 @@ class IkedVM:
     vm_inner: str = "2001:db8:c1da::2"
     home_inner: str = "2001:db8:c1da::1"
     iked_args: str = "-d -vv"  # plus -D ext=<vm address>, see overlay_files
+    bulk_bytes: int = 1 << 20  # what the guest's port 27 sends
     tap: str = "tap0"
     memory_mb: int = 256
     proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
@@ -78,7 +79,7 @@ class IkedVM:
 
     def overlay_files(self) -> dict[str, tuple[bytes, int]]:
         env = (f"VM_ADDR={self.vm_addr}\nVM_INNER={self.vm_inner}\n"
-               f"HOME_INNER={self.home_inner}\n"
+               f"HOME_INNER={self.home_inner}\nBULK_BYTES={self.bulk_bytes}\n"
                # conf/vm-iked.conf names its public address $ext: point it at ours.
                f"IKED_ARGS='{self.iked_args} -D ext={self.vm_host}'\n")
         files = {"etc/pyike-vm.env": (env.encode(), 0o644),
