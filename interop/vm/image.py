@@ -124,9 +124,35 @@ def fetch_kernel(cache: Path | None = None) -> Kernel:
         tmp.rename(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune_kernel_tree(root, version)
     (root / ".unpacked").write_text(debs[0].name + "\n")
     debs[0].unlink()  # 70 MB; the unpacked tree is what we use
     return Kernel(version, root, root / "boot" / f"vmlinuz-{version}")
+
+
+# Module directories the guest's modules and their dependencies come from; the rest
+# of the 400 MB tree (sound, GPUs, file systems...) is deleted after unpacking.
+KEEP_MODULE_DIRS = ("net", "crypto", "lib", "arch", "drivers/net", "drivers/virtio")
+DROP_MODULE_DIRS = ("drivers/net/wireless", "drivers/net/ethernet")  # 60 MB of NICs
+
+
+def _prune_kernel_tree(root: Path, version: str) -> None:
+    kernel = root / "lib" / "modules" / version / "kernel"
+    keep = {kernel / d for d in KEEP_MODULE_DIRS}
+    for path in sorted(kernel.rglob("*"), key=lambda p: len(p.parts)):
+        if not path.is_dir() or not path.exists():
+            continue
+        if path in keep or any(k.is_relative_to(path) or path.is_relative_to(k)
+                               for k in keep):
+            continue
+        shutil.rmtree(path)
+    for d in DROP_MODULE_DIRS:
+        shutil.rmtree(kernel / d, ignore_errors=True)
+    for extra in ("usr", "etc"):
+        shutil.rmtree(root / extra, ignore_errors=True)
+    for f in (root / "boot").iterdir():
+        if not f.name.startswith(("vmlinuz-", "config-")):
+            f.unlink()
 
 
 def module_depends(ko: Path) -> list[str]:
@@ -300,6 +326,8 @@ def base_image(cache: Path | None = None) -> BaseImage:
     cpio.file("etc/hosts", b"127.0.0.1 localhost\n")
     cpio.copy(INIT_SCRIPT, "init")
     data = cpio.finish()
+    for stale in cache.glob("initrd-*.cpio.gz"):
+        stale.unlink()  # built from other inputs: never used again
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.chmod(0o644)
