@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -64,7 +65,9 @@ INNER_NET = IPv6Network("2001:db8:c1da::/48")
 HOME_ID = "carinho.lan"
 VM_ID = "namorar.example.com"
 GUIDE_HOME_POLICIES = ("smtp-in", "smtp-out", "icmp6")
-IKE_TIMEOUT_S = 60.0  # the VM is emulated and the machine shared: generous
+# The VM is emulated and the machine shared: generous. Above 62 s so that even a
+# first attempt lost in full (2+4+8+16+32 s of retransmissions) is retried in time.
+IKE_TIMEOUT_S = 90.0
 SMTP_LINE = "EHLO carinho.lan via pyike and kernel ESP"
 
 # The home side as ONE policy, the mirror image of conf/vm-iked.conf. The guide's
@@ -315,6 +318,8 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
     vm_keys = {"etc/iked/private/local.key": _pem_private(vm_key),
                "etc/iked/local.pub": _pem_public(vm_key.public_key()),
                f"etc/iked/pubkeys/fqdn/{HOME_ID}": _pem_public(home_key.public_key())}
+    # A reused --workdir: fresh keys every run, and write_keydir never overwrites.
+    shutil.rmtree(workdir / "home-keys", ignore_errors=True)
     home_keys = write_keydir(workdir / "home-keys", home_key, {VM_ID: vm_key.public_key()})
     pcap = workdir / "outer.pcap"
     if guide_home:

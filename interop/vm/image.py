@@ -18,6 +18,8 @@ the crypto modules. Nothing is installed into the host system:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -26,7 +28,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +65,28 @@ class ImageError(RuntimeError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PYIKE_VM_CACHE", DEFAULT_CACHE))
+
+
+@contextlib.contextmanager
+def cache_lock(cache: Path | None = None, timeout: float = 300.0) -> Iterator[Path]:
+    """Hold the cache's lock: concurrent runs (other checkouts, other helpers) must not
+    unpack the kernel or replace an image under each other. Bounded wait."""
+    cache = cache or cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ImageError(f"{cache}/.lock still held after {timeout:.0f}s") from None
+                time.sleep(0.2)
+        try:
+            yield cache
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _run(args: list[str], *, cwd: Path | None = None, timeout: float = 300) -> str:

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 QEMU_BIN = "qemu-system-x86_64"
 BOOT_TIMEOUT_S = 90.0  # TCG boots in ~10 s to iked; 35 s seen on the loaded, shared machine
 READY = re.compile(r"PYIKE-VM: READY iked (\d+)")
+# iked's control socket exists before its IKE process has its configuration: an
+# IKE_SA_INIT that arrives earlier is answered, then freed by the configuration's
+# final "reload", and the IKE_AUTH after it is dropped in silence (seen under load).
+# The last static setting iked 7.2 logs at -v (config_getstatic) marks the end.
+IKED_CONFIGURED = re.compile(r"config_getstatic: (no )?stickyaddress")
 GUEST_FAILED = re.compile(r"PYIKE-VM: (iked exited|insmod \S+ failed)|Kernel panic")
 
 
@@ -108,8 +113,10 @@ class IkedVM:
             raise VMError(f"{QEMU_BIN} missing: apt-get install {image.DEBIAN_PACKAGES}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        self.base = image.base_image()
-        initrd = image.boot_initrd(self.base, self.overlay_files(), self.workdir / "initrd.gz")
+        with image.cache_lock():
+            self.base = image.base_image()
+            initrd = image.boot_initrd(self.base, self.overlay_files(),
+                                       self.workdir / "initrd.gz")
         self.build_seconds = time.monotonic() - t0
         self.ns.run(["ip", "tuntap", "add", "dev", self.tap, "mode", "tap"])
         nodad = ["nodad"] if ":" in self.host_addr else []
@@ -121,6 +128,8 @@ class IkedVM:
         self.proc = self.ns.popen(self.argv(initrd), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.wait_console(READY, timeout, "iked to start in the VM")
+        if "-v" in self.iked_args:
+            self.wait_console(IKED_CONFIGURED, timeout, "iked to finish configuring")
         self.boot_seconds = time.monotonic() - t0
         return self
 
