@@ -1,23 +1,23 @@
 """The iked-vm interop case: pyike (home) <-> OpenIKED in a VM with kernel ESP.
 
-Topology (one namespace on the host, one VM)::
+Topology (one namespace on the host, one VM; docs/iked-vm.md has the details)::
 
     [ namespace pyike-ikedvm-* ]                          [ qemu VM, TCG ]
-      pyike (conf/home-iked.conf)  -- tap0 --  virtio eth0  iked (conf/vm-iked.conf)
-      TUN 2001:db8:c1da::1           203.0.113.1/24         203.0.113.2/24
+      pyike (one-policy home conf) -- tap0 --  virtio eth0  iked (conf/vm-iked.conf)
+      TUN 2001:db8:c1da::1        2001:db8:1::1/64  2001:db8:1::2/64
                                                             lo 2001:db8:c1da::2
-                                                            Linux af_key + esp4 (XFRM)
+                                                            Linux af_key + esp6 (XFRM)
 
 pyike runs with ``-t`` (forced UDP encapsulation, RFC 3948): its ESP is always
 ESP-in-UDP on 4500, and the fake NAT_DETECTION_SOURCE_IP hash makes iked move to
 4500 and ask its kernel for UDP-encapsulated SAs. The checks, in order, each with
 a pass/fail row in the result table:
 
-  boot          the VM booted and iked is running
-  kernel esp    esp4/af_key are loaded in the guest (its kernel does the ESP)
+  boot          the VM booted and iked runs with its configuration
+  kernel esp    esp4/esp6/af_key are loaded in the guest (its kernel does the ESP)
   ike sa        pyike established the IKE SA with iked (iked logs it too)
-  child sas     pyike created a Child SA for each of the three home policies,
-                AES-CBC + HMAC-SHA2 (iked's only child transforms on Linux)
+  child sas     pyike created the Child SA (one per home policy), AES-CBC +
+                HMAC-SHA2 (iked's only child transforms on Linux)
   xfrm state    the guest kernel holds ESP SAs in tunnel mode, cbc(aes), hmac(sha*),
                 encap espinudp 4500
   ping6         echo 2001:db8:c1da::1 -> ::2 through the tunnel
@@ -26,9 +26,9 @@ a pass/fail row in the result table:
   tcp bulk      1 MiB each way in full-size segments (inner MTU 1390 fills the
                 1500-byte link exactly), checked by SHA-256 / content
   esp counters  the guest's XFRM SAs counted packets both ways
-  capture       on tap0 only UDP 500/4500 between the outer addresses (plus ARP
-                and link-local IPv6 housekeeping): no inner packet in cleartext,
-                and ESP-in-UDP datagrams were seen
+  capture       on tap0 only UDP 500/4500 between the outer addresses (plus ARP,
+                neighbour discovery and link-local housekeeping): no inner packet
+                in cleartext, no IP-in-IP, no fragments; ESP-in-UDP was seen
 """
 
 from __future__ import annotations
