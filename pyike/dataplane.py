@@ -80,6 +80,10 @@ class DataPlane:
         # Inbound SPI -> its ChildSa, whose last_inbound feeds the IKE SA's liveness
         # check (the ChildSa moves with its children when the IKE SA is rekeyed).
         self._child_by_spi_in: dict[int, ChildSa] = {}
+        # Per peer (IKE identity): the selectors of all its Child SAs (esp.PeerFlows),
+        # and each inbound SPI's entry there, removed with its SA.
+        self._peer_flows: dict[object, esp.PeerFlows] = {}
+        self._flow_keys: dict[int, tuple[object, object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routes: set[tuple[str, int]] = set()
         self._addresses: set[tuple[str, int]] = set()
@@ -154,8 +158,15 @@ class DataPlane:
 
     def _add(self, event: ChildSaCreated) -> None:
         c, s = event.child, event.child.suite
+        peer = event.sa.peer_id or event.sa.peer[0]
+        flows = self._peer_flows.setdefault(peer, esp.PeerFlows())
+        self._flow_keys[c.spi_in] = (peer, flows.add(c.ts_local, c.ts_remote))
+        if c.peer_ts_wider:
+            log.info("Child SA 0x%08x: the peer declared wider selectors (OpenIKED does): "
+                     "it also accepts traffic of our other Child SAs with this peer", c.spi_in)
         inbound = esp.InboundSa(c.spi_in, s.encr, s.key_bits, s.integ, c.key_in[0],
-                                c.key_in[1], s.esn, local_ts=c.ts_local, remote_ts=c.ts_remote)
+                                c.key_in[1], s.esn, local_ts=c.ts_local, remote_ts=c.ts_remote,
+                                peer_flows=flows if c.peer_ts_wider else None)
         outbound = esp.OutboundSa(c.spi_out, s.encr, s.key_bits, s.integ, c.key_out[0],
                                   c.key_out[1], s.esn)
         sock = self._socket_for(c)
@@ -171,6 +182,9 @@ class DataPlane:
                                   c.remote)
 
     def _remove(self, c: ChildSa) -> None:
+        peer, key = self._flow_keys.pop(c.spi_in, (None, None))
+        if peer in self._peer_flows:
+            self._peer_flows[peer].remove(key)  # type: ignore[arg-type]
         self.sad.remove(c.spi_in)
         self._child_by_spi_in.pop(c.spi_in, None)
         tx = self._tx.pop(c.spi_out, None)

@@ -399,6 +399,40 @@ def _flow_allowed(
     return False
 
 
+class PeerFlows:
+    """The selector pairs of all our Child SAs with one peer, shared by its InboundSas.
+
+    OpenIKED answers a Child SA request with its whole policy's selectors instead of
+    narrowing them (RFC 7296 2.9), installs one kernel flow for all of them, and so
+    sends every class of traffic on whichever of the Child SAs came last. An inbound
+    SA whose peer declared such wider selectors (``InboundSa(peer_flows=...)``) also
+    accepts a packet that another of our Child SAs with that peer would accept: the
+    peer is authenticated and our policy allows the flow from it, only not on this SA.
+    """
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self) -> None:
+        # (local, remote) compiled selectors -> number of Child SAs that have them
+        self._pairs: dict[tuple[tuple[_Compiled, ...], tuple[_Compiled, ...]], int] = {}
+
+    def add(self, local_ts: Sequence[SelectorLike], remote_ts: Sequence[SelectorLike]
+            ) -> tuple[tuple[_Compiled, ...], tuple[_Compiled, ...]]:
+        key = (_compile(local_ts), _compile(remote_ts))
+        self._pairs[key] = self._pairs.get(key, 0) + 1
+        return key
+
+    def remove(self, key: tuple[tuple[_Compiled, ...], tuple[_Compiled, ...]]) -> None:
+        left = self._pairs.get(key, 0) - 1
+        if left > 0:
+            self._pairs[key] = left
+        else:
+            self._pairs.pop(key, None)
+
+    def allows(self, flow: Flow) -> bool:
+        return any(_flow_allowed(flow, remote, local) for local, remote in self._pairs)
+
+
 # --------------------------------------------------------------------------------------
 # Suites
 
@@ -657,6 +691,8 @@ class InboundSa:
     `local_ts`). Every drop raises EspDrop and is counted in `drops`.
 
     `local_ts`/`remote_ts` None admits any IPv4/IPv6 packet (a 0.0.0.0/0 + ::/0 policy).
+    With `peer_flows` (a peer that answered wider selectors, see PeerFlows), a packet
+    outside them is still accepted if another of our Child SAs with that peer allows it.
     """
 
     __slots__ = (
@@ -667,7 +703,9 @@ class InboundSa:
         "bytes",
         "drops",
         "esn",
+        "other_sa_flows",
         "packets",
+        "peer_flows",
         "replay",
         "spi",
         "suite",
@@ -690,6 +728,7 @@ class InboundSa:
         replay_window: int = 1024,
         local_ts: Sequence[SelectorLike] | None = None,
         remote_ts: Sequence[SelectorLike] | None = None,
+        peer_flows: PeerFlows | None = None,
     ) -> None:
         self.suite = suite_of(encr, key_bits, integ)
         _check_keys(self.suite, enc_key, integ_key)
@@ -704,6 +743,8 @@ class InboundSa:
         # Smallest packet: header, IV, one block holding at least the 2 trailer bytes, ICV
         self._min_len = ESP_HEADER_LEN + s.iv_len + s.block + s.icv_len
         self._hdr_unpack = _HEADER.unpack_from
+        self.peer_flows = peer_flows
+        self.other_sa_flows = 0  # packets let in by peer_flows, not by our selectors
         self.packets = 0
         self.bytes = 0
         self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
@@ -742,7 +783,9 @@ class InboundSa:
         if flow is None or flow[0] != (4 if nh == NEXT_HEADER_IPV4 else 6):
             raise self._drop(DropReason.MALFORMED_INNER)
         if not _flow_allowed(flow, self._remote, self._local):
-            raise self._drop(DropReason.SELECTOR_MISMATCH)
+            if self.peer_flows is None or not self.peer_flows.allows(flow):
+                raise self._drop(DropReason.SELECTOR_MISMATCH)
+            self.other_sa_flows += 1
         if flow[6] != len(inner):  # TFC padding after the inner packet (RFC 4303 2.7)
             inner = inner[: flow[6]]
         self.packets += 1

@@ -152,6 +152,11 @@ class ChildSa:
     expire_at: float = float("inf")
     state: ChildState = ChildState.ACTIVE
     last_inbound: float = 0.0  # set by the data plane: authenticated ESP arrived
+    # The responder answered with wider selectors than we asked for (OpenIKED
+    # returns its whole policy, 2.9): it may then send on this SA any traffic of
+    # that policy, including what our other Child SAs to it carry. The data plane
+    # accepts such packets if another of our Child SAs with this peer allows them.
+    peer_ts_wider: bool = False
 
     def describe(self) -> str:
         flows = ", ".join(f"{ts.describe(a)} -> {ts.describe(b)}"
@@ -882,8 +887,9 @@ class IkeSa:
 
     def _child_accept(self, sa: SaPayload | None, tsi: TsPayload | None,
                       tsr: TsPayload | None, offered: list[Proposal]
-                      ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector]]:
-        """Initiator side: check the answer and intersect its selectors with ours.
+                      ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector], bool]:
+        """Initiator side: check the answer and intersect its selectors with ours;
+        also says whether the answer was wider than the intersection.
 
         OpenIKED answers with its whole policy instead of narrowing, so the
         intersection is required, not just a check (2.9).
@@ -900,7 +906,8 @@ class IkeSa:
         if not local or not remote:
             raise ProtocolError("peer's traffic selectors do not overlap ours",
                                 NotifyType.TS_UNACCEPTABLE)
-        return chosen, local, remote
+        wider = local != tsi.selectors or remote != tsr.selectors
+        return chosen, local, remote, wider
 
     def _new_child(self, chosen: Proposal, spi_in: int, local: list[TrafficSelector],
                    remote: list[TrafficSelector], ni: bytes, nr: bytes, *,
@@ -922,6 +929,12 @@ class IkeSa:
             else float("inf"))
         self.children[spi_in] = child
         return child
+
+    def _note_wider(self, child: ChildSa, wider: bool) -> None:
+        if wider:
+            child.peer_ts_wider = True
+            log.info("%s: the peer answered wider selectors than we proposed (its whole "
+                     "policy?); the Child SA keeps ours", self.label)
 
     def _child_ts_payloads(self, local: list[TrafficSelector], remote: list[TrafficSelector],
                            *, we_initiate: bool) -> list[wire.Payload]:
@@ -1024,7 +1037,7 @@ class IkeSa:
                         ", ".join(NotifyType.name_of(n.type) for n in errors))
             return
         try:
-            chosen, local, remote = self._child_accept(
+            chosen, local, remote, wider = self._child_accept(
                 _find(payloads, SaPayload), _find_ts(payloads, PayloadType.TSi),
                 _find_ts(payloads, PayloadType.TSr), ctx["offer"])
         except ProtocolError as e:
@@ -1034,6 +1047,7 @@ class IkeSa:
             return
         child = self._new_child(chosen, ctx["spi_in"], local, remote, self._ni, self._nr,
                                 we_initiated=True, now=now)
+        self._note_wider(child, wider)
         log.info("%s: created Child SA %s", self.label, child.describe())
         self._emit(ChildSaCreated(self, child))
 
@@ -1249,7 +1263,7 @@ class IkeSa:
         try:
             if nonce is None:
                 raise ProtocolError("rekey answer without Nonce", NotifyType.INVALID_SYNTAX)
-            chosen, local, remote = self._child_accept(
+            chosen, local, remote, wider = self._child_accept(
                 _find(payloads, SaPayload), _find_ts(payloads, PayloadType.TSi),
                 _find_ts(payloads, PayloadType.TSr), ctx["offer"])
             shared = self._child_shared_secret(chosen, dh, _find(payloads, KePayload))
@@ -1263,6 +1277,7 @@ class IkeSa:
             return
         child = self._new_child(chosen, ctx["spi_in"], local, remote, ctx["ni"], nonce.data,
                                 we_initiated=True, now=now, shared=shared)
+        self._note_wider(child, wider)
         log.info("%s: %s Child SA %s", self.label, "rekeyed" if old else "created",
                  child.describe())
         self._emit(ChildSaCreated(self, child, replaces=old))

@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyike import crypto, ts, wire
+from pyike import crypto, proposals, ts, wire
 from pyike.ike import (
     ChildSaCreated,
     ChildSaDeleted,
+    IkeSa,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
@@ -251,12 +252,31 @@ def test_ts_narrowed_by_responder() -> None:
     assert hc.ts_local == vc.ts_remote and hc.ts_remote == vc.ts_local
 
 
-def test_initiator_intersects_a_wider_answer() -> None:
-    """iked answers with its whole policy; the initiator keeps only what it asked for."""
+def test_initiator_intersects_a_wider_answer(monkeypatch) -> None:
+    """iked answers with its whole policy; the initiator keeps only what it asked for,
+    and marks the Child SA so the data plane knows the peer may use it more widely."""
     asked = [ts.from_network(ip_network_of("2001:db8:c1da::1/128"), IpProto.TCP, 25)]
     answer = [ts.from_network(ip_network_of("2001:db8:c1da::/48"))]
     assert ts.narrow(answer, asked) == asked
     assert ts.narrow([ts.from_network(ip_network_of("192.0.2.0/24"))], asked) == []
+
+    def whole_policy(self, sa, tsi, tsr, *, we_initiated):  # the peer plays OpenIKED
+        chosen = proposals.select(sa.proposals, self.policy.child_proposals, ignore_dh=True)
+        return chosen, self.policy.ts_local, self.policy.ts_remote
+
+    p = default_pair(home_kw={"proto": IpProto.TCP})
+    p.connect()
+    p.run()
+    hc, _ = child_pair(p)
+    assert not hc.peer_ts_wider  # a narrowing responder
+    monkeypatch.setattr(IkeSa, "_child_answer", whole_policy)
+    p = default_pair(home_kw={"proto": IpProto.TCP})
+    p.connect()
+    p.run()
+    hc, vc = child_pair(p)
+    assert hc.peer_ts_wider
+    assert [ts.describe(x) for x in hc.ts_local] == ["tcp 2001:db8:c1da::1"]
+    assert [ts.describe(x) for x in vc.ts_local] == ["2001:db8:c1da::2"]
 
 
 # ----------------------------------------------------------------------------- reliability
