@@ -231,13 +231,16 @@ class DataPlane:
             except OSError as e:
                 self._rate_log("tun_read", f"TUN read failed: {e.strerror}")
                 break
+            counters["tun_in"] += 1
             if vnet:
                 # Offloads are never enabled for reads (no TUNSETOFFLOAD), so the header
                 # is all zero: a whole, checksummed packet follows.
-                pkt = pkt[offload.VNET_HDR_LEN:] if not pkt[0] | pkt[1] else self._unoffload(pkt)
+                if len(pkt) > offload.VNET_HDR_LEN and not pkt[0] | pkt[1]:
+                    pkt = pkt[offload.VNET_HDR_LEN:]
+                else:
+                    pkt = self._unoffload(pkt)
                 if pkt is None:
                     continue
-            counters["tun_in"] += 1
             sa = spd.match(pkt)  # RFC 4301 5.1: which Child SA's selectors cover it
             if sa is None:
                 counters["no_sa"] += 1
@@ -260,6 +263,8 @@ class DataPlane:
 
     def _unoffload(self, frame: bytes) -> bytes | None:
         """A TUN read whose virtio header is not zero: finish its checksum, or drop it."""
+        if len(frame) <= offload.VNET_HDR_LEN:
+            return None
         flags, gso_type, _hl, _gs, start, off = offload.VNET_HDR.unpack_from(frame)
         pkt = frame[offload.VNET_HDR_LEN:]
         if gso_type != offload.VNET_GSO_NONE:

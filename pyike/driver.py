@@ -42,6 +42,9 @@ RECV_BUFFER = 4 * 1024 * 1024  # the interop notes: small buffers lose IKE under
 # One receive: a whole UDP datagram, or with GRO up to 64 KiB of coalesced ones.
 RECV_SIZE = 65536
 RECV_BATCH = 64  # receives per wake-up: bounded so one busy socket cannot starve timers
+# ESP datagrams handed to the data plane at once: enough for one full merged TUN write
+# (pyike.offload.COALESCE_MAX_SEGMENTS), small enough to keep latency and memory low.
+ESP_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -245,6 +248,9 @@ class Driver:
                         esp = []
                     esp_src = src
                     esp.append(d)
+                    if len(esp) >= ESP_BATCH:
+                        self._deliver_esp(esp, esp_src)
+                        esp = []
                 elif d[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2); keep the order
                     if esp:
                         self._deliver_esp(esp, esp_src)

@@ -158,7 +158,7 @@ def _pseudo_v4(pkt: bytes, upper_len: int) -> int:
 # TCP segment coalescing for GSO writes to the TUN device
 
 
-def tcp_segment(pkt: bytes) -> tuple[bytes, int, int, int, int, int] | None:
+def tcp_segment(pkt: bytes) -> tuple[int, int, int, int, int, int] | None:
     """What decides whether ``pkt`` may merge with its neighbours, or None.
 
     Returns (key, seq, headers length, payload length, TCP flags, IPv4 id): segments
@@ -167,36 +167,56 @@ def tcp_segment(pkt: bytes) -> tuple[bytes, int, int, int, int, int] | None:
     and their sequence numbers are contiguous. Only plain data segments qualify:
     flags ACK or ACK|PSH, some payload, no IPv6 extension headers, no IPv4 options
     or fragments. The IPv4 id is -1 for IPv6.
+
+    The key is the headers as one integer with the bytes that differ between
+    segments of a flow masked out (lengths, IPv4 id and header checksum, seq, flags,
+    TCP checksum): one conversion and one AND instead of a slice per field.
     """
     n = len(pkt)
     if n < 40:
         return None
-    v = pkt[0] >> 4
-    if v == 6:
-        if pkt[6] != 6 or _U16.unpack_from(pkt, 4)[0] + _IPV6_HDR != n:
+    b0 = pkt[0]
+    if b0 >> 4 == 6:
+        # next header TCP (no extension headers) and no bytes after the payload
+        if pkt[6] != 6 or (pkt[4] << 8 | pkt[5]) + _IPV6_HDR != n:
             return None
-        ip_len, ip_id = _IPV6_HDR, -1
-        # version/class/flow label, next header, hop limit, addresses
-        ip_key = pkt[0:4] + pkt[6:40]
-    elif pkt[0] == 0x45:
-        if (pkt[9] != 6 or _U16.unpack_from(pkt, 2)[0] != n or pkt[6] & 0x3F or pkt[7]):
-            return None  # not TCP, trailing bytes, or a fragment (MF or offset set)
-        ip_len, ip_id = _IPV4_HDR, _U16.unpack_from(pkt, 4)[0]
-        ip_key = pkt[1:2] + pkt[6:10] + pkt[12:20]  # TOS, DF, TTL, protocol, addresses
+        t, ip_id = _IPV6_HDR, -1
+    elif b0 == 0x45:
+        # TCP, total length = what we have, no fragment (MF clear, offset 0)
+        if pkt[9] != 6 or (pkt[2] << 8 | pkt[3]) != n or pkt[6] & 0x3F or pkt[7]:
+            return None
+        t, ip_id = _IPV4_HDR, pkt[4] << 8 | pkt[5]
     else:
         return None
-    if n < ip_len + 20:
-        return None
-    thl = (pkt[ip_len + 12] >> 4) * 4
-    hl = ip_len + thl
-    flags = pkt[ip_len + 13]
+    if n < t + 20:
+        return None  # truncated TCP header
+    thl = (pkt[t + 12] >> 4) * 4
+    hl = t + thl
+    flags = pkt[t + 13]
     if thl < 20 or hl >= n or flags & ~TCP_PSH != TCP_ACK:
         return None  # no payload, or SYN/FIN/RST/URG/ECE/CWR: never merged
-    t = ip_len
-    # ports, ack, data offset, window, urgent pointer, options (not seq, flags, check)
-    key = ip_key + pkt[t:t + 4] + pkt[t + 8:t + 13] + pkt[t + 14:t + 16] + pkt[t + 18:hl]
-    seq = _U32.unpack_from(pkt, t + 4)[0]
+    mask = _KEY_MASKS.get(hl + t * 256) or _key_mask(t, thl)
+    key = int.from_bytes(pkt[:hl], "big") & mask
+    seq = pkt[t + 4] << 24 | pkt[t + 5] << 16 | pkt[t + 6] << 8 | pkt[t + 7]
     return key, seq, hl, n - hl, flags, ip_id
+
+
+_KEY_MASKS: dict[int, int] = {}
+
+
+def _key_mask(ip_len: int, thl: int) -> int:
+    """The mask of header bytes that must be equal for a merge (see tcp_segment)."""
+    varying = [(ip_len + 4, 4), (ip_len + 13, 1), (ip_len + 16, 2)]  # seq, flags, check
+    if ip_len == _IPV6_HDR:
+        varying.append((4, 2))  # payload length
+    else:
+        varying += [(2, 2), (4, 2), (10, 2)]  # total length, id, header checksum
+    m = bytearray(b"\xff" * (ip_len + thl))
+    for at, size in varying:
+        m[at:at + size] = bytes(size)
+    mask = int.from_bytes(m, "big")
+    _KEY_MASKS[ip_len + thl + ip_len * 256] = mask
+    return mask
 
 
 def coalesce(packets: list[bytes]) -> list[tuple[int, int, list[bytes | memoryview]]]:

@@ -1,7 +1,8 @@
 """Data-plane throughput of pyike next to strongSwan and bare veth, in one run.
 
-Usage (root): python tools/bench_tunnel.py [--seconds N] [--runs K]
-                                           [--only pyike|strongswan|veth] [--profile S]
+Usage (root): .venv/bin/python tools/bench_tunnel.py [--seconds N] [--runs K]
+                 [--only pyike|strongswan|veth|baseline] [--baseline DIR] [--profile S]
+                 [--no-veth-gro] [--keep]
 
 Three set-ups, each in a fresh pair of network namespaces joined by veth
 (outer 192.0.2.1 home <-> 192.0.2.2 vm, RFC 5737; inner 2001:db8:c1da::1 <-> ::2,
@@ -11,14 +12,24 @@ RFC 3849):
   restriction, so iperf3's port 5201 is covered), ESP-in-UDP 4500, no ``-v``;
 - ``strongswan``: charon <-> charon with kernel-libipsec (userspace ESP on a
   TUN, ``encap = yes``), the C reference for "userspace ESP on one core";
-- ``veth``: the inner addresses straight on the veth, no tunnel (the ceiling).
+- ``veth``: the inner addresses straight on the veth, no tunnel (the ceiling);
+- ``baseline`` (with ``--baseline DIR``): pyike <-> pyike as in ``pyike``, but the
+  pyike package of another tree (e.g. ``git archive <commit> | tar -x -C DIR``),
+  for before/after figures in one run.
+
+GRO is switched on on both veth ends for every set-up (``--no-veth-gro`` leaves
+the veth default, off): real NICs do GRO, and without it a UDP GRO socket gets
+one datagram per receive.
 
 Both tunnels negotiate AES-256-GCM-16 for ESP. In each, iperf3 runs from home
 (client, sender) to the vm (server): one TCP stream for N seconds, then UDP with
 1300-byte datagrams at ``--udp-rate`` (default 0 = unlimited). From iperf3's JSON
 the table reports TCP Mbit/s, UDP Mbit/s received, received packets/s and loss,
-and the CPU % of each daemon process over each test (utime+stime deltas of
-/proc/<pid>/stat, all threads; 100 % = one core). With ``--runs K`` each figure
+the CPU % of each daemon process over each test (utime+stime deltas of
+/proc/<pid>/stat, all threads; 100 % = one core) and each daemon's CPU time per
+packet it moved (us/pkt: TCP segments both ways counted at home; for UDP the
+tunnel device's counters, so home's figure is the encryption direction and the
+vm's the decryption direction). With ``--runs K`` each figure
 is the median of K runs (the set-ups are interleaved run by run, so drift hits
 all of them alike). The last columns give pyike/strongSwan.
 
