@@ -111,6 +111,7 @@ class Sample:
     mbps: float
     pps: float = 0.0
     loss_pct: float = 0.0
+    retransmits: int = 0  # TCP: segments the sender retransmitted
     cpu: dict[str, float] = field(default_factory=dict)  # daemon label -> % of one core
     # daemon label -> its CPU microseconds per packet it moved (TUN reads + writes)
     us_per_pkt: dict[str, float] = field(default_factory=dict)
@@ -187,7 +188,8 @@ def iperf(ns: Netns, args: list[str], seconds: int) -> dict:
 
 def iperf_tcp(ns: Netns, seconds: int) -> Sample:
     end = iperf(ns, [], seconds)["end"]
-    return Sample(mbps=end["sum_received"]["bits_per_second"] / 1e6)
+    return Sample(mbps=end["sum_received"]["bits_per_second"] / 1e6,
+                  retransmits=int(end["sum_sent"].get("retransmits", 0)))
 
 
 def iperf_udp(ns: Netns, seconds: int, rate: str) -> Sample:
@@ -493,7 +495,8 @@ def med(values: list[float]) -> float:
 
 def table(results: dict[str, list[tuple[Sample, Sample]]], seconds: int, runs: int,
           udp_rate: str) -> str:
-    head = (f"{'set-up':<11} {'TCP Mbit/s':>10} {'cpu home/vm %':>14} {'us/pkt h/vm':>12} "
+    head = (f"{'set-up':<11} {'TCP Mbit/s':>10} {'retr':>5} {'cpu home/vm %':>14} "
+            f"{'us/pkt h/vm':>12} "
             f"{'UDP rx Mbit/s':>13} {'rx kpps':>8} {'loss %':>7} {'cpu home/vm %':>14} "
             f"{'us/pkt enc/dec':>14}")
     lines = [f"iperf3 home -> vm, {seconds} s per test, TCP 1 stream, UDP {UDP_LEN} B "
@@ -512,14 +515,16 @@ def table(results: dict[str, list[tuple[Sample, Sample]]], seconds: int, runs: i
         f = figures[name] = {"tcp": med([t.mbps for t in tcps]),
                              "udp": med([u.mbps for u in udps]),
                              "pps": med([u.pps for u in udps]),
-                             "loss": med([u.loss_pct for u in udps])}
-        lines.append(f"{name:<11} {f['tcp']:>10.0f} {per_daemon(tcps, 'cpu', '.0f'):>14} "
+                             "loss": med([u.loss_pct for u in udps]),
+                             "retr": med([t.retransmits for t in tcps])}
+        lines.append(f"{name:<11} {f['tcp']:>10.0f} {f['retr']:>5.0f} "
+                     f"{per_daemon(tcps, 'cpu', '.0f'):>14} "
                      f"{per_daemon(tcps, 'us_per_pkt', '.1f'):>12} {f['udp']:>13.0f} "
                      f"{f['pps'] / 1e3:>8.1f} {f['loss']:>7.1f} "
                      f"{per_daemon(udps, 'cpu', '.0f'):>14} "
                      f"{per_daemon(udps, 'us_per_pkt', '.1f'):>14}")
-    lines.append("cpu: daemon % of one core; us/pkt: daemon CPU time per packet through its "
-                 "tunnel device (TCP: data + ACKs; UDP: home only encrypts, vm only "
+    lines.append("retr: TCP retransmits; cpu: daemon % of one core; us/pkt: daemon CPU time "
+                 "per packet it moved (TCP: data + ACKs; UDP: home only encrypts, vm only "
                  "decrypts)")
     for other in ("strongswan", "baseline"):
         if "pyike" in figures and other in figures:
