@@ -112,6 +112,7 @@ class Sample:
     pps: float = 0.0
     loss_pct: float = 0.0
     retransmits: int = 0  # TCP: segments the sender retransmitted
+    drops: dict[str, int] = field(default_factory=dict)  # where packets were lost
     cpu: dict[str, float] = field(default_factory=dict)  # daemon label -> % of one core
     # daemon label -> its CPU microseconds per packet it moved (TUN reads + writes)
     us_per_pkt: dict[str, float] = field(default_factory=dict)
@@ -127,6 +128,28 @@ def tcp_segments(ns: Netns) -> int:
              if ln.startswith("Tcp:")]
     row = dict(zip(lines[0][1:], lines[1][1:], strict=True))
     return int(row["InSegs"]) + int(row["OutSegs"])
+
+
+def drop_counters(ns: Netns, side: str) -> dict[str, int]:
+    """Every drop counter that explains TCP retransmits: per device rx/tx drops (a full
+    TUN queue shows as tx drops on the tunnel device) and UDP receive-buffer errors."""
+    out: dict[str, int] = {}
+    for line in ns.run(["cat", "/proc/net/dev"]).stdout.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        f = rest.split()
+        out[f"{side} {name.strip()} rx drop"] = int(f[3])
+        out[f"{side} {name.strip()} tx drop"] = int(f[11])
+    for path, prefix in (("/proc/net/snmp", "Udp:"), ("/proc/net/snmp6", "Udp6RcvbufErrors")):
+        text = ns.run(["cat", path]).stdout.splitlines()
+        if prefix == "Udp:":
+            rows = [ln.split() for ln in text if ln.startswith("Udp:")]
+            out[f"{side} udp rcvbuf err"] = int(dict(zip(rows[0], rows[1], strict=True))
+                                                ["RcvbufErrors"])
+        else:
+            for ln in text:
+                if ln.startswith(prefix):
+                    out[f"{side} udp6 rcvbuf err"] = int(ln.split()[1])
+    return out
 
 
 def tunnel_packets(ns: Netns) -> int:
@@ -161,9 +184,12 @@ def with_cpu(s: Setup, measure: Callable[[], Sample],
     nss = {"home": s.home, "vm": s.home if packets is tcp_segments else s.vm}
     before = {k: cpu_ticks(p) for k, p in s.daemons.items()}
     pkts = {k: packets(nss[k]) for k in s.daemons}
+    drops = {**drop_counters(s.home, "home"), **drop_counters(s.vm, "vm")}
     t0 = time.monotonic()
     sample = measure()
     wall = time.monotonic() - t0
+    after = {**drop_counters(s.home, "home"), **drop_counters(s.vm, "vm")}
+    sample.drops = {k: v - drops.get(k, 0) for k, v in after.items() if v - drops.get(k, 0)}
     for k, p in s.daemons.items():
         cpu_s = (cpu_ticks(p) - before[k]) / CLK_TCK
         sample.cpu[k] = 100.0 * cpu_s / wall
@@ -390,6 +416,8 @@ def measure(name: str, work: Path, seconds: int, udp_rate: str,
             tcp = with_cpu(s, lambda: iperf_tcp(s.home, seconds), tcp_segments)
             udp = with_cpu(s, lambda: iperf_udp(s.home, seconds, udp_rate), tunnel_packets)
             prof = profile(s, work, profile_s) if profile_s else ""
+    lost = ", ".join(f"{k} {v}" for k, v in tcp.drops.items()) or "none"
+    s.note += f"; drops during TCP: {lost}"
     return tcp, udp, s.note, prof
 
 
