@@ -1,8 +1,9 @@
 """The data plane's batched paths end to end: pyike <-> pyike, real kernel offloads.
 
-A bulk TCP transfer (4 MiB) crosses the tunnel with GRO on the veth (as a real
-NIC has it), so the sender's ESP leaves in UDP GSO sends, the receiver gets GRO
-receives and writes merged TCP segments to its TUN as GSO writes; the bytes
+A bulk TCP transfer (4 MiB; IPv6 in IPv4, and IPv4 in IPv6) crosses the tunnel
+with GRO on the veth (as a real NIC has it), so the sender's ESP leaves in UDP GSO
+sends, the receiver gets GRO receives and writes merged TCP segments to its TUN as
+GSO writes; the bytes
 must arrive intact, no ESP packet may be dropped, and the daemons' own counters
 (logged at shutdown) must show that each batched path was taken. With
 PYIKE_OFFLOAD=0 the same transfer takes the one-packet-per-call paths.
@@ -24,7 +25,8 @@ from tests.pyike_proc import PyikeProc, write_keydir
 pytestmark = [pytest.mark.netns]
 
 HOME_ID, VM_ID = "carinho.lan", "namorar.example.com"
-HOME_IN, VM_IN = "2001:db8:c1da::1", "2001:db8:c1da::2"
+INNER = {6: ("2001:db8:c1da::1", "2001:db8:c1da::2"), 4: ("203.0.113.1", "203.0.113.2")}
+OUTER = {4: "192.0.2.2", 6: "2001:db8:1::2"}  # the vm's veth address (tests/conftest.py)
 SUITES = "childsa enc aes-256-gcm"
 STATS = re.compile(r"data plane: (\d+) packets TUN->ESP in (\d+) UDP sends \((\d+) GSO\), "
                    r"(\d+) packets ESP->TUN in (\d+) TUN writes \((\d+) merged\); (\d+) "
@@ -32,9 +34,10 @@ STATS = re.compile(r"data plane: (\d+) packets TUN->ESP in (\d+) UDP sends \((\d
 SIZE = 4 * 1024 * 1024
 
 SINK = (  # the vm's TCP server: receive everything, answer with its SHA-256
-    "import hashlib, socket\n"
-    "s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    f"s.bind(('{VM_IN}', 5001)); s.listen(1); s.settimeout(30)\n"
+    "import hashlib, socket, sys\n"
+    "s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind((sys.argv[1], 5001)); s.listen(1); s.settimeout(30)\n"
     "c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256()\n"
     "while b := c.recv(1 << 16):\n"
     "    h.update(b)\n"
@@ -45,7 +48,7 @@ SOURCE = (  # home's client: send the file, print the server's digest
     "data = open(sys.argv[1], 'rb').read(); deadline = time.monotonic() + 15\n"
     "while True:\n"
     "    try:\n"
-    f"        c = socket.create_connection(('{VM_IN}', 5001), timeout=30); break\n"
+    "        c = socket.create_connection((sys.argv[2], 5001), timeout=30); break\n"
     "    except OSError:\n"
     "        if time.monotonic() > deadline: raise\n"
     "        time.sleep(0.1)\n"
@@ -55,15 +58,18 @@ SOURCE = (  # home's client: send the file, print the server's digest
     "print(out.decode())\n")
 
 
-def _start(hosts: TwoHosts, tmp: Path) -> tuple[PyikeProc, PyikeProc]:
+def _start(hosts: TwoHosts, tmp: Path, outer: int, inner: int) -> tuple[PyikeProc, PyikeProc]:
+    home_in, vm_in = INNER[inner]
     hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     home_keys = write_keydir(tmp / "home-keys", hk, {VM_ID: vk.public_key()})
     vm_keys = write_keydir(tmp / "vm-keys", vk, {HOME_ID: hk.public_key()})
     home_conf, vm_conf = tmp / "home.conf", tmp / "vm.conf"
-    home_conf.write_text(f'ikev2 "bulk" active esp from {HOME_IN} to {VM_IN} peer 192.0.2.2 '
-                         f"{SUITES} srcid {HOME_ID} dstid {VM_ID} ecdsa384\n")
-    vm_conf.write_text(f'ikev2 "bulk" passive esp from {VM_IN} to {HOME_IN} local 192.0.2.2 '
-                       f"peer any {SUITES} srcid {VM_ID} dstid {HOME_ID} ecdsa384\n")
+    home_conf.write_text(f'ikev2 "bulk" active esp from {home_in} to {vm_in} '
+                         f"peer {OUTER[outer]} {SUITES} srcid {HOME_ID} dstid {VM_ID} "
+                         "ecdsa384\n")
+    vm_conf.write_text(f'ikev2 "bulk" passive esp from {vm_in} to {home_in} local '
+                       f"{OUTER[outer]} peer any {SUITES} srcid {VM_ID} dstid {HOME_ID} "
+                       "ecdsa384\n")
     for c in (home_conf, vm_conf):
         c.chmod(0o600)
     vm = PyikeProc(hosts.vm, tmp, vm_conf, vm_keys).start()
@@ -82,9 +88,12 @@ def _stats(p: PyikeProc) -> dict[str, int]:
     return dict(zip(names, map(int, m.groups()), strict=True))
 
 
-@pytest.mark.parametrize("offload", [True, False], ids=["offload", "PYIKE_OFFLOAD=0"])
+@pytest.mark.parametrize(("offload", "outer", "inner"), [
+    (True, 4, 6), (True, 6, 4), (False, 4, 6)],
+    ids=["offload-outer4-inner6", "offload-outer6-inner4", "PYIKE_OFFLOAD=0"])
 def test_bulk_tcp_through_batched_paths(two_hosts: TwoHosts, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch, offload: bool) -> None:
+                                        monkeypatch: pytest.MonkeyPatch, offload: bool,
+                                        outer: int, inner: int) -> None:
     require_binary("ethtool", "ethtool")
     monkeypatch.setenv("PYIKE_OFFLOAD", "1" if offload else "0")  # the daemons inherit it
     for ns in two_hosts:
@@ -92,10 +101,11 @@ def test_bulk_tcp_through_batched_paths(two_hosts: TwoHosts, tmp_path: Path,
     data = os.urandom(SIZE)
     src = tmp_path / "data"
     src.write_bytes(data)
-    home, vm = _start(two_hosts, tmp_path)
+    home, vm = _start(two_hosts, tmp_path, outer, inner)
+    vm_in = INNER[inner][1]
     try:
-        sink = two_hosts.vm.popen(["python3", "-c", SINK])
-        r = two_hosts.home.run(["python3", "-c", SOURCE, str(src)], timeout=60)
+        sink = two_hosts.vm.popen(["python3", "-c", SINK, vm_in])
+        r = two_hosts.home.run(["python3", "-c", SOURCE, str(src), vm_in], timeout=60)
         two_hosts.vm.stop(sink, grace=2)
         assert r.stdout.strip() == hashlib.sha256(data).hexdigest()
     finally:
