@@ -152,7 +152,12 @@ class DataPlane:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.tun_name)[0]
             _netlink(f"set MTU {self.mtu} and up", ipr.link, "set", index=idx, mtu=self.mtu,
-                     txqlen=TUN_TXQUEUELEN, state="up")
+                     state="up")
+            try:  # only a tuning: the device works without it
+                _netlink(f"set txqueuelen {TUN_TXQUEUELEN}", ipr.link, "set", index=idx,
+                         txqlen=TUN_TXQUEUELEN)
+            except DataPlaneError as e:
+                log.info("TUN %s keeps the kernel's queue length: %s", self.tun_name, e)
             for a in local_addresses:
                 # A TUN device is NOARP, so IPv6 skips DAD: the address is usable at once.
                 prefix = 128 if a.version == 6 else 32

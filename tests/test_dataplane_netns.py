@@ -108,6 +108,8 @@ def test_bulk_tcp_through_batched_paths(two_hosts: TwoHosts, tmp_path: Path,
         r = two_hosts.home.run(["python3", "-c", SOURCE, str(src), vm_in], timeout=60)
         two_hosts.vm.stop(sink, grace=2)
         assert r.stdout.strip() == hashlib.sha256(data).hexdigest()
+        # The TUN queue was lengthened (the kernel's 500 dropped bulk TCP segments).
+        assert "qlen 1000" in two_hosts.home.run(["ip", "link", "show", "pyike0"]).stdout
     finally:
         home.stop()
         vm.stop()
