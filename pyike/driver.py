@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from pyike import wire
+from pyike import offload, wire
 from pyike.ike import Addr, Endpoint, Event, Transmit
 from pyike.registry import ExchangeType
 
@@ -39,6 +39,12 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IN_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
 RECV_BUFFER = 4 * 1024 * 1024  # the interop notes: small buffers lose IKE under load
+# One receive: a whole UDP datagram, or with GRO up to 64 KiB of coalesced ones.
+RECV_SIZE = 65536
+RECV_BATCH = 64  # receives per wake-up: bounded so one busy socket cannot starve timers
+# ESP datagrams handed to the data plane at once: enough for one full merged TUN write
+# (pyike.offload.COALESCE_MAX_SEGMENTS), small enough to keep latency and memory low.
+ESP_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -53,9 +59,15 @@ def open_udp(family: int, port: int, bind: str | None = None) -> UdpSocket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, opt, RECV_BUFFER)
+        # FORCE (root) may exceed net.core.[rw]mem_max, whose defaults are too small
+        # for a data plane burst; unprivileged, the capped value is still better.
+        for force, opt in ((offload.SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                           (offload.SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, RECV_BUFFER)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, RECV_BUFFER)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
@@ -70,12 +82,30 @@ def open_udp(family: int, port: int, bind: str | None = None) -> UdpSocket:
     return UdpSocket(sock, family, port)
 
 
-def recv_datagram(s: UdpSocket) -> tuple[bytes, Addr, Addr] | None:
-    """One datagram with its source and the local address it arrived on."""
+def enable_gro(s: UdpSocket) -> bool:
+    """Ask for UDP GRO (Linux 5.0+): one receive may return many ESP datagrams of a
+    flow glued together; the driver splits them (pyike.offload.split_gro). Logged
+    once and skipped where the kernel refuses."""
     try:
-        data, anc, _flags, src = s.sock.recvmsg(65535, 256)
-    except (BlockingIOError, InterruptedError):
-        return None
+        s.sock.setsockopt(offload.SOL_UDP, offload.UDP_GRO, 1)
+        return True
+    except OSError as e:
+        _log_once("gro", "UDP GRO refused by the kernel (%s): one datagram per receive",
+                  e.strerror)
+        return False
+
+
+_logged_once: set[str] = set()
+
+
+def _log_once(key: str, fmt: str, *args: object) -> None:
+    if key not in _logged_once:
+        _logged_once.add(key)
+        log.info(fmt, *args)
+
+
+def datagram_addresses(s: UdpSocket, anc: list, src: tuple) -> tuple[Addr, Addr]:
+    """(source, local address it arrived on) of a datagram, from recvmsg()'s results."""
     local_ip: IPv4Address | IPv6Address | None = None
     for level, kind, value in anc:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
@@ -86,7 +116,16 @@ def recv_datagram(s: UdpSocket) -> tuple[bytes, Addr, Addr] | None:
     src_ip = ip_address(src[0].split("%")[0])
     if local_ip is None:
         local_ip = ip_address(s.sock.getsockname()[0].split("%")[0])
-    return data, (src_ip, src[1]), (local_ip, s.port)
+    return (src_ip, src[1]), (local_ip, s.port)
+
+
+def recv_datagram(s: UdpSocket) -> tuple[bytes, Addr, Addr] | None:
+    """One datagram with its source and the local address it arrived on."""
+    try:
+        data, anc, _flags, src = s.sock.recvmsg(RECV_SIZE, 256)
+    except (BlockingIOError, InterruptedError):
+        return None
+    return (data, *datagram_addresses(s, anc, src))
 
 
 def send_datagram(s: UdpSocket, data: bytes, local: Addr, remote: Addr) -> None:
@@ -120,13 +159,14 @@ class Driver:
 
     ``on_event`` sees every core event (after the driver's own handling);
     ``on_esp`` receives ESP datagrams from port 4500 (the data plane hooks in
-    there); ``on_reload`` is called on SIGHUP.
+    there): a list of datagrams of one receive batch from one source, in order, and
+    that source's socket address; ``on_reload`` is called on SIGHUP.
     """
 
     def __init__(self, endpoint: Endpoint, *, ports: tuple[int, int] = (500, 4500),
                  families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
                  on_event: Callable[[Event], None] | None = None,
-                 on_esp: Callable[[bytes, Addr, Addr], None] | None = None,
+                 on_esp: Callable[[list[bytes], object], None] | None = None,
                  on_reload: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.ports = ports
@@ -155,6 +195,8 @@ class Driver:
             for port in self.ports:
                 try:
                     self.sockets[(family, port)] = open_udp(family, port)
+                    if port == self.ports[1]:
+                        enable_gro(self.sockets[(family, port)])
                 except OSError as e:
                     name = "IPv6" if family == socket.AF_INET6 else "IPv4"
                     if family == socket.AF_INET6 and e.errno == errno.EAFNOSUPPORT:
@@ -180,25 +222,55 @@ class Driver:
     # ------------------------------------------------------------------ data flow
 
     def _readable(self, s: UdpSocket) -> None:
-        # Drain a bounded batch per wake-up so one busy socket cannot starve timers.
-        for _ in range(64):
-            got = recv_datagram(s)
-            if got is None:
+        natt = s.port == self.ports[1]
+        esp: list[bytes] = []  # ESP datagrams in arrival order, for the data plane
+        esp_src: object = None
+        for _ in range(RECV_BATCH):
+            try:
+                data, anc, flags, src = s.sock.recvmsg(RECV_SIZE, 256)
+            except (BlockingIOError, InterruptedError):
                 break
-            data, src, dst = got
-            if s.port == self.ports[1]:
-                if data == NATT_KEEPALIVE:
-                    continue  # RFC 3948 2.3: keepalives are ignored
-                if data[:4] != NON_ESP_MARKER:
-                    if self.on_esp is not None and len(data) >= 8:
-                        self.on_esp(data, src, dst)
-                    continue
-                data = data[4:]
-            if log.isEnabledFor(logging.INFO):
-                log.info("recv %s peer [%s]:%d local [%s]:%d, %d bytes", describe_ike(data),
-                         src[0], src[1], dst[0], dst[1], len(data))
-            self.endpoint.receive(data, src, dst, self.now())
+            except OSError as e:  # e.g. a queued ICMP error: not fatal for the socket
+                log.debug("receive on UDP %d: %s", s.port, e.strerror)
+                break
+            if flags & socket.MSG_TRUNC:
+                log.warning("dropped a datagram larger than %d bytes on UDP %d", RECV_SIZE,
+                            s.port)
+                continue
+            if not natt:
+                self._receive_ike(s, data, anc, src)
+                continue
+            seg = offload.gro_segment_size(anc)  # > 0: several datagrams in `data`
+            for d in offload.split_gro(data, seg) if seg else (data,):
+                if len(d) >= 8 and d[:4] != NON_ESP_MARKER:  # ESP: a non-zero SPI
+                    if src != esp_src and esp:
+                        self._deliver_esp(esp, esp_src)
+                        esp = []
+                    esp_src = src
+                    esp.append(d)
+                    if len(esp) >= ESP_BATCH:
+                        self._deliver_esp(esp, esp_src)
+                        esp = []
+                elif d[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2); keep the order
+                    if esp:
+                        self._deliver_esp(esp, esp_src)
+                        esp = []
+                    self._receive_ike(s, d[4:], anc, src)
+                # else a NAT-T keepalive (RFC 3948 2.3) or a runt: ignored
+        if esp:
+            self._deliver_esp(esp, esp_src)
         self.pump()
+
+    def _deliver_esp(self, datagrams: list[bytes], src: object) -> None:
+        if self.on_esp is not None:
+            self.on_esp(datagrams, src)
+
+    def _receive_ike(self, s: UdpSocket, data: bytes, anc: list, src: tuple) -> None:
+        peer, local = datagram_addresses(s, anc, src)
+        if log.isEnabledFor(logging.INFO):
+            log.info("recv %s peer [%s]:%d local [%s]:%d, %d bytes", describe_ike(data),
+                     peer[0], peer[1], local[0], local[1], len(data))
+        self.endpoint.receive(data, peer, local, self.now())
 
     def send(self, t: Transmit) -> None:
         s = self.socket_for(t.local)

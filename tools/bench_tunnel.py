@@ -1,0 +1,647 @@
+"""Data-plane throughput of pyike next to strongSwan and bare veth, in one run.
+
+Usage (root): .venv/bin/python tools/bench_tunnel.py [--seconds N] [--runs K]
+                 [--only pyike|strongswan|veth|baseline] [--baseline DIR] [--profile S]
+                 [--no-veth-gro] [--keep]
+
+Three set-ups, each in a fresh pair of network namespaces joined by veth
+(outer 192.0.2.1 home <-> 192.0.2.2 vm, RFC 5737; inner 2001:db8:c1da::1 <-> ::2,
+RFC 3849):
+
+- ``pyike``: pyike <-> pyike (home active, vm passive; one policy, no proto
+  restriction, so iperf3's port 5201 is covered), ESP-in-UDP 4500, no ``-v``;
+- ``strongswan``: charon <-> charon with kernel-libipsec (userspace ESP on a
+  TUN, ``encap = yes``), the C reference for "userspace ESP on one core";
+- ``veth``: the inner addresses straight on the veth, no tunnel (the ceiling);
+- ``baseline`` (with ``--baseline DIR``): pyike <-> pyike as in ``pyike``, but the
+  pyike package of another tree (e.g. ``git archive <commit> | tar -x -C DIR``),
+  for before/after figures in one run.
+
+GRO is switched on on both veth ends for every set-up (``--no-veth-gro`` leaves
+the veth default, off): real NICs do GRO, and without it a UDP GRO socket gets
+one datagram per receive.
+
+Both tunnels negotiate AES-256-GCM-16 for ESP. In each, iperf3 runs from home
+(client, sender) to the vm (server): one TCP stream for N seconds, then UDP with
+1300-byte datagrams at ``--udp-rate`` (default 0 = unlimited). From iperf3's JSON
+the table reports TCP Mbit/s, UDP Mbit/s received, received packets/s and loss,
+the CPU % of each daemon process over each test (utime+stime deltas of
+/proc/<pid>/stat, all threads; 100 % = one core) and each daemon's CPU time per
+packet it moved (us/pkt: TCP segments both ways counted at home; for UDP the
+tunnel device's counters, so home's figure is the encryption direction and the
+vm's the decryption direction). With ``--runs K`` each figure
+is the median of K runs (the set-ups are interleaved run by run, so drift hits
+all of them alike). The last columns give pyike/strongSwan.
+
+``--profile S`` samples both pyike daemons with py-spy (if on PATH) for S seconds
+during an extra TCP test and prints the top functions by own time (leaf samples)
+and by total time. Figures are noisy (+-20-30 %): compare within one run.
+
+Everything is bounded in time and cleaned up (processes by PID, namespaces
+deleted) on exit, error, Ctrl-C or SIGTERM, by tests/netns.py's Netns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from interop.strongswan import CHARON_BIN, Charon, CharonError
+from tests.netns import (
+    HarnessError,
+    Netns,
+    ping,
+    sweep_stale,
+    veth_pair,
+    wait_until,
+)
+from tests.pyike_proc import REPO, PyikeProc, write_keydir
+
+HOME_ID, VM_ID = "carinho.lan", "namorar.example.com"
+HOME_ADDR, VM_ADDR = "192.0.2.1", "192.0.2.2"
+HOME_INNER, VM_INNER = "2001:db8:c1da::1", "2001:db8:c1da::2"
+IPERF_PORT = 5201
+UDP_LEN = 1300
+SETUP_TIMEOUT_S = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SCENARIOS = ("pyike", "strongswan", "veth", "baseline")
+
+# The same suites on both tunnels: the data plane is AES-256-GCM-16 either way.
+PYIKE_SUITES = ("ikesa enc aes-256-gcm prf hmac-sha2-384 group curve25519 "
+                "childsa enc aes-256-gcm noesn")
+CHARON_IKE = "aes256gcm16-prfsha384-x25519"
+CHARON_ESP = "aes256gcm16"
+
+
+class BenchError(RuntimeError):
+    """A set-up step or a measurement failed."""
+
+
+# --- measurements ---------------------------------------------------------------------
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, all its threads (fields 14 and 15 of /proc/pid/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2:].split()  # the name (field 2) may hold spaces
+    return int(fields[11]) + int(fields[12])
+
+
+@dataclass(slots=True)
+class Sample:
+    """One iperf3 test: its figures and the daemons' CPU % over it."""
+
+    mbps: float
+    pps: float = 0.0
+    loss_pct: float = 0.0
+    retransmits: int = 0  # TCP: segments the sender retransmitted
+    drops: dict[str, int] = field(default_factory=dict)  # where packets were lost
+    cpu: dict[str, float] = field(default_factory=dict)  # daemon label -> % of one core
+    # daemon label -> its CPU microseconds per packet it moved (TUN reads + writes)
+    us_per_pkt: dict[str, float] = field(default_factory=dict)
+
+
+def tcp_segments(ns: Netns) -> int:
+    """TCP segments the namespace sent plus received (Tcp OutSegs + InSegs). Taken at
+    home (the sender) for both daemons, since both move the same segments: the data
+    out and the ACKs back. Home counts OutSegs per segment, even for TSO skbs, and
+    its ACKs arrive one by one; the vm's InSegs would count a merged GSO write (or a
+    GRO skb) once, and so would the TUN device counters."""
+    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if ln.startswith("Tcp:")]
+    row = dict(zip(lines[0][1:], lines[1][1:], strict=True))
+    return int(row["InSegs"]) + int(row["OutSegs"])
+
+
+def drop_counters(ns: Netns, side: str) -> dict[str, int]:
+    """Every drop counter that explains TCP retransmits: per device rx/tx drops (a full
+    TUN queue shows as tx drops on the tunnel device) and UDP receive-buffer errors."""
+    out: dict[str, int] = {}
+    for line in ns.run(["cat", "/proc/net/dev"]).stdout.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        f = rest.split()
+        out[f"{side} {name.strip()} rx drop"] = int(f[3])
+        out[f"{side} {name.strip()} tx drop"] = int(f[11])
+    for path, prefix in (("/proc/net/snmp", "Udp:"), ("/proc/net/snmp6", "Udp6RcvbufErrors")):
+        text = ns.run(["cat", path]).stdout.splitlines()
+        if prefix == "Udp:":
+            rows = [ln.split() for ln in text if ln.startswith("Udp:")]
+            out[f"{side} udp rcvbuf err"] = int(dict(zip(rows[0], rows[1], strict=True))
+                                                ["RcvbufErrors"])
+        else:
+            for ln in text:
+                if ln.startswith(prefix):
+                    out[f"{side} udp6 rcvbuf err"] = int(ln.split()[1])
+    return out
+
+
+def tunnel_packets(ns: Netns) -> int:
+    """Packets through the namespace's tunnel device, both ways (its rx + tx counters):
+    what the daemon there read from it (encrypted) plus what it wrote (decrypted); for
+    UDP tests, where nothing is merged. The tunnel device is whichever is not lo or
+    the veth (pyike0, charon's ipsec0)."""
+    total = 0
+    for line in ns.run(["cat", "/proc/net/dev"]).stdout.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() in ("lo", "eth0"):
+            continue
+        f = rest.split()
+        total += int(f[1]) + int(f[9])  # rx packets, tx packets
+    return total
+
+
+def machine_busy(interval: float = 1.0) -> float:
+    """Busy share of all cores over ``interval`` (from /proc/stat), in % of one core."""
+    def snap() -> tuple[int, int]:
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+    (t0, i0), _ = snap(), time.sleep(interval)
+    t1, i1 = snap()
+    return 100.0 * os.cpu_count() * (1 - (i1 - i0) / max(1, t1 - t0))  # type: ignore[operator]
+
+
+def with_cpu(s: Setup, measure: Callable[[], Sample],
+             packets: Callable[[Netns], int]) -> Sample:
+    """Run ``measure``; attach each daemon's CPU % meanwhile and its CPU time per packet
+    it moved (``packets`` counts them in its namespace)."""
+    nss = {"home": s.home, "vm": s.home if packets is tcp_segments else s.vm}
+    before = {k: cpu_ticks(p) for k, p in s.daemons.items()}
+    pkts = {k: packets(nss[k]) for k in s.daemons}
+    drops = {**drop_counters(s.home, "home"), **drop_counters(s.vm, "vm")}
+    t0 = time.monotonic()
+    sample = measure()
+    wall = time.monotonic() - t0
+    after = {**drop_counters(s.home, "home"), **drop_counters(s.vm, "vm")}
+    sample.drops = {k: v - drops.get(k, 0) for k, v in after.items() if v - drops.get(k, 0)}
+    for k, p in s.daemons.items():
+        cpu_s = (cpu_ticks(p) - before[k]) / CLK_TCK
+        sample.cpu[k] = 100.0 * cpu_s / wall
+        moved = packets(nss[k]) - pkts[k]
+        sample.us_per_pkt[k] = 1e6 * cpu_s / moved if moved else float("nan")
+    return sample
+
+
+def iperf(ns: Netns, args: list[str], seconds: int) -> dict:
+    """One iperf3 client run in ``ns`` (bounded), its JSON report."""
+    argv = ["iperf3", "-c", VM_INNER, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+            "--connect-timeout", "5000", *args]
+    r = ns.run(argv, check=False, timeout=seconds + 30)
+    try:
+        report = json.loads(r.stdout)
+    except json.JSONDecodeError as e:
+        raise BenchError(f"iperf3 gave no JSON ({r.returncode}): {r.stderr[-500:]}") from e
+    if "error" in report:
+        raise BenchError(f"iperf3: {report['error']}")
+    return report
+
+
+def iperf_tcp(ns: Netns, seconds: int) -> Sample:
+    end = iperf(ns, [], seconds)["end"]
+    return Sample(mbps=end["sum_received"]["bits_per_second"] / 1e6,
+                  retransmits=int(end["sum_sent"].get("retransmits", 0)))
+
+
+def iperf_udp(ns: Netns, seconds: int, rate: str) -> Sample:
+    """UDP: what the server received (iperf3 3.12 puts the server's counts in end.sum)."""
+    report = iperf(ns, ["-u", "-b", rate, "-l", str(UDP_LEN)], seconds)
+    s = report["end"]["sum"]
+    received = s["packets"] - s["lost_packets"]
+    secs = s["seconds"] or seconds
+    return Sample(mbps=received * UDP_LEN * 8 / secs / 1e6, pps=received / secs,
+                  loss_pct=s["lost_percent"])
+
+
+# --- set-ups --------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Setup:
+    """A ready path from home to the vm's inner address."""
+
+    home: Netns
+    vm: Netns
+    daemons: dict[str, int]  # label -> PID whose CPU counts
+    note: str = ""
+
+
+VETH_GRO = True  # --no-veth-gro clears it
+
+
+@contextlib.contextmanager
+def two_hosts() -> Iterator[tuple[Netns, Netns]]:
+    with Netns("bench-home") as home, Netns("bench-vm") as vm:
+        veth_pair(home, vm, f"{HOME_ADDR}/24", f"{VM_ADDR}/24")
+        if VETH_GRO:
+            # A veth does no GRO unless asked (real NICs do by default): without it a
+            # UDP GRO socket still gets one datagram per receive. Same for every set-up.
+            for ns in (home, vm):
+                r = ns.run(["ethtool", "-K", "eth0", "gro", "on"], check=False)
+                if r.returncode != 0:
+                    raise BenchError(f"ethtool -K eth0 gro on: {r.stderr.strip()} "
+                                     "(apt-get install ethtool, or --no-veth-gro)")
+        yield home, vm
+
+
+def _keys() -> tuple[ec.EllipticCurvePrivateKey, ec.EllipticCurvePrivateKey]:
+    return ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+
+
+class QuietPyike(PyikeProc):
+    """PyikeProc without ``-vv``: INFO logging only, nothing per packet or message.
+    ``src`` is the source tree whose pyike runs (another checkout for --baseline)."""
+
+    src: Path = REPO
+
+    def start(self) -> QuietPyike:
+        self.log_path = self.workdir / f"pyike-{self.ns.name}.log"
+        cmd = [sys.executable, "-m", "pyike", "-f", str(self.conf), "--keydir",
+               str(self.keydir), *self.args]
+        env = {**os.environ, "PYTHONPATH": str(self.src)}
+        with self.log_path.open("wb") as log:
+            self.proc = self.ns.popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                      cwd=str(self.src), env=env)
+        return self
+
+
+BASELINE_SRC: Path | None = None  # --baseline DIR
+
+
+@contextlib.contextmanager
+def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
+    hk, vk = _keys()
+    home_keys = write_keydir(work / "home-keys", hk, {VM_ID: vk.public_key()})
+    vm_keys = write_keydir(work / "vm-keys", vk, {HOME_ID: hk.public_key()})
+    home_conf, vm_conf = work / "home-bench.conf", work / "vm-bench.conf"
+    home_conf.write_text(f'ikev2 "bench" active esp from {HOME_INNER} to {VM_INNER} '
+                         f"peer {VM_ADDR} {PYIKE_SUITES} "
+                         f"srcid {HOME_ID} dstid {VM_ID} ecdsa384\n")
+    vm_conf.write_text(f'ikev2 "bench" passive esp from {VM_INNER} to {HOME_INNER} '
+                       f"local {VM_ADDR} peer any {PYIKE_SUITES} "
+                       f"srcid {VM_ID} dstid {HOME_ID} ecdsa384\n")
+    for conf in (home_conf, vm_conf):
+        conf.chmod(0o600)  # as iked wants (pyike warns otherwise)
+    with two_hosts() as (home, vm):
+        vm_p = QuietPyike(vm, work, vm_conf, vm_keys)
+        vm_p.src = src
+        vm_p.start()
+        home_p = None
+        try:
+            # Without -v the driver's "listening" line is not logged; the TUN line
+            # comes after the sockets are bound.
+            vm_p.wait_log(r"TUN \S+ up", timeout=15)
+            home_p = QuietPyike(home, work, home_conf, home_keys)
+            home_p.src = src
+            home_p.start()
+            home_p.wait_log(r"created Child SA", timeout=SETUP_TIMEOUT_S)
+            vm_p.wait_log(r"created Child SA", timeout=SETUP_TIMEOUT_S)
+            child = home_p.wait_log(r"created Child SA")[0].split("created Child SA", 1)[1]
+            assert home_p.proc is not None and vm_p.proc is not None
+            yield Setup(home, vm, {"home": home_p.proc.pid, "vm": vm_p.proc.pid},
+                        note=f"{src}: child SA{child}")
+        except AssertionError as e:
+            raise BenchError(str(e)) from e
+        finally:
+            for p in (home_p, vm_p):
+                if p is not None:
+                    p.stop()
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pub_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _charon(ns: Netns, work: Path, *, home: bool, own: ec.EllipticCurvePrivateKey,
+            peer: ec.EllipticCurvePublicKey) -> Charon:
+    local, remote = (HOME_ADDR, VM_ADDR) if home else (VM_ADDR, HOME_ADDR)
+    local_in, remote_in = (HOME_INNER, VM_INNER) if home else (VM_INNER, HOME_INNER)
+    # Level-4 key dumps only happen at SA set-up: they cost nothing during the test.
+    return Charon(ns, work, name="bench", local_addr=local, remote_addr=remote,
+                  local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
+                  private_key_pem=_pem(own), peer_public_pem=_pub_pem(peer),
+                  ike_proposals=CHARON_IKE, esp_proposals=CHARON_ESP,
+                  local_ts=f"{local_in}/128", remote_ts=f"{remote_in}/128", encap=True)
+
+
+@contextlib.contextmanager
+def strongswan_setup(work: Path) -> Iterator[Setup]:
+    if shutil.which(CHARON_BIN) is None and not os.access(CHARON_BIN, os.X_OK):
+        raise BenchError(f"{CHARON_BIN} missing: apt-get install strongswan-charon "
+                         "strongswan-swanctl libcharon-extra-plugins")
+    hk, vk = _keys()
+    with two_hosts() as (home, vm):
+        # libipsec's TUN has no address: the inner addresses live on lo.
+        for ns, addr in ((home, HOME_INNER), (vm, VM_INNER)):
+            ns.run(["ip", "-6", "addr", "add", f"{addr}/128", "dev", "lo", "nodad"])
+        c_vm = _charon(vm, work / "charon-vm", home=False, own=vk, peer=hk.public_key())
+        c_home = _charon(home, work / "charon-home", home=True, own=hk, peer=vk.public_key())
+        try:
+            with c_vm, c_home:
+                c_vm.load()
+                c_home.load()
+                c_home.initiate(timeout=SETUP_TIMEOUT_S)
+                c_home.wait_established(timeout=SETUP_TIMEOUT_S)
+                c_vm.wait_established(timeout=SETUP_TIMEOUT_S)
+                assert c_home.proc is not None and c_vm.proc is not None
+                (sa,) = c_home.list_sas()
+                (child,) = sa["child-sas"].values()
+                yield Setup(home, vm, {"home": c_home.proc.pid, "vm": c_vm.proc.pid},
+                            note=f"charon child SA {child.get('encr-alg')}-"
+                                 f"{child.get('encr-keysize')} encap={child.get('encap')}")
+        except CharonError as e:
+            raise BenchError(str(e)) from e
+
+
+@contextlib.contextmanager
+def veth_setup(work: Path) -> Iterator[Setup]:
+    with two_hosts() as (home, vm):
+        for ns, addr in ((home, HOME_INNER), (vm, VM_INNER)):
+            ns.run(["ip", "-6", "addr", "add", f"{addr}/64", "dev", "eth0", "nodad"])
+        yield Setup(home, vm, {}, note="veth MTU 1500, no tunnel")
+
+
+@contextlib.contextmanager
+def baseline_setup(work: Path) -> Iterator[Setup]:
+    assert BASELINE_SRC is not None
+    with pyike_setup(work, BASELINE_SRC) as s:
+        yield s
+
+
+SETUPS = {"pyike": pyike_setup, "strongswan": strongswan_setup, "veth": veth_setup,
+          "baseline": baseline_setup}
+
+
+# --- one scenario ---------------------------------------------------------------------
+
+@contextlib.contextmanager
+def iperf_server(vm: Netns) -> Iterator[None]:
+    proc = vm.popen(["iperf3", "-s", "-B", VM_INNER, "-p", str(IPERF_PORT)])
+    try:
+        wait_until(lambda: f":{IPERF_PORT} " in vm.run(["ss", "-Htln"]).stdout, 10,
+                   what="iperf3 server to listen")
+        yield
+    finally:
+        vm.stop(proc, grace=3)
+
+
+def measure(name: str, work: Path, seconds: int, udp_rate: str,
+            profile_s: int) -> tuple[Sample, Sample, str, str]:
+    """Bring ``name`` up, run TCP then UDP, tear it down: (tcp, udp, note, profile)."""
+    work.mkdir(parents=True, exist_ok=True)
+    with SETUPS[name](work) as s:
+        if ping(s.home, VM_INNER, count=3) < 1:
+            raise BenchError(f"{name}: no ping reply from {VM_INNER} through the path")
+        with iperf_server(s.vm):
+            tcp = with_cpu(s, lambda: iperf_tcp(s.home, seconds), tcp_segments)
+            udp = with_cpu(s, lambda: iperf_udp(s.home, seconds, udp_rate), tunnel_packets)
+            prof = profile(s, work, profile_s) if profile_s else ""
+    lost = ", ".join(f"{k} {v}" for k, v in tcp.drops.items()) or "none"
+    s.note += f"; drops during TCP: {lost}"
+    return tcp, udp, s.note, prof
+
+
+# --- profile hint ---------------------------------------------------------------------
+
+def profile(s: Setup, work: Path, seconds: int, top: int = 10) -> str:
+    """py-spy both daemons during an extra TCP test; top functions per daemon."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "profile: py-spy not on PATH (pip install py-spy), skipped"
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for label, pid in s.daemons.items():
+        out = work / f"pyspy-{label}.txt"
+        procs[label] = (subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
+             "--format", "raw", "--output", str(out), "--nonblocking"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+            out)
+    try:
+        iperf_tcp(s.home, seconds + 1)
+    finally:
+        for p, _ in procs.values():
+            try:
+                p.wait(timeout=seconds + 20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+    lines = []
+    for label, (p, out) in procs.items():
+        side = "sender (TUN->ESP)" if label == "home" else "receiver (ESP->TUN)"
+        if p.returncode != 0 or not out.exists():
+            err = p.stderr.read().decode(errors="replace")[-300:] if p.stderr else ""
+            lines.append(f"profile {label}: py-spy failed ({p.returncode}) {err}")
+            continue
+        lines.append(f"profile pyike {label} = {side}, {seconds} s, py-spy:")
+        lines.extend(collapsed_top(out.read_text(), top))
+    return "\n".join(lines)
+
+
+IDLE_LEAVES = ("EpollSelector.select", "select (selectors.py)")
+FRAMEWORK = ("<frozen", "asyncio/", "pyike/cli.py", "pyike/__main__.py", "runpy")
+
+
+def collapsed_top(text: str, top: int) -> list[str]:
+    """Top functions and lines of py-spy's collapsed stacks.
+
+    Without ``--native`` a C call's time (os.read, sendto, AESGCM.encrypt) lands on
+    the Python line that made it, so the top *lines* show which system call or
+    crypto call dominates. Samples whose leaf is the event loop's epoll wait are
+    idle time: the percentages are of busy samples.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    lines: collections.Counter[str] = collections.Counter()
+    n = idle = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += c
+            continue
+        n += c
+        own[_short(frames[-1])] += c
+        lines[_short(frames[-1], keep_line=True)] += c
+        for f in {_short(f) for f in frames}:
+            total[f] += c
+    if not n:
+        return ["  (no busy samples)"]
+    out = [f"  busy {n} samples, idle (epoll wait) {idle}; % of busy samples",
+           f"  {'own %':>6} {'total %':>7}  function"]
+    out += [f"  {100 * c / n:6.1f} {100 * total[f] / n:7.1f}  {f}"
+            for f, c in own.most_common(top)]
+    out.append("  by total, pyike functions:")
+    inner = [(f, c) for f, c in total.most_common() if not any(x in f for x in FRAMEWORK)]
+    out += [f"  {100 * own[f] / n:6.1f} {100 * c / n:7.1f}  {f}" for f, c in inner[:top]]
+    out.append("  hottest lines (own %):")
+    out += [f"  {100 * c / n:6.1f}  {f}" for f, c in lines.most_common(top)]
+    return out
+
+
+def _short(frame: str, keep_line: bool = False) -> str:
+    """'seal (pyike/esp.py:123)' -> 'seal (pyike/esp.py)', so lines of one function add
+    up (or 'seal (pyike/esp.py:123)' with ``keep_line``)."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, _, lineno = where.rpartition(":") if ":" in where else (where, "", "")
+    path = "/".join(path.split("/")[-2:])
+    if keep_line and lineno:
+        return f"{name} ({path}:{lineno})"
+    return f"{name} ({path})" if path else name
+
+
+# --- report ---------------------------------------------------------------------------
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(results: dict[str, list[tuple[Sample, Sample]]], seconds: int, runs: int,
+          udp_rate: str) -> str:
+    head = (f"{'set-up':<11} {'TCP Mbit/s':>10} {'retr':>5} {'cpu home/vm %':>14} "
+            f"{'us/pkt h/vm':>12} "
+            f"{'UDP rx Mbit/s':>13} {'rx kpps':>8} {'loss %':>7} {'cpu home/vm %':>14} "
+            f"{'us/pkt enc/dec':>14}")
+    lines = [f"iperf3 home -> vm, {seconds} s per test, TCP 1 stream, UDP {UDP_LEN} B "
+             f"-b {udp_rate}; median of {runs} run(s); veth GRO "
+             f"{'on' if VETH_GRO else 'off'}", head, "-" * len(head)]
+
+    def per_daemon(samples: list[Sample], attr: str, fmt: str) -> str:
+        if not samples or not getattr(samples[0], attr):
+            return "-"
+        return "/".join(format(med([getattr(s, attr)[k] for s in samples]), fmt)
+                        for k in getattr(samples[0], attr))
+
+    figures: dict[str, dict[str, float]] = {}
+    for name, pairs in results.items():
+        tcps, udps = [t for t, _ in pairs], [u for _, u in pairs]
+        f = figures[name] = {"tcp": med([t.mbps for t in tcps]),
+                             "udp": med([u.mbps for u in udps]),
+                             "pps": med([u.pps for u in udps]),
+                             "loss": med([u.loss_pct for u in udps]),
+                             "retr": med([t.retransmits for t in tcps])}
+        lines.append(f"{name:<11} {f['tcp']:>10.0f} {f['retr']:>5.0f} "
+                     f"{per_daemon(tcps, 'cpu', '.0f'):>14} "
+                     f"{per_daemon(tcps, 'us_per_pkt', '.1f'):>12} {f['udp']:>13.0f} "
+                     f"{f['pps'] / 1e3:>8.1f} {f['loss']:>7.1f} "
+                     f"{per_daemon(udps, 'cpu', '.0f'):>14} "
+                     f"{per_daemon(udps, 'us_per_pkt', '.1f'):>14}")
+    lines.append("retr: TCP retransmits; cpu: daemon % of one core; us/pkt: daemon CPU time "
+                 "per packet it moved (TCP: data + ACKs; UDP: home only encrypts, vm only "
+                 "decrypts)")
+    for other in ("strongswan", "baseline"):
+        if "pyike" in figures and other in figures:
+            p, c = figures["pyike"], figures[other]
+
+            def ratio(k: str, c: dict[str, float] = c, p: dict[str, float] = p) -> str:
+                return f"{p[k] / c[k]:.2f}" if c[k] else "n/a"
+
+            lines.append(f"pyike/{other}: TCP {ratio('tcp')}  UDP rx {ratio('udp')}  "
+                         f"pps {ratio('pps')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=10, help="length of each iperf3 test")
+    ap.add_argument("--runs", type=int, default=1, help="runs per set-up; medians reported")
+    ap.add_argument("--only", choices=SCENARIOS, action="append",
+                    help="only this set-up (repeatable)")
+    ap.add_argument("--udp-rate", default="0", help="iperf3 -b for UDP (0 = unlimited)")
+    ap.add_argument("--profile", type=int, default=0, metavar="S",
+                    help="py-spy both pyike daemons for S s in an extra TCP test")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also run the pyike of another source tree (e.g. an older commit's "
+                         "`git archive`) as set-up 'baseline'")
+    ap.add_argument("--no-veth-gro", action="store_true",
+                    help="leave GRO off on the veth (the kernel default for veth)")
+    args = ap.parse_args(argv)
+    global BASELINE_SRC, VETH_GRO
+    BASELINE_SRC = args.baseline.resolve() if args.baseline else None
+    VETH_GRO = not args.no_veth_gro
+    if BASELINE_SRC is not None and not (BASELINE_SRC / "pyike" / "__main__.py").exists():
+        print(f"bench_tunnel: {BASELINE_SRC} holds no pyike package", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("bench_tunnel: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if shutil.which("iperf3") is None:
+        print("bench_tunnel: needs iperf3 (apt-get install iperf3)", file=sys.stderr)
+        return 2
+    if not 1 <= args.seconds <= 300 or not 1 <= args.runs <= 20:
+        print("bench_tunnel: --seconds 1..300, --runs 1..20", file=sys.stderr)
+        return 2
+    # Ctrl-C already raises KeyboardInterrupt; make SIGTERM unwind the same way so
+    # every `with` (processes by PID, namespaces) runs its cleanup.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    sweep_stale()
+    busy = machine_busy()
+    if busy > 20:
+        print(f"bench_tunnel: warning: the machine is already busy ({busy:.0f} % of one core "
+              f"of {os.cpu_count()}) before the benchmark: figures will be low",
+              file=sys.stderr)
+    names = [n for n in SCENARIOS if (not args.only or n in args.only)
+             and (n != "baseline" or BASELINE_SRC is not None)]
+    work = Path(tempfile.mkdtemp(prefix="pyike-bench-"))
+    results: dict[str, list[tuple[Sample, Sample]]] = {n: [] for n in names}
+    notes: dict[str, str] = {}
+    profiles: list[str] = []
+    try:
+        for run in range(args.runs):
+            for name in names:
+                prof_s = args.profile if name == "pyike" and run == args.runs - 1 else 0
+                print(f"run {run + 1}/{args.runs}: {name} ...", file=sys.stderr, flush=True)
+                tcp, udp, notes[name], prof = measure(
+                    name, work / f"{name}-{run}", args.seconds, args.udp_rate, prof_s)
+                results[name].append((tcp, udp))
+                if prof:
+                    profiles.append(prof)
+    except (BenchError, HarnessError) as e:
+        print(f"bench_tunnel: {e}", file=sys.stderr)
+        print(f"bench_tunnel: logs in {work}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench_tunnel: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    print(table({k: v for k, v in results.items() if v}, args.seconds, args.runs,
+                args.udp_rate))
+    for name, note in notes.items():
+        print(f"  {name}: {note}")
+    print(f"  machine load before start: {busy:.0f} % of one core ({os.cpu_count()} cores)")
+    for prof in profiles:
+        print(prof)
+    if args.keep:
+        print(f"logs in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
