@@ -73,15 +73,6 @@ def test_unreadable_junit_is_an_error(tmp_path: Path) -> None:
     assert case.outcome == "ERROR"
 
 
-def test_missing_vm_part_is_reported(monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    run = _load()
-    monkeypatch.setattr(run, "vm_available", lambda: False)
-    (case,) = run.run_vm([])
-    assert case.outcome == "MISSING"
-    assert "python -m interop.vm is missing" in capsys.readouterr().err
-
-
 def test_bad_arguments_exit_2() -> None:
     for args in ([], ["bogus"]):
         proc = subprocess.run([sys.executable, str(RUN), *args], capture_output=True,
