@@ -387,12 +387,7 @@ def keygen(keydir: Path, curve: str = "secp384r1", force: bool = False) -> list[
         key_path.parent.mkdir(mode=0o700)
         os.chmod(key_path.parent, 0o700)  # mkdir's mode is filtered by the umask
     key = ec.generate_private_key(CURVES[curve])
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,  # SEC1 for EC keys
-        serialization.NoEncryption(),
-    )
-    _write_new(key_path, pem_key, 0o600, force)
+    _write_new(key_path, private_key_pem(key), 0o600, force)
     _write_new(pub_path, public_key_pem(key.public_key()), 0o644, force)
     return [key_path, pub_path]
 
@@ -422,6 +417,14 @@ def install_peer_key(
 
 # ---------------------------------------------------------------------------
 # Encodings used on the wire
+
+
+def private_key_pem(key: PrivateKey, *, pkcs8: bool = False) -> bytes:
+    """Unencrypted PEM: SEC1 "EC PRIVATE KEY" as iked's guides make local.key, or
+    PKCS#8 "PRIVATE KEY" (what strongSwan's swanctl/private/ takes)."""
+    fmt = serialization.PrivateFormat.PKCS8 if pkcs8 else \
+        serialization.PrivateFormat.TraditionalOpenSSL
+    return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
 
 
 def public_key_pem(key: PublicKey) -> bytes:

@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.iked import DEBIAN_PACKAGES, IKED_BIN, Iked
+from pyike import keys
 from pyike.keylog import parse_esp_records
 from tests.netns import TwoHosts, capture, require_binary
 from tests.pyike_proc import CONF, REPO, PyikeProc, write_keydir
@@ -97,15 +97,8 @@ def guide_conf(name: str, *, for_iked: bool, policy_extra: str = "", sets: str =
     return sets + text
 
 
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM,
-                             serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
 
 
-def _pub(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 # --- one pyike + one iked -----------------------------------------------------------
@@ -186,7 +179,8 @@ def pair(two_hosts: TwoHosts, tmp_path: Path, *, pyike_home: bool, rfc7427: bool
         iked = Iked(vm_ns, tmp_path / "iked", "vm",
                     guide_conf("vm-iked.conf", for_iked=True, policy_extra=iked_extra,
                                sets=iked_sets),
-                    _pem(vm_key), {HOME_ID: _pub(home_key)}, natt=natt,
+                    keys.private_key_pem(vm_key),
+                    {HOME_ID: keys.public_key_pem(home_key.public_key())}, natt=natt,
                     extra_args=["-D", f"ext={VM_ADDR}"], auto_expire=auto_expire)
     else:
         conf = _write_conf(tmp_path / "vm-iked.conf", guide_conf(
@@ -196,7 +190,8 @@ def pair(two_hosts: TwoHosts, tmp_path: Path, *, pyike_home: bool, rfc7427: bool
         iked = Iked(home_ns, tmp_path / "iked", "home",
                     guide_conf("home-iked.conf", for_iked=True, policy_extra=iked_extra,
                                sets=iked_sets),
-                    _pem(home_key), {VM_ID: _pub(vm_key)}, natt=natt,
+                    keys.private_key_pem(home_key),
+                    {VM_ID: keys.public_key_pem(vm_key.public_key())}, natt=natt,
                     extra_args=["-D", f"vm_host={VM_ADDR}"], auto_expire=auto_expire)
     pcap = tmp_path / "outer.pcap" if with_capture else None
     with contextlib.ExitStack() as stack:

@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.strongswan import CHARON_BIN, DEBIAN_PACKAGES, Charon, parse_charon_keys
+from pyike import keys
 from pyike.keylog import EspKeyRecord, parse_esp_records
 from tests.netns import (
     HarnessError,
@@ -111,14 +111,8 @@ class Keys:
     vm: ec.EllipticCurvePrivateKey
 
 
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
-def _pub_pem(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _need_tools() -> None:
@@ -142,7 +136,8 @@ def _charon(ns: Netns, workdir: Path, *, home: bool, own: ec.EllipticCurvePrivat
         ns, workdir, name="tun",
         local_addr=local, remote_addr=remote,
         local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
-        private_key_pem=_pem(own), peer_public_pem=_pub_pem(peer_public),
+        private_key_pem=keys.private_key_pem(own, pkcs8=True),
+        peer_public_pem=keys.public_key_pem(peer_public),
         ike_proposals=suite.charon if isinstance(suite, Suite) else suite,
         esp_proposals=suite.esp if isinstance(suite, Suite) else "aes256gcm16",
         # No proto restriction: the mirror of pyike's single policy.

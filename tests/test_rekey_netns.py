@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.strongswan import Charon
+from pyike import keys
 from tests.conftest import HOME_ADDRS, VM_ADDRS
 from tests.netns import Netns, TwoHosts, veth_pair
 from tests.pyike_proc import PyikeProc, write_keydir
@@ -135,14 +135,11 @@ def _start_charon(hosts: TwoHosts, tmp: Path, home_life: tuple[int, int],
     hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
     hosts.vm.run(["ip", "-6", "addr", "add", f"{VPN1}/128", "dev", "lo", "nodad"])
-    pem = serialization.PrivateFormat.PKCS8
     charon = Charon(
         hosts.vm, tmp / "charon", name="rekey", local_addr="192.0.2.2",
         remote_addr="192.0.2.1", local_id="namorar.example.com", remote_id="carinho.lan",
-        private_key_pem=vk.private_bytes(serialization.Encoding.PEM, pem,
-                                         serialization.NoEncryption()),
-        peer_public_pem=hk.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        private_key_pem=keys.private_key_pem(vk, pkcs8=True),
+        peer_public_pem=keys.public_key_pem(hk.public_key()),
         ike_proposals="aes256gcm16-prfsha384-x25519", esp_proposals="aes256gcm16",
         local_ts=f"{VPN1}/128", remote_ts=f"{VPN0}/128",
         # charon's rekey_time is its soft lifetime; rand_time 0 keeps it exact.

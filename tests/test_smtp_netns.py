@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.strongswan import CHARON_BIN, DEBIAN_PACKAGES, Charon
-from pyike import mta
+from pyike import keys, mta
 from pyike.keylog import ESP_TABLE_NAME
 from tests.netns import HarnessError, Netns, TwoHosts, capture, ping, require_binary, wait_until
 from tests.pyike_proc import CONF, PyikeProc, write_keydir
@@ -57,14 +56,8 @@ TIMEOUT_S = 30.0
 _CHARON_CHILD = re.compile(r"CHILD_SA \S+ established with SPIs")
 
 
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
-def _pub_pem(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass
@@ -87,7 +80,8 @@ def _charon(ns: Netns, tmp: Path, *, home: bool, own: ec.EllipticCurvePrivateKey
     cls = GuideCharon if home else Charon
     return cls(ns, tmp / "charon", name="mail", local_addr=local, remote_addr=remote,
                local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
-               private_key_pem=_pem(own), peer_public_pem=_pub_pem(peer),
+               private_key_pem=keys.private_key_pem(own, pkcs8=True),
+               peer_public_pem=keys.public_key_pem(peer),
                ike_proposals=ike, esp_proposals=esp, local_ts=f"{local_in}/128",
                remote_ts=f"{remote_in}/128", encap=True)
 

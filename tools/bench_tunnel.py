@@ -61,10 +61,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.strongswan import CHARON_BIN, Charon, CharonError
+from pyike import keys
 from tests.netns import (
     HarnessError,
     Netns,
@@ -322,14 +322,8 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
                     p.stop()
 
 
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
-def _pub_pem(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _charon(ns: Netns, work: Path, *, home: bool, own: ec.EllipticCurvePrivateKey,
@@ -339,7 +333,8 @@ def _charon(ns: Netns, work: Path, *, home: bool, own: ec.EllipticCurvePrivateKe
     # Level-4 key dumps only happen at SA set-up: they cost nothing during the test.
     return Charon(ns, work, name="bench", local_addr=local, remote_addr=remote,
                   local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
-                  private_key_pem=_pem(own), peer_public_pem=_pub_pem(peer),
+                  private_key_pem=keys.private_key_pem(own, pkcs8=True),
+                  peer_public_pem=keys.public_key_pem(peer),
                   ike_proposals=CHARON_IKE, esp_proposals=CHARON_ESP,
                   local_ts=f"{local_in}/128", remote_ts=f"{remote_in}/128", encap=True)
 

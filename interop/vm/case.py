@@ -48,10 +48,10 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.vm.runner import IkedVM, VMError
+from pyike import keys
 
 if TYPE_CHECKING:
     from tests.netns import Netns
@@ -257,15 +257,8 @@ def _classify(frame: bytes, outer: set[IPv4Address | IPv6Address]) -> str:
 
 # --- the case -----------------------------------------------------------------------
 
-def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM,
-                             serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
 
 
-def _pem_public(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class _Runner:
@@ -378,9 +371,9 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
     r = _Runner(result)
     home_key = ec.generate_private_key(ec.SECP384R1())
     vm_key = ec.generate_private_key(ec.SECP384R1())
-    vm_keys = {"etc/iked/private/local.key": _pem_private(vm_key),
-               "etc/iked/local.pub": _pem_public(vm_key.public_key()),
-               f"etc/iked/pubkeys/fqdn/{HOME_ID}": _pem_public(home_key.public_key())}
+    vm_keys = {"etc/iked/private/local.key": keys.private_key_pem(vm_key),
+               "etc/iked/local.pub": keys.public_key_pem(vm_key.public_key()),
+               f"etc/iked/pubkeys/fqdn/{HOME_ID}": keys.public_key_pem(home_key.public_key())}
     # A reused --workdir: fresh keys every run, and write_keydir never overwrites.
     shutil.rmtree(workdir / "home-keys", ignore_errors=True)
     home_keys = write_keydir(workdir / "home-keys", home_key, {VM_ID: vm_key.public_key()})
