@@ -50,6 +50,15 @@ def _daemon_parser() -> argparse.ArgumentParser:
                    help="write SA keys (SECRET) as Wireshark tables into DIR")
     p.add_argument("--natt-keepalive", type=float, default=20.0, metavar="SECONDS",
                    help="NAT keepalive interval on tunnels we started (default 20; 0 = off)")
+    p.add_argument("--dpd", type=float, default=None, metavar="SECONDS",
+                   help="probe an idle IKE SA after this many seconds without anything "
+                        "received (default: `set dpd_check_interval` if not iked's 60, "
+                        "else 5; 0 = never)")
+    p.add_argument("--retransmit-cap", type=float, default=5.0, metavar="SECONDS",
+                   help="longest wait between IKE retransmissions, which go on for about "
+                        "60 s (default 5; 0 = iked's 2/4/8/16/32 s)")
+    p.add_argument("--no-netwatch", action="store_true",
+                   help="do not react to link, address and route changes")
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT",
                    help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"pyike {__version__}")
@@ -109,7 +118,8 @@ def run_daemon(argv: list[str]) -> int:
     options = Options(config_file=args.file, macros=macros, keydir=args.keydir,
                       force_active=args.active, force_encap=args.natt,
                       keylog_dir=args.keylog, ports=ports,  # type: ignore[arg-type]
-                      natt_keepalive=args.natt_keepalive)
+                      natt_keepalive=args.natt_keepalive, dpd_interval=args.dpd,
+                      retransmit_cap=args.retransmit_cap, netwatch=not args.no_netwatch)
     from pyike.dataplane import attach_dataplane
     daemon = Daemon(options)
     attach_dataplane(daemon)
