@@ -59,6 +59,10 @@ def _daemon_parser() -> argparse.ArgumentParser:
                         "60 s (default 5; 0 = iked's 2/4/8/16/32 s)")
     p.add_argument("--no-netwatch", action="store_true",
                    help="do not react to link, address and route changes")
+    p.add_argument("--replace-after", type=float, default=4.0, metavar="SECONDS",
+                   help="negotiate a replacement for an IKE SA whose liveness probe is "
+                        "unanswered this long (default 4; 0 = never)")
+    p.add_argument("--no-invalid-spi", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT",
                    help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"pyike {__version__}")
@@ -119,7 +123,8 @@ def run_daemon(argv: list[str]) -> int:
                       force_active=args.active, force_encap=args.natt,
                       keylog_dir=args.keylog, ports=ports,  # type: ignore[arg-type]
                       natt_keepalive=args.natt_keepalive, dpd_interval=args.dpd,
-                      retransmit_cap=args.retransmit_cap, netwatch=not args.no_netwatch)
+                      retransmit_cap=args.retransmit_cap, netwatch=not args.no_netwatch,
+                      replace_after=args.replace_after, invalid_spi=not args.no_invalid_spi)
     from pyike.dataplane import attach_dataplane
     daemon = Daemon(options)
     attach_dataplane(daemon)

@@ -56,6 +56,12 @@ BACKOFF_CAP = 30.0  # re-initiation backoff ceiling (seconds)
 DEFAULT_DPD_INTERVAL = 5.0
 DEFAULT_RETRANSMIT_CAP = 5.0
 GIVE_UP_AFTER = 60.0  # seconds of unanswered retransmissions before an SA is dead
+# An active SA whose liveness probe has gone unanswered this long (two sends) gets a
+# replacement IKE SA negotiated next to it: a restarted peer that does not answer
+# INVALID_IKE_SPI (OpenIKED does not) is back in service in seconds, not after the
+# minute of retransmissions. A lossy path costs at most an extra handshake.
+DEFAULT_REPLACE_AFTER = 4.0
+SUSPECT_CHECK_EVERY = 1.0
 
 
 class DaemonError(Exception):
@@ -78,6 +84,8 @@ class Options:
     dpd_interval: float | None = None
     retransmit_cap: float = DEFAULT_RETRANSMIT_CAP  # 0: iked's 2/4/8/16/32 s schedule
     netwatch: bool = True  # react to link/address/route changes (pyroute2)
+    replace_after: float = DEFAULT_REPLACE_AFTER  # 0: never negotiate a replacement
+    invalid_spi: bool = True  # answer requests for unknown SAs (off: behave like iked)
 
 
 def retransmit_tries(base: float, cap: float, give_up: float = GIVE_UP_AFTER) -> int:
@@ -231,7 +239,10 @@ class Daemon:
         self._active_sa: dict[str, IkeSa] = {}  # policy name -> its current IKE SA
         self._backoff: dict[str, float] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
+        self._replacing: dict[str, IkeSa] = {}  # policy name -> replacement in flight
         self.netwatch: object | None = None
+        if not options.invalid_spi:
+            self.endpoint.invalid_spi_burst = 0
 
     # ------------------------------------------------------------------ config
 
@@ -293,7 +304,8 @@ class Daemon:
         if self.config is None:
             return
         for p in self.config.policies:
-            if p.active and p.name not in self._active_sa and p.name not in self._retry:
+            if p.active and p.name not in self._active_sa and p.name not in self._retry \
+                    and p.name not in self._replacing:
                 self.initiate(p.name)
 
     def _peer_state(self, peer_id: tuple[int, bytes] | None) -> str:
@@ -372,6 +384,7 @@ class Daemon:
                 k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar))
         elif isinstance(event, IkeSaEstablished):
             self._backoff.pop(event.sa.policy.name, None)
+            self._replacement_done(event.sa)
             asyncio.get_running_loop().call_soon(self.start_active)
         elif isinstance(event, InitialContact):
             self._drop_older_sas(event.sa, event.peer_id)
@@ -379,9 +392,15 @@ class Daemon:
             asyncio.get_running_loop().call_soon(self._peer_lost, event.sa)
         elif isinstance(event, IkeSaClosed):
             name = event.sa.policy.name
-            if self._active_sa.get(name) is event.sa:
+            if self._replacing.get(name) is event.sa:
+                del self._replacing[name]  # the replacement failed; the suspect check
+                if name not in self._active_sa:  # tries again while the old one lives
+                    self._schedule_retry(name)
+            elif self._active_sa.get(name) is event.sa:
                 del self._active_sa[name]
-                if not self.driver.stopping and self.config is not None and any(
+                if name in self._replacing:
+                    pass  # its replacement is already being negotiated
+                elif not self.driver.stopping and self.config is not None and any(
                         p.name == name and p.active for p in self.config.policies):
                     self._schedule_retry(name)
         elif isinstance(event, ChildSaCreated) and self.esp_keylog is not None:
@@ -414,9 +433,7 @@ class Daemon:
         for sa in list(self.endpoint.sas.values()):
             if sa.state in (State.CLOSED,) or (sa.peer_id or sa.policy.peer_id) != peer_id:
                 continue
-            for name, active in list(self._active_sa.items()):
-                if active is sa:
-                    del self._active_sa[name]  # no backoff retry for this one
+            self._forget(sa)  # no backoff retry for this one
             sa.drop(now, f"re-establishing: {reason}")
             dropped += 1
         if dropped:
@@ -433,9 +450,7 @@ class Daemon:
         if sa.state == State.CLOSED:
             return
         now = self.driver.now()
-        for name, active in list(self._active_sa.items()):
-            if active is sa:
-                del self._active_sa[name]
+        self._forget(sa)
         sa.drop(now, "the peer does not know it (INVALID_IKE_SPI): it restarted?")
         peer_id = sa.peer_id or sa.policy.peer_id
         for other in list(self.endpoint.sas.values()):
@@ -443,6 +458,63 @@ class Daemon:
                     (other.peer_id or other.policy.peer_id) == peer_id:
                 other.check_alive(now)
         self._retry_now()
+
+    def _check_suspects(self) -> None:
+        """Start a replacement for each active SA whose probe went unanswered."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(SUSPECT_CHECK_EVERY, self._check_suspects)
+        if self.driver.stopping:
+            return
+        now = self.driver.now()
+        started = False
+        for name, sa in list(self._active_sa.items()):
+            dpd = sa.policy.dpd_interval
+            if (name in self._replacing or sa.state != State.ESTABLISHED or dpd <= 0
+                    or now - sa.last_received < dpd + self.options.replace_after):
+                continue
+            p = next((x for x in self.config.policies if x.name == name), None) \
+                if self.config is not None else None
+            addresses = self._peer_addresses(p) if p is not None else []  # the peer may
+            peer = (addresses[0] if addresses else sa.peer[0], self.options.ports[0])  # move
+            try:
+                local = ((ip_address(str(p.local[0])), self.options.ports[0])
+                         if p is not None and p.local else local_address_for(peer))
+            except OSError:
+                continue  # no route to the peer: netwatch calls when there is one
+            log.info("%s: no answer for %.0f s; negotiating a replacement next to it",
+                     sa.label, now - sa.last_received)
+            # Fresh SPIs; no INITIAL_CONTACT: the other policies' SAs with this peer
+            # may be fine (RFC 7296 2.4).
+            self._replacing[name] = self.endpoint.connect(
+                sa.policy, (local[0], self.options.ports[0]), peer, now,
+                initial_contact=False)
+            started = True
+        if started:
+            self.driver.pump()
+
+    def _replacement_done(self, new: IkeSa) -> None:
+        """A replacement is up: it takes over; the old SA goes (2.8.3's reauthentication
+        order: the new SA first, then the old one is deleted)."""
+        name = new.policy.name
+        if self._replacing.get(name) is not new:
+            return
+        del self._replacing[name]
+        old = self._active_sa.get(name)
+        self._active_sa[name] = new
+        if old is None or old.state == State.CLOSED:
+            return
+        now = self.driver.now()
+        if now - old.last_received < old.policy.dpd_interval:
+            old.delete(now, "replaced by " + new.label)  # it answers again: tell the peer
+        else:
+            old.drop(now, "replaced by " + new.label)  # silent: the peer forgot it
+
+    def _forget(self, sa: IkeSa) -> None:
+        """Take ``sa`` out of the policy table, so that closing it starts no backoff."""
+        for table in (self._active_sa, self._replacing):
+            for name, known in list(table.items()):
+                if known is sa:
+                    del table[name]
 
     def _retry_now(self) -> None:
         """Policies waiting out their backoff try again now (the network changed)."""
@@ -535,6 +607,9 @@ class Daemon:
                                                       self._send_keepalives)
             if self.options.netwatch:
                 await self._start_netwatch()
+            if self.options.replace_after > 0:
+                asyncio.get_running_loop().call_later(SUSPECT_CHECK_EVERY,
+                                                      self._check_suspects)
             await self.driver.run(start=self.start_active)
         finally:
             for handle in self._retry.values():

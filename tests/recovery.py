@@ -102,13 +102,13 @@ class Tunnel:
             if ns is not None:
                 ns.close()
 
-    def start_vm(self) -> float:
+    def start_vm(self, extra: tuple[str, ...] = ()) -> float:
         """Start the VM daemon; returns the time it is listening again."""
         self._vm_starts += 1
         workdir = self.workdir / f"vm-{self._vm_starts}"
         workdir.mkdir(exist_ok=True)
         self.vm = PyikeProc(self.vm_ns, workdir, CONF / "vm-iked.conf", self._vm_keys,
-                            ["-D", f"ext={VM_OUTER}", *self.vm_args]).start()
+                            ["-D", f"ext={VM_OUTER}", *self.vm_args, *extra]).start()
         self.vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=30)
         return time.monotonic()
 
@@ -185,11 +185,11 @@ class Tunnel:
         wait_until(lambda: "pyike0" not in self.vm_ns.run(["ip", "-o", "link"]).stdout, 10,
                    what="the killed daemon's TUN device to go")
 
-    def restart_vm(self, down: float = 0.0) -> float:
+    def restart_vm(self, down: float = 0.0, extra: tuple[str, ...] = ()) -> float:
         """SIGKILL the VM daemon, wait ``down`` s, start it; returns when listening."""
         self.kill_vm()
         time.sleep(down)
-        return self.start_vm()
+        return self.start_vm(extra)
 
 
 def popen_logged(ns: Netns, args: list[str], log: Path) -> subprocess.Popen:

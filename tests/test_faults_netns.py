@@ -3,12 +3,14 @@
 One tunnel (home active with the guide's three policies, vm passive) lives
 through every fault in turn, in this order: 30% loss both ways for a minute,
 the home link down for two minutes (with mail queued at the VM meanwhile),
-the home outer address changed, the VM daemon SIGKILLed and restarted. After
+the home outer address changed, the VM daemon SIGKILLed and restarted (once
+answering INVALID_IKE_SPI, once silent like OpenIKED). After
 each, an ICMPv6 echo must cross the tunnel within 10 s of the fault ending,
 with no traffic during the fault: the prober starts only when the link is
 usable again (see tests/recovery.py). Recovery comes from pyike itself:
 idle-SA probes every 5 s, retransmissions capped at 5 s, INVALID_IKE_SPI from
-a restarted peer, and netlink watching at home.
+a restarted peer, replacement SAs for unanswered probes, and netlink watching
+at home.
 """
 
 from __future__ import annotations
@@ -123,6 +125,23 @@ def test_vm_daemon_killed_and_restarted(tunnel: Tunnel) -> None:
     tunnel.vm.wait_log(r"send INVALID_IKE_SPI", timeout=5)
     tunnel.home.wait_log(r"does not know this IKE SA \(INVALID_IKE_SPI\)", timeout=5)
     tunnel.home.wait_log(r"established .*as initiator", count=9, timeout=20)
+
+
+def test_vm_restarted_without_invalid_spi_answers(tunnel: Tunnel) -> None:
+    """Like a restarted OpenIKED, which never answers INVALID_IKE_SPI: the home side
+    notices its probe going unanswered and negotiates replacement SAs next to the
+    old ones, instead of waiting a minute for the retransmissions to give up."""
+    tunnel.wait_tunnel(30)
+    marks = len(re.findall(r"negotiating a replacement", tunnel.home.log()))
+    replaced = len(re.findall(r"IKE SA closed: replaced by", tunnel.home.log()))
+    back = tunnel.restart_vm(down=2.0, extra=("--no-invalid-spi",))
+    took = tunnel.recovery(back)
+    report("VM daemon SIGKILLed, restarted after 2 s, no INVALID_IKE_SPI", took)
+    assert took is not None and took <= RECOVERY_LIMIT, tunnel.home.log()[-4000:]
+    assert "send INVALID_IKE_SPI" not in tunnel.vm.log()
+    assert len(re.findall(r"negotiating a replacement", tunnel.home.log())) > marks
+    # All three old SAs gave way to their replacements.
+    tunnel.home.wait_log(r"IKE SA closed: replaced by", count=replaced + 3, timeout=20)
 
 
 def test_no_outage_no_reestablishment(tunnel: Tunnel, tmp_path: Path) -> None:

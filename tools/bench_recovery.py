@@ -12,8 +12,9 @@ starts when the fault ends. Figures are the median (and range) of N runs
 within one tunnel set-up per configuration.
 
 Side by side, the same faults with pyike run with iked's timers as the
-reference (--dpd 60 --retransmit-cap 0 --no-netwatch: probe after 60 s of
-silence, retransmit at 2/4/8/16/32 s, no netlink watching), which is roughly
+reference (--dpd 60 --retransmit-cap 0 --no-netwatch --replace-after 0
+--no-invalid-spi: probe after 60 s of silence, retransmit at 2/4/8/16/32 s, no
+netlink watching, no replacement SA, no INVALID_IKE_SPI answers), which is roughly
 the behaviour the guide's author worked around with ``ping -i 5`` (real iked
 is lazier still: it probes an idle SA only after 300 s). Runs are bounded:
 a recovery not seen within --limit seconds is reported as "> limit".
@@ -34,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.recovery import Tunnel
 
 PYIKE: tuple[str, ...] = ()
-IKED_TIMERS = ("--dpd", "60", "--retransmit-cap", "0", "--no-netwatch")
+IKED_TIMERS = ("--dpd", "60", "--retransmit-cap", "0", "--no-netwatch", "--replace-after", "0",
+               "--no-invalid-spi")
 FAULTS = ("loss", "link", "addr", "restart")
 
 
