@@ -394,8 +394,8 @@ class Daemon:
             name = event.sa.policy.name
             if self._replacing.get(name) is event.sa:
                 del self._replacing[name]  # the replacement failed; the suspect check
-                if name not in self._active_sa:  # tries again while the old one lives
-                    self._schedule_retry(name)
+                if name not in self._active_sa and not self.driver.stopping:  # tries
+                    self._schedule_retry(name)  # again while the old one lives
             elif self._active_sa.get(name) is event.sa:
                 del self._active_sa[name]
                 if name in self._replacing:
