@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,6 +242,7 @@ class Daemon:
         self._retry: dict[str, asyncio.TimerHandle] = {}
         self._replacing: dict[str, IkeSa] = {}  # policy name -> replacement in flight
         self.netwatch: object | None = None
+        self._netwatch_task: asyncio.Task | None = None
         if not options.invalid_spi:
             self.endpoint.invalid_spi_burst = 0
 
@@ -584,9 +586,22 @@ class Daemon:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A SIGHUP during start-up (TUN set-up takes a moment) is kept for when the
+        # driver runs, instead of killing the daemon (SIGHUP's default action).
+        early_hup: list[bool] = []
+        loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
         self.load()
         self.driver.open()
         dp = getattr(self, "dataplane", None)
+
+        def started() -> None:  # the driver's signal handlers are in place now
+            if early_hup:
+                self.reload()
+            self.start_active()
+            if self.options.netwatch:
+                self._netwatch_task = loop.create_task(self._start_netwatch())
+
         try:
             if dp is not None:
                 from pyike.dataplane import local_addresses_and_routes
@@ -605,13 +620,11 @@ class Daemon:
             if self.options.natt_keepalive > 0:
                 asyncio.get_running_loop().call_later(self.options.natt_keepalive,
                                                       self._send_keepalives)
-            if self.options.netwatch:
-                await self._start_netwatch()
             if self.options.replace_after > 0:
-                asyncio.get_running_loop().call_later(SUSPECT_CHECK_EVERY,
-                                                      self._check_suspects)
-            await self.driver.run(start=self.start_active)
+                loop.call_later(SUSPECT_CHECK_EVERY, self._check_suspects)
+            await self.driver.run(start=started)
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             for handle in self._retry.values():
                 handle.cancel()
             if self.netwatch is not None:
