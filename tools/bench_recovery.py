@@ -9,9 +9,10 @@ ending (loss removed, home link up and carrier back, new home address in
 place, restarted VM daemon listening) to the first ICMPv6 echo answered
 through the tunnel. No traffic crosses the tunnel during a fault; the prober
 starts when the fault ends. Figures are the median (and range) of N runs
-within one tunnel set-up per configuration. "blackhole" (not in the default
-list) drops every packet on the path for --down-seconds: an outage the home
-box cannot see in its own links, addresses or routes.
+within one tunnel set-up per configuration. Not in the default list:
+"blackhole" drops every packet on the path for --down-seconds, an outage the
+home box cannot see in its own links, addresses or routes; "restart-silent"
+restarts the VM daemon with INVALID_IKE_SPI answers off, as OpenIKED behaves.
 
 Side by side, the same faults with pyike run with iked's timers as the
 reference (--dpd 60 --retransmit-cap 0 --no-netwatch --replace-after 0
@@ -39,7 +40,7 @@ from tests.recovery import Tunnel
 PYIKE: tuple[str, ...] = ()
 IKED_TIMERS = ("--dpd", "60", "--retransmit-cap", "0", "--no-netwatch", "--replace-after", "0",
                "--no-invalid-spi")
-FAULTS = ("loss", "link", "addr", "restart", "blackhole")
+FAULTS = ("loss", "link", "addr", "restart", "blackhole", "restart-silent")
 
 
 def measure(tunnel: Tunnel, fault: str, args: argparse.Namespace) -> float | None:
@@ -55,6 +56,8 @@ def measure(tunnel: Tunnel, fault: str, args: argparse.Namespace) -> float | Non
     elif fault == "addr":
         new = "192.0.2.11/24" if tunnel.home_addr == "192.0.2.1/24" else "192.0.2.1/24"
         ended = tunnel.change_home_address(new)
+    elif fault == "restart-silent":  # the restarted VM never answers INVALID_IKE_SPI
+        ended = tunnel.restart_vm(down=2.0, extra=("--no-invalid-spi",))
     else:
         ended = tunnel.restart_vm(down=2.0)
     return tunnel.recovery(ended, args.limit)
@@ -109,7 +112,8 @@ def main() -> int:
              "link": f"home link down {args.down_seconds:.0f} s",
              "addr": "home outer address changed",
              "restart": "VM daemon SIGKILLed, back 2 s later",
-             "blackhole": f"all packets dropped {args.down_seconds:.0f} s (path)"}
+             "blackhole": f"all packets dropped {args.down_seconds:.0f} s (path)",
+             "restart-silent": "VM restarted, no INVALID_IKE_SPI (as iked)"}
     print("pyike defaults:", file=sys.stderr)
     ours = run_config("pyike", PYIKE, args.runs, args, faults)
     ref: dict[str, list[float | None]] = {}
