@@ -154,9 +154,10 @@ class Tunnel:
             self.loss_method = "tc netem"
             return ["tc", "qdisc", "del", "dev", "eth0", "root"]
         self.loss_method = "nftables numgen"
+        match = f"numgen random mod 100 < {percent} " if percent < 100 else ""
         ns.run(["nft", "add table inet pyikeloss; add chain inet pyikeloss out "
                 "{ type filter hook output priority 0; }; add rule inet pyikeloss out "
-                f'oifname "eth0" numgen random mod 100 < {percent} drop'])
+                f'oifname "eth0" {match}drop'])
         return ["nft", "delete table inet pyikeloss"]
 
     def link_down(self) -> None:
