@@ -1298,7 +1298,8 @@ class Endpoint:
                      ExchangeType.name_of(msg.exchange),
                      "response" if msg.is_response else "request", msg.message_id,
                      src[0], src[1], _spi_text(ours))
-            if not msg.is_response:
+            if not msg.is_response and msg.payloads and isinstance(msg.payloads[-1],
+                                                                   wire.SkPayload):
                 self._answer_invalid_spi(msg, src, dst, now)
             return
         sa.receive(msg, data, src, dst, now)
@@ -1307,8 +1308,10 @@ class Endpoint:
         """2.21.4: a request for an SA we do not know (we restarted, say) MAY get an
         unprotected response with the same SPIs and message ID carrying
         INVALID_IKE_SPI, so that the peer re-establishes at once instead of waiting
-        for its retransmissions to time out. Never for responses; rate-limited per
-        source address, and the answer is smaller than the request (no amplification)."""
+        for its retransmissions to time out. Only for protected requests (any request
+        for an established SA is): the 36-byte answer is then smaller than the
+        request, so it amplifies nothing. Never for responses; rate-limited per
+        source address."""
         start, count = self._invalid_spi_sent.get(src[0], (now, 0))
         if now - start >= 1.0:
             start, count = now, 0

@@ -88,6 +88,21 @@ def test_invalid_ike_spi_is_rate_limited_and_never_answers_a_response() -> None:
     assert len(p.home.datagrams_to_send()) == before == 0
 
 
+def test_unprotected_request_for_unknown_spi_gets_no_answer() -> None:
+    """Only protected requests (larger than the answer) are answered: no amplification."""
+    p, sa = established_pair()
+    restart_vm(p)
+    bare = wire.build_message(wire.Message(
+        sa.spi_i, sa.spi_r, ExchangeType.INFORMATIONAL, wire.HeaderFlag.INITIATOR, 5, []))
+    p.vm.receive(bare, sa.local, sa.peer, p.now)
+    assert p.vm.datagrams_to_send() == []
+    p.wire_log.clear()
+    p.advance(5.5)  # the real (protected) probe is answered
+    (answer,) = [t for name, t in p.wire_log if name == "vm->home"]
+    probe = next(t for name, t in p.wire_log if name == "home->vm")
+    assert len(answer.data) == 36 < len(probe.data)
+
+
 def test_forged_unprotected_answer_without_the_notify_is_ignored() -> None:
     p, sa = established_pair()
     p.hook = lambda t: []  # the VM hears nothing: our probe stays outstanding
