@@ -8,8 +8,9 @@ tests/recovery.py). For each fault it prints the recovery time: from the fault
 ending (loss removed, home link up and carrier back, new home address in
 place, restarted VM daemon listening) to the first ICMPv6 echo answered
 through the tunnel. No traffic crosses the tunnel during a fault; the prober
-starts when the fault ends. Figures are the median (and range) of N runs
-within one tunnel set-up per configuration. Not in the default list:
+starts when the fault ends. Figures are the median (and range) of N runs,
+each in a fresh tunnel that was idle for --settle seconds (plus 0-5 s at
+random) before the fault. Not in the default list:
 "blackhole" drops every packet on the path for --down-seconds, an outage the
 home box cannot see in its own links, addresses or routes; "restart-silent"
 restarts the VM daemon with INVALID_IKE_SPI answers off, as OpenIKED behaves.
@@ -27,6 +28,7 @@ Loss uses tc netem, or nftables where the kernel lacks netem.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -65,18 +67,23 @@ def measure(tunnel: Tunnel, fault: str, args: argparse.Namespace) -> float | Non
 
 def run_config(label: str, extra: tuple[str, ...], runs: int, args: argparse.Namespace,
                faults: list[str]) -> dict[str, list[float | None]]:
+    """Every run in a fresh tunnel, so that no run inherits the after-effects of
+    another (SAs that die a minute after an outage, say); each fault comes at a
+    random point of the probe cycle, after the tunnel has been idle a while."""
     out: dict[str, list[float | None]] = {f: [] for f in faults}
-    with tempfile.TemporaryDirectory(prefix="pyike-bench-recovery-") as tmp, \
-            Tunnel(Path(tmp), home_args=extra, vm_args=extra) as tunnel:
-        for fault in faults:
-            for i in range(runs):
+    rng = random.Random(args.seed)
+    for fault in faults:
+        for i in range(runs):
+            with tempfile.TemporaryDirectory(prefix="pyike-bench-recovery-") as tmp, \
+                    Tunnel(Path(tmp), home_args=extra, vm_args=extra) as tunnel:
+                time.sleep(args.settle + rng.uniform(0, 5))
                 took = measure(tunnel, fault, args)
-                out[fault].append(took)
-                shown = f"{took:.2f} s" if took is not None else f"> {args.limit:.0f} s"
-                print(f"  [{label}] {fault} run {i + 1}/{runs}: {shown}", file=sys.stderr,
-                      flush=True)
-        if "loss" in faults:
-            print(f"  [{label}] loss applied with {tunnel.loss_method}", file=sys.stderr)
+                method = tunnel.loss_method
+            out[fault].append(took)
+            shown = f"{took:.2f} s" if took is not None else f"> {args.limit:.0f} s"
+            how = f" ({method})" if method else ""
+            print(f"  [{label}] {fault} run {i + 1}/{runs}: {shown}{how}", file=sys.stderr,
+                  flush=True)
     return out
 
 
@@ -102,6 +109,9 @@ def main() -> int:
     p.add_argument("--down-seconds", type=float, default=120.0)
     p.add_argument("--limit", type=float, default=150.0,
                    help="give up on one recovery after this many seconds")
+    p.add_argument("--settle", type=float, default=10.0,
+                   help="idle seconds (plus 0-5 s at random) before each fault")
+    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--faults", default=",".join(FAULTS[:4]),
                    help=f"comma-separated, from {','.join(FAULTS)} (default: the first four)")
     args = p.parse_args()
