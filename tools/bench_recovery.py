@@ -131,9 +131,9 @@ def main() -> int:
         print("reference, pyike with iked's timers:", file=sys.stderr)
         ref = run_config("iked timers", IKED_TIMERS, args.ref_runs, args, faults)
     print(f"\nrecovery: fault end -> first echo through the tunnel (no traffic during "
-          f"the fault)\n{'fault':38} {'pyike defaults':28} iked's timers (reference)")
+          f"the fault)\n{'fault':44} {'pyike defaults':28} iked's timers (reference)")
     for f in faults:
-        print(f"{names[f]:38} {summary(ours[f], args.limit):28} "
+        print(f"{names[f]:44} {summary(ours[f], args.limit):28} "
               f"{summary(ref.get(f, []), args.limit)}")
     return 0
 
