@@ -54,6 +54,19 @@ def _daemon_parser() -> argparse.ArgumentParser:
                         "notify): AUTH uses the RFC 4754 ECDSA methods, and so does the peer")
     p.add_argument("--natt-keepalive", type=float, default=20.0, metavar="SECONDS",
                    help="NAT keepalive interval on tunnels we started (default 20; 0 = off)")
+    p.add_argument("--dpd", type=float, default=None, metavar="SECONDS",
+                   help="probe an idle IKE SA after this many seconds without anything "
+                        "received (default: `set dpd_check_interval` if not iked's 60, "
+                        "else 5; 0 = never)")
+    p.add_argument("--retransmit-cap", type=float, default=5.0, metavar="SECONDS",
+                   help="longest wait between IKE retransmissions, which go on for about "
+                        "60 s (default 5; 0 = iked's 2/4/8/16/32 s)")
+    p.add_argument("--no-netwatch", action="store_true",
+                   help="do not react to link, address and route changes")
+    p.add_argument("--replace-after", type=float, default=4.0, metavar="SECONDS",
+                   help="negotiate a replacement for an IKE SA whose liveness probe is "
+                        "unanswered this long (default 4; 0 = never)")
+    p.add_argument("--no-invalid-spi", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT",
                    help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"pyike {__version__}")
@@ -113,7 +126,10 @@ def run_daemon(argv: list[str]) -> int:
     options = Options(config_file=args.file, macros=macros, keydir=args.keydir,
                       force_active=args.active, force_encap=args.natt,
                       keylog_dir=args.keylog, ports=ports,  # type: ignore[arg-type]
-                      natt_keepalive=args.natt_keepalive, rfc7427=args.rfc7427)
+                      natt_keepalive=args.natt_keepalive, rfc7427=args.rfc7427,
+                      dpd_interval=args.dpd, retransmit_cap=args.retransmit_cap,
+                      netwatch=not args.no_netwatch, replace_after=args.replace_after,
+                      invalid_spi=not args.no_invalid_spi)
     from pyike.dataplane import attach_dataplane
     daemon = Daemon(options)
     attach_dataplane(daemon)

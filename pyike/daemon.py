@@ -5,12 +5,22 @@ turning a parsed policy into what the core negotiates (:func:`sa_policy`),
 which policy answers a responder (pyike.config's rule), starting active
 policies, re-initiating with capped backoff when an SA dies (re-resolving
 the peer's host name every time), key logging, and reload on SIGHUP.
+
+Staying up by itself (the guide's home side needed ``ping -i 5`` and 30-minute
+rekeys with iked): an idle IKE SA is probed after ``dpd_interval`` seconds
+without anything received (default 5 s), requests are retransmitted at 2, 4,
+then every 5 s for about a minute; a restarted peer answers a probe with
+INVALID_IKE_SPI and the SAs are re-established at once; netlink
+(pyike.netwatch) reports link, address and route changes, upon which SAs whose
+address is gone are replaced and the others probed, and pending retries start
+now instead of at the end of their backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +41,7 @@ from pyike.ike import (
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
+    PeerLostSa,
     SaPolicy,
     State,
 )
@@ -41,6 +52,18 @@ log = logging.getLogger("pyike")
 BACKOFF_START = 1.0
 BACKOFF_CAP = 30.0  # re-initiation backoff ceiling (seconds)
 USAGE_CHECK_INTERVAL = 5.0  # seconds between byte-lifetime checks
+# Liveness defaults: with these a peer that restarts or a path that comes back is
+# noticed within about 5 s on an idle tunnel (no traffic generator needed), at the
+# cost of one small INFORMATIONAL exchange per IKE SA every 5 s while idle.
+DEFAULT_DPD_INTERVAL = 5.0
+DEFAULT_RETRANSMIT_CAP = 5.0
+GIVE_UP_AFTER = 60.0  # seconds of unanswered retransmissions before an SA is dead
+# An active SA whose liveness probe has gone unanswered this long (two sends) gets a
+# replacement IKE SA negotiated next to it: a restarted peer that does not answer
+# INVALID_IKE_SPI (OpenIKED does not) is back in service in seconds, not after the
+# minute of retransmissions. A lossy path costs at most an extra handshake.
+DEFAULT_REPLACE_AFTER = 4.0
+SUSPECT_CHECK_EVERY = 1.0
 
 
 class DaemonError(Exception):
@@ -59,6 +82,33 @@ class Options:
     socket_path: Path | None = None
     natt_keepalive: float = 20.0  # seconds; 0 = never (RFC 3948 2.3)
     rfc7427: bool = True  # --no-rfc7427: RFC 4754 AUTH only (iked then signs with it too)
+    # Probe an idle SA after this many seconds without anything received; None:
+    # `set dpd_check_interval N` if the config gives one other than iked's 60, else 5.
+    dpd_interval: float | None = None
+    retransmit_cap: float = DEFAULT_RETRANSMIT_CAP  # 0: iked's 2/4/8/16/32 s schedule
+    netwatch: bool = True  # react to link/address/route changes (pyroute2)
+    replace_after: float = DEFAULT_REPLACE_AFTER  # 0: never negotiate a replacement
+    invalid_spi: bool = True  # answer requests for unknown SAs (off: behave like iked)
+
+
+def retransmit_tries(base: float, cap: float, give_up: float = GIVE_UP_AFTER) -> int:
+    """How many sends make the retransmission schedule last about ``give_up`` s."""
+    if cap <= 0:
+        return 5  # 2+4+8+16+32: iked's and RFC 7296's usual schedule
+    total, tries = 0.0, 0
+    while total < give_up and tries < 100:
+        total += min(base * 2 ** tries, cap)
+        tries += 1
+    return tries
+
+
+def effective_dpd(options: Options, global_options: object | None) -> float:
+    if options.dpd_interval is not None:
+        return options.dpd_interval
+    configured = getattr(global_options, "dpd_check_interval", cfg.DEFAULT_DPD_CHECK_INTERVAL)
+    if configured != cfg.DEFAULT_DPD_CHECK_INTERVAL:
+        return float(configured)  # 0 turns probing off, as in iked
+    return DEFAULT_DPD_INTERVAL
 
 
 def id_bytes(id_type: int, text: str) -> bytes:
@@ -109,7 +159,7 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
             return None
 
     local_ts, remote_ts = flows_to_selectors(policy)
-    dpd = getattr(global_options, "dpd_check_interval", 60) or 0
+    dpd = effective_dpd(options, global_options)
     return SaPolicy(
         name=policy.name,
         ike_proposals=proposals.from_specs(policy.ike_proposals, ProtocolId.IKE),
@@ -129,7 +179,14 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
         child_lifetime=float(policy.lifetime),
         child_lifetime_bytes=int(policy.lifetime_bytes),
         dpd_interval=float(dpd),
+        retransmit_cap=options.retransmit_cap,
+        retransmit_tries=retransmit_tries(2.0, options.retransmit_cap),
     )
+
+
+def id_text_or_any(peer_id: tuple[int, bytes] | None) -> str:
+    from pyike.ike import id_text
+    return id_text(*peer_id) if peer_id else "any peer"
 
 
 def local_address_for(peer: Addr) -> Addr:
@@ -139,6 +196,17 @@ def local_address_for(peer: Addr) -> Addr:
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.connect((str(peer[0]), peer[1]))
         return ip_address(s.getsockname()[0].split("%")[0]), 500
+
+
+def address_is_ours(addr: object) -> bool:
+    """Whether ``addr`` is still assigned here (binding to it only works then)."""
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET  # type: ignore[attr-defined]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((str(addr), 0))
+        except OSError:
+            return False
+    return True
 
 
 def resolve(host: str, family_hint: int | None = None) -> list:
@@ -175,6 +243,11 @@ class Daemon:
         self._active_sa: dict[str, IkeSa] = {}  # policy name -> its current IKE SA
         self._backoff: dict[str, float] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
+        self._replacing: dict[str, IkeSa] = {}  # policy name -> replacement in flight
+        self.netwatch: object | None = None
+        self._netwatch_task: asyncio.Task | None = None
+        if not options.invalid_spi:
+            self.endpoint.invalid_spi_burst = 0
 
     # ------------------------------------------------------------------ config
 
@@ -236,7 +309,8 @@ class Daemon:
         if self.config is None:
             return
         for p in self.config.policies:
-            if p.active and p.name not in self._active_sa and p.name not in self._retry:
+            if p.active and p.name not in self._active_sa and p.name not in self._retry \
+                    and p.name not in self._replacing:
                 self.initiate(p.name)
 
     def _peer_state(self, peer_id: tuple[int, bytes] | None) -> str:
@@ -322,14 +396,23 @@ class Daemon:
                     if sa is event.replaces:
                         self._active_sa[name] = event.sa
             self._backoff.pop(event.sa.policy.name, None)
+            self._replacement_done(event.sa)
             asyncio.get_running_loop().call_soon(self.start_active)
         elif isinstance(event, InitialContact):
             self._drop_older_sas(event.sa, event.peer_id)
+        elif isinstance(event, PeerLostSa):
+            asyncio.get_running_loop().call_soon(self._peer_lost, event.sa)
         elif isinstance(event, IkeSaClosed):
             name = event.sa.policy.name
-            if self._active_sa.get(name) is event.sa:
+            if self._replacing.get(name) is event.sa:
+                del self._replacing[name]  # the replacement failed; the suspect check
+                if name not in self._active_sa and not self.driver.stopping:  # tries
+                    self._schedule_retry(name)  # again while the old one lives
+            elif self._active_sa.get(name) is event.sa:
                 del self._active_sa[name]
-                if not self.driver.stopping and self.config is not None and any(
+                if name in self._replacing:
+                    pass  # its replacement is already being negotiated
+                elif not self.driver.stopping and self.config is not None and any(
                         p.name == name and p.active for p in self.config.policies):
                     self._schedule_retry(name)
         elif isinstance(event, ChildSaCreated) and self.esp_keylog is not None:
@@ -362,6 +445,148 @@ class Daemon:
             self.driver.pump()
         asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
 
+    # ------------------------------------------------------------------ recovery
+
+    def reestablish(self, peer_id: tuple[int, bytes] | None, reason: str) -> None:
+        """Forget every IKE SA with this peer and start the active policies again now.
+
+        No DELETE is sent: the peer has lost these SAs, or we cannot reach it from
+        their address any more. The first new IKE SA carries INITIAL_CONTACT, so a
+        peer that still holds the old ones drops them (RFC 7296 2.4)."""
+        now = self.driver.now()
+        dropped = 0
+        for sa in list(self.endpoint.sas.values()):
+            if sa.state in (State.CLOSED,) or (sa.peer_id or sa.policy.peer_id) != peer_id:
+                continue
+            self._forget(sa)  # no backoff retry for this one
+            sa.drop(now, f"re-establishing: {reason}")
+            dropped += 1
+        if dropped:
+            log.info("re-establishing %d IKE SA(s) with %s: %s", dropped,
+                     id_text_or_any(peer_id), reason)
+        self._retry_now()
+
+    def _peer_lost(self, sa: IkeSa) -> None:
+        """The peer answered INVALID_IKE_SPI for ``sa`` (it restarted, most likely).
+
+        Only that SA is dropped (the hint names it, and a newer SA with the same
+        peer may be fine), its policy starts again now, and the other SAs with
+        this peer are probed at once: after a restart they are all gone."""
+        if sa.state == State.CLOSED:
+            return
+        now = self.driver.now()
+        self._forget(sa)
+        sa.drop(now, "the peer does not know it (INVALID_IKE_SPI): it restarted?")
+        peer_id = sa.peer_id or sa.policy.peer_id
+        for other in list(self.endpoint.sas.values()):
+            if other is not sa and other.state == State.ESTABLISHED and \
+                    (other.peer_id or other.policy.peer_id) == peer_id:
+                other.check_alive(now)
+        self._retry_now()
+
+    def _check_suspects(self) -> None:
+        """Start a replacement for each active SA whose probe went unanswered."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(SUSPECT_CHECK_EVERY, self._check_suspects)
+        if self.driver.stopping:
+            return
+        now = self.driver.now()
+        started = False
+        for name, sa in list(self._active_sa.items()):
+            dpd = sa.policy.dpd_interval
+            if (name in self._replacing or sa.state != State.ESTABLISHED or dpd <= 0
+                    or now - sa.last_heard() < dpd + self.options.replace_after):
+                continue
+            p = next((x for x in self.config.policies if x.name == name), None) \
+                if self.config is not None else None
+            addresses = self._peer_addresses(p) if p is not None else []  # the peer may
+            peer = (addresses[0] if addresses else sa.peer[0], self.options.ports[0])  # move
+            try:
+                local = ((ip_address(str(p.local[0])), self.options.ports[0])
+                         if p is not None and p.local else local_address_for(peer))
+            except OSError:
+                continue  # no route to the peer: netwatch calls when there is one
+            log.info("%s: no answer for %.0f s; negotiating a replacement next to it",
+                     sa.label, now - sa.last_heard())
+            # Fresh SPIs; no INITIAL_CONTACT: the other policies' SAs with this peer
+            # may be fine (RFC 7296 2.4).
+            self._replacing[name] = self.endpoint.connect(
+                sa.policy, (local[0], self.options.ports[0]), peer, now,
+                initial_contact=False)
+            started = True
+        if started:
+            self.driver.pump()
+
+    def _replacement_done(self, new: IkeSa) -> None:
+        """A replacement is up: it takes over; the old SA goes (2.8.3's reauthentication
+        order: the new SA first, then the old one is deleted)."""
+        name = new.policy.name
+        if self._replacing.get(name) is not new:
+            return
+        del self._replacing[name]
+        old = self._active_sa.get(name)
+        self._active_sa[name] = new
+        if old is None or old.state == State.CLOSED:
+            return
+        now = self.driver.now()
+        if now - old.last_heard() < old.policy.dpd_interval:
+            old.delete(now, "replaced by " + new.label)  # it answers again: tell the peer
+        else:
+            old.drop(now, "replaced by " + new.label)  # silent: the peer forgot it
+
+    def _forget(self, sa: IkeSa) -> None:
+        """Take ``sa`` out of the policy table, so that closing it starts no backoff."""
+        for table in (self._active_sa, self._replacing):
+            for name, known in list(table.items()):
+                if known is sa:
+                    del table[name]
+
+    def _retry_now(self) -> None:
+        """Policies waiting out their backoff try again now (the network changed)."""
+        for name in list(self._retry):
+            self._retry.pop(name).cancel()
+            self._backoff.pop(name, None)
+        self.start_active()
+        self.driver.pump()
+
+    def network_changed(self, reason: str) -> None:
+        """netwatch: our links, addresses or routes changed (coalesced burst)."""
+        if self.driver.stopping:
+            return
+        log.info("network changed: %s", reason)
+        now = self.driver.now()
+        moved: set = set()
+        for sa in list(self.endpoint.sas.values()):
+            if sa.state == State.CLOSED:
+                continue
+            try:
+                source = local_address_for(sa.peer)[0]
+            except OSError:
+                continue  # no route to the peer right now: the next change will tell
+            if not address_is_ours(sa.local[0]) or (sa.initiator and source != sa.local[0]):
+                # Without MOBIKE (RFC 4555) an SA cannot move to another address:
+                # replace it from the address the kernel now uses towards the peer.
+                log.info("%s: local address %s is no longer the way to [%s] (now %s)",
+                         sa.label, sa.local[0], sa.peer[0], source)
+                moved.add(sa.peer_id or sa.policy.peer_id)
+            else:
+                sa.check_alive(now)  # probe (or retransmit) now: is the path back?
+        for peer_id in moved:
+            self.reestablish(peer_id, "local address changed")
+        self._retry_now()
+
+    async def _start_netwatch(self) -> None:
+        from pyike.netwatch import NetWatch
+        dp = getattr(self, "dataplane", None)
+        watch = NetWatch(self.network_changed,
+                         ignore_ifnames=[dp.tun_name] if dp is not None else [])
+        try:
+            await watch.start()
+        except Exception as e:  # no netlink (not Linux?): run without, say so
+            log.warning("not watching network changes: %s", e)
+            return
+        self.netwatch = watch
+
     # ------------------------------------------------------------------ NAT keepalives
 
     def _send_keepalives(self) -> None:
@@ -384,9 +609,22 @@ class Daemon:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A SIGHUP during start-up (TUN set-up takes a moment) is kept for when the
+        # driver runs, instead of killing the daemon (SIGHUP's default action).
+        early_hup: list[bool] = []
+        loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
         self.load()
         self.driver.open()
         dp = getattr(self, "dataplane", None)
+
+        def started() -> None:  # the driver's signal handlers are in place now
+            if early_hup:
+                self.reload()
+            self.start_active()
+            if self.options.netwatch:
+                self._netwatch_task = loop.create_task(self._start_netwatch())
+
         try:
             if dp is not None:
                 from pyike.dataplane import local_addresses_and_routes
@@ -406,9 +644,14 @@ class Daemon:
             if self.options.natt_keepalive > 0:
                 asyncio.get_running_loop().call_later(self.options.natt_keepalive,
                                                       self._send_keepalives)
-            await self.driver.run(start=self.start_active)
+            if self.options.replace_after > 0:
+                loop.call_later(SUSPECT_CHECK_EVERY, self._check_suspects)
+            await self.driver.run(start=started)
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             for handle in self._retry.values():
                 handle.cancel()
+            if self.netwatch is not None:
+                self.netwatch.close()  # type: ignore[attr-defined]
             if dp is not None:
                 dp.close()

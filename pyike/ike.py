@@ -103,6 +103,9 @@ class SaPolicy:
     dpd_interval: float = 60.0  # probe when nothing was received for this long (0 = off)
     retransmit_base: float = 2.0  # RFC 7296 2.1: exponential backoff, like iked
     retransmit_tries: int = 5
+    # Longest wait between two retransmissions (0 = none): a capped backoff finds a
+    # peer that came back within this many seconds instead of up to 32 s later.
+    retransmit_cap: float = 0.0
 
 
 # --------------------------------------------------------------------------- events
@@ -202,6 +205,15 @@ class IkeKeysDerived(Event):
 
     sa: IkeSa
     keys: crypto.IkeKeys
+
+
+@dataclass(slots=True)
+class PeerLostSa(Event):
+    """The peer answered our request with INVALID_IKE_SPI (RFC 7296 2.21.4): it has
+    probably restarted and forgotten this SA. The answer is not authenticated, so
+    this is a hint for the driver (re-establish), not a reason to trust it blindly."""
+
+    sa: IkeSa
 
 
 @dataclass(slots=True)
@@ -343,6 +355,7 @@ class IkeSa:
         self._ike_rekey_pending = False
         self._ike_rekeys: list[_Rekey] = []  # completed rekeys of this IKE SA (2.8.2)
         self._child_rekeys: dict[int, list[_Rekey]] = {}  # by the old child's spi_in
+        self._lost_reported = False  # PeerLostSa emitted (once per SA)
 
     def note_alive(self, now: float) -> None:
         """The driver saw authenticated traffic (ESP) from the peer: no probe needed."""
@@ -468,13 +481,19 @@ class IkeSa:
 
     # ------------------------------------------------------------------ timers
 
+    def _retransmit_at(self, r: _Request) -> float:
+        """2.1: exponential backoff from retransmit_base, capped at retransmit_cap."""
+        wait = self.policy.retransmit_base * 2 ** (r.tries - 1)
+        if self.policy.retransmit_cap > 0:
+            wait = min(wait, self.policy.retransmit_cap)
+        return r.sent_at + wait
+
     def next_deadline(self) -> float | None:
         if self.state == State.CLOSED:
             return None
         deadlines = []
         if self._request is not None:
-            r = self._request
-            deadlines.append(r.sent_at + self.policy.retransmit_base * 2 ** (r.tries - 1))
+            deadlines.append(self._retransmit_at(self._request))
         elif (self.state == State.ESTABLISHED and self.policy.dpd_interval > 0
               and self.rekeyed_to is None):
             deadlines.append(self.last_heard() + self.policy.dpd_interval)
@@ -501,7 +520,7 @@ class IkeSa:
             self._close("no IKE_AUTH from the initiator", now)
             return
         r = self._request
-        if r is not None and now >= r.sent_at + self.policy.retransmit_base * 2 ** (r.tries - 1):
+        if r is not None and now >= self._retransmit_at(r):
             if r.tries >= self.policy.retransmit_tries:
                 self._close(f"peer not responding ({ExchangeType.name_of(r.exchange)} "
                             f"req {r.message_id} sent {r.tries} times)", now)
@@ -537,6 +556,22 @@ class IkeSa:
             self.rekey(now)
 
     # ------------------------------------------------------------------ API
+
+    def check_alive(self, now: float) -> None:
+        """The network changed: find out now whether the peer still hears us (2.4).
+
+        An outstanding request is retransmitted at once with its backoff restarted
+        (it may have been waiting up to retransmit_cap for a path that is back);
+        an idle established SA sends a liveness probe now.
+        """
+        r = self._request
+        if r is not None:
+            r.tries = 1
+            r.sent_at = now
+            self._transmit(r.data, f"{ExchangeType.name_of(r.exchange)} req {r.message_id} "
+                                   f"(network changed)")
+        elif self.state == State.ESTABLISHED:
+            self._queue_request("liveness", now)
 
     def delete(self, now: float, reason: str = "closed by us") -> None:
         """Send a DELETE for the whole IKE SA (and so all its Child SAs, 1.4.1)."""
@@ -1485,6 +1520,20 @@ class IkeSa:
             log.debug("%s: drop %s response in state %s", self.label,
                       ExchangeType.name_of(msg.exchange), self.state.name)
             return
+        if msg.exchange != ExchangeType.IKE_SA_INIT and not (
+                msg.payloads and isinstance(msg.payloads[-1], wire.SkPayload)):
+            # 2.21.4: an unprotected answer to a protected request can only be the
+            # peer saying it does not know this SA (it restarted). Unauthenticated:
+            # report it once and keep the SA (and its retransmissions) as it is.
+            if msg.notify(NotifyType.INVALID_IKE_SPI) is not None and not self._lost_reported:
+                self._lost_reported = True
+                log.warning("%s: peer [%s]:%d does not know this IKE SA (INVALID_IKE_SPI)",
+                            self.label, src[0], src[1])
+                self._emit(PeerLostSa(self))
+            else:
+                log.debug("%s: drop unprotected %s response #%d", self.label,
+                          ExchangeType.name_of(msg.exchange), msg.message_id)
+            return
         self.last_received = now
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             handler(self, msg, data, src, dst, now)
@@ -1622,6 +1671,10 @@ class Endpoint:
         self.transmits: list[Transmit] = []
         self.events: list[Event] = []
         self.dropped = 0
+        # INVALID_IKE_SPI answers (2.21.4): at most invalid_spi_burst per source address
+        # per second (a restarted peer gets one probe per IKE SA it had with us).
+        self.invalid_spi_burst = 8
+        self._invalid_spi_sent: dict[IPv4Address | IPv6Address, tuple[float, int]] = {}
 
     # ------------------------------------------------------------------ API
 
@@ -1704,8 +1757,35 @@ class Endpoint:
                      ExchangeType.name_of(msg.exchange),
                      "response" if msg.is_response else "request", msg.message_id,
                      src[0], src[1], _spi_text(ours))
+            if not msg.is_response and msg.payloads and isinstance(msg.payloads[-1],
+                                                                   wire.SkPayload):
+                self._answer_invalid_spi(msg, src, dst, now)
             return
         sa.receive(msg, data, src, dst, now)
+
+    def _answer_invalid_spi(self, msg: Message, src: Addr, dst: Addr, now: float) -> None:
+        """2.21.4: a request for an SA we do not know (we restarted, say) MAY get an
+        unprotected response with the same SPIs and message ID carrying
+        INVALID_IKE_SPI, so that the peer re-establishes at once instead of waiting
+        for its retransmissions to time out. Only for protected requests (any request
+        for an established SA is): the 36-byte answer is then smaller than the
+        request, so it amplifies nothing. Never for responses; rate-limited per
+        source address."""
+        start, count = self._invalid_spi_sent.get(src[0], (now, 0))
+        if now - start >= 1.0:
+            start, count = now, 0
+        if count >= self.invalid_spi_burst:
+            return
+        if len(self._invalid_spi_sent) >= 1024:
+            self._invalid_spi_sent.clear()
+        self._invalid_spi_sent[src[0]] = (start, count + 1)
+        # We answer as the other role of whoever sent the request (3.1, I flag).
+        flags = HeaderFlag.RESPONSE | (0 if msg.is_initiator else HeaderFlag.INITIATOR)
+        reply = Message(msg.spi_i, msg.spi_r, msg.exchange, flags, msg.message_id,
+                        [NotifyPayload(ProtocolId.NONE, b"", NotifyType.INVALID_IKE_SPI)])
+        log.info("send INVALID_IKE_SPI to [%s]:%d for %s #%d", src[0], src[1],
+                 ExchangeType.name_of(msg.exchange), msg.message_id)
+        self.transmits.append(Transmit(wire.build_message(reply), dst, src))
 
     def _reap(self) -> None:
         for spi, sa in list(self.sas.items()):
