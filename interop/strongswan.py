@@ -95,6 +95,9 @@ class Charon:
     extra_conf: str = ""  # appended inside the charon { } section
     conn_extra: str = ""  # lines inside the connection (e.g. "rekey_time = 25s")
     child_extra: str = ""  # lines inside the child (e.g. "rekey_time = 8s")
+    # Several children under one IKE SA, name -> (local_ts, remote_ts); None: the one
+    # child ``child_name`` with ``local_ts``/``remote_ts``.
+    children: dict[str, tuple[str, str]] | None = None
     proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -198,18 +201,22 @@ class Charon:
                         pubkeys = peer.pem
                     }}
                     children {{
-                        {self.child_name} {{
-                            local_ts = {self.local_ts}
-                            remote_ts = {self.remote_ts}
-                            esp_proposals = {self.esp_proposals}
-                            start_action = {self.start_action}
-                            {self.child_extra}
-                        }}
+{{children}}
                     }}
                 }}
             }}
             """
-        return textwrap.dedent(conf)
+        children = self.children or {self.child_name: (self.local_ts, self.remote_ts)}
+        blocks = "".join(f"""\
+                        {name} {{
+                            local_ts = {local}
+                            remote_ts = {remote}
+                            esp_proposals = {self.esp_proposals}
+                            start_action = {self.start_action}
+                            {self.child_extra}
+                        }}
+""" for name, (local, remote) in children.items())
+        return textwrap.dedent(conf.replace("{children}\n", blocks))
 
     def write_config(self) -> None:
         """Write strongswan.conf, swanctl.conf and the keys under ``workdir``."""

@@ -179,18 +179,22 @@ def test_rekey_colliding_with_delete() -> None:
     assert not vm.children and not vm.endpoint.transmits
 
 
-def test_lost_rekey_request_is_retransmitted() -> None:
-    p = up(home_kw={"child_lifetime": 20.0})
-    dropped = []
-
-    def drop_first_create(t: Transmit) -> list[Transmit]:
+def drop_first_create_child(dropped: list[Transmit], *, response: bool):
+    """A wire hook that loses the first CREATE_CHILD_SA request (or response)."""
+    def hook(t: Transmit) -> list[Transmit]:
         h = wire.Header.parse(t.data)
-        if h.exchange == ExchangeType.CREATE_CHILD_SA and not dropped:
+        if h.exchange == ExchangeType.CREATE_CHILD_SA and h.is_response == response \
+                and not dropped:
             dropped.append(t)
             return []
         return [t]
+    return hook
 
-    p.hook = drop_first_create
+
+def test_lost_rekey_request_is_retransmitted() -> None:
+    p = up(home_kw={"child_lifetime": 20.0})
+    dropped: list[Transmit] = []
+    p.hook = drop_first_create_child(dropped, response=False)
     p.advance(25.0)
     assert dropped
     assert_pair_matches(p)
@@ -198,19 +202,11 @@ def test_lost_rekey_request_is_retransmitted() -> None:
 
 def test_lost_rekey_response_gets_cached_copy() -> None:
     p = up(home_kw={"child_lifetime": 20.0})
-    dropped = []
-
-    def drop_first_answer(t: Transmit) -> list[Transmit]:
-        h = wire.Header.parse(t.data)
-        if h.exchange == ExchangeType.CREATE_CHILD_SA and h.is_response and not dropped:
-            dropped.append(t)
-            return []
-        return [t]
-
-    p.hook = drop_first_answer
+    dropped: list[Transmit] = []
+    p.hook = drop_first_create_child(dropped, response=True)
     p.advance(25.0)
     assert dropped
-    _hc, _ = assert_pair_matches(p)
+    assert_pair_matches(p)
     # The responder created one SA only: the retransmission got the cached answer.
     assert len(p.events("vm", ChildSaCreated)) == 2
 

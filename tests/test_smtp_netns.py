@@ -77,13 +77,15 @@ def _charon(ns: Netns, tmp: Path, *, home: bool, own: ec.EllipticCurvePrivateKey
     local_in, remote_in = (VPN0, VPN1) if home else (VPN1, VPN0)
     # libipsec's TUN has no address: the inner address lives on lo.
     ns.run(["ip", "-6", "addr", "add", f"{local_in}/128", "dev", "lo", "nodad"])
-    cls = GuideCharon if home else Charon
-    return cls(ns, tmp / "charon", name="mail", local_addr=local, remote_addr=remote,
+    return Charon(ns, tmp / "charon", name="mail", local_addr=local, remote_addr=remote,
                local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
                private_key_pem=keys.private_key_pem(own, pkcs8=True),
                peer_public_pem=keys.public_key_pem(peer),
                ike_proposals=ike, esp_proposals=esp, local_ts=f"{local_in}/128",
-               remote_ts=f"{remote_in}/128", encap=True)
+               remote_ts=f"{remote_in}/128", encap=True,
+               # charon at home with the guide's policies: one IKE SA, a child per
+               # policy (the first in IKE_AUTH, the others by CREATE_CHILD_SA, 1.3.1).
+               children=GUIDE_CHILDREN if home else None)
 
 
 # The guide's three home policies (conf/home-iked.conf) as charon children.
@@ -92,44 +94,6 @@ GUIDE_CHILDREN = {
     "smtp-out": (f"{VPN0}/128[tcp]", f"{VPN1}/128[tcp/25]"),
     "icmp6": (f"{VPN0}/128[ipv6-icmp]", f"{VPN1}/128[ipv6-icmp]"),
 }
-
-
-class GuideCharon(Charon):
-    """charon at home with the guide's policies: one IKE SA, a child per policy (the
-    first in IKE_AUTH, the others by CREATE_CHILD_SA, RFC 7296 1.3.1)."""
-
-    def swanctl_conf(self) -> str:
-        children = "".join(
-            f"""
-            {name} {{
-                local_ts = {local}
-                remote_ts = {remote}
-                esp_proposals = {self.esp_proposals}
-                start_action = none
-            }}""" for name, (local, remote) in GUIDE_CHILDREN.items())
-        return f"""\
-connections {{
-    {self.name} {{
-        version = 2
-        local_addrs = {self.local_addr}
-        remote_addrs = {self.remote_addr}
-        proposals = {self.ike_proposals}
-        encap = yes
-        local {{
-            auth = pubkey
-            id = {self.local_id}
-            pubkeys = local.pem
-        }}
-        remote {{
-            auth = pubkey
-            id = {self.remote_id}
-            pubkeys = peer.pem
-        }}
-        children {{{children}
-        }}
-    }}
-}}
-"""
 
 
 @contextmanager
