@@ -70,7 +70,8 @@ ID_TYPES = ("fqdn", "ufqdn", "ipv4", "ipv6")  # /etc/iked/pubkeys/<type>/<id>
 # Lines of iked's log that mean the shim or the stand-in did not do their job.
 FATAL_LOG = re.compile(
     r"pfkey_socket: failed|failed to bypass IPsec|pfkey_reply: no reply|"
-    r"pfkey_init: failed|fatal in|pfkey_shim: cannot|PYIKE_PFKEY_SOCK unset")
+    r"pfkey_init: failed|fatal in|pfkey_shim: cannot|PYIKE_PFKEY_SOCK unset"
+)
 
 
 class IkedError(RuntimeError):
@@ -79,19 +80,23 @@ class IkedError(RuntimeError):
 
 # --- keys in iked's layout ----------------------------------------------------------
 
+
 def iked_keypair() -> tuple[bytes, bytes]:
     """A fresh secp384r1 pair: ("EC PRIVATE KEY" PEM as ikectl writes it, SPKI PEM)."""
     key = ec.generate_private_key(ec.SECP384R1())
     private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
     return private_pem, public_pem_of(private_pem)
 
 
 def public_pem_of(private_pem: bytes) -> bytes:
     key = serialization.load_pem_private_key(private_pem, None)
     return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def pubkey_relpath(ident: str) -> str:
@@ -107,8 +112,9 @@ def pubkey_relpath(ident: str) -> str:
     return f"{'ufqdn' if '@' in ident else 'fqdn'}/{ident}"
 
 
-def write_key_layout(etc_dir: Path, local_key_pem: bytes,
-                     peer_pubkeys: Mapping[str, bytes]) -> None:
+def write_key_layout(
+    etc_dir: Path, local_key_pem: bytes, peer_pubkeys: Mapping[str, bytes]
+) -> None:
     """iked(8)'s FILES layout under ``etc_dir`` (what is bind-mounted on /etc/iked):
     ``private/local.key`` (0600), ``local.pub``, ``pubkeys/<type>/<id>``, and the
     empty ``ca``, ``certs``, ``crls`` it scans at start-up."""
@@ -142,9 +148,23 @@ def build_shim() -> Path:
         atexit.register(shutil.rmtree, out_dir, True)
         out = out_dir / "pfkey_shim.so"
         proc = subprocess.run(
-            [gcc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-o", str(out),
-             str(SHIM_SOURCE), "-ldl"], capture_output=True, text=True, timeout=60,
-            check=False)
+            [
+                gcc,
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-shared",
+                "-fPIC",
+                "-o",
+                str(out),
+                str(SHIM_SOURCE),
+                "-ldl",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if proc.returncode != 0:
             raise IkedError(f"building the PF_KEY shim failed:\n{proc.stderr}")
         out_dir.chmod(0o755)  # iked's re-exec'd children load it too
@@ -153,6 +173,7 @@ def build_shim() -> Path:
 
 
 # --- one iked instance --------------------------------------------------------------
+
 
 @dataclass(eq=False)
 class Iked:
@@ -239,8 +260,14 @@ class Iked:
 
     def argv(self) -> list[str]:
         flags = "-d" + "v" * self.verbose
-        return [IKED_BIN, flags, *(["-t"] if self.natt else []), "-f", str(self.conf_path),
-                *self.extra_args]
+        return [
+            IKED_BIN,
+            flags,
+            *(["-t"] if self.natt else []),
+            "-f",
+            str(self.conf_path),
+            *self.extra_args,
+        ]
 
     # --- lifecycle ----------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
@@ -262,8 +289,16 @@ class Iked:
             raise
 
     def _start_standin(self, deadline: float) -> None:
-        args = [sys.executable, str(STANDIN_SCRIPT), "--sock", str(self.pfkey_sock),
-                "--ctl", str(self.ctl_sock), "--log", str(self.record_path)]
+        args = [
+            sys.executable,
+            str(STANDIN_SCRIPT),
+            "--sock",
+            str(self.pfkey_sock),
+            "--ctl",
+            str(self.ctl_sock),
+            "--log",
+            str(self.record_path),
+        ]
         if not self.auto_expire:
             args.append("--no-auto-expire")
         if self.standin_delay_ms:
@@ -272,21 +307,23 @@ class Iked:
             self.standin = self.ns.popen(args, stderr=err)
         while True:
             if self.standin.poll() is not None:
-                raise IkedError(f"{self.name}: PF_KEY stand-in exited "
-                                f"({self.standin.returncode})\n{self._diagnostics()}")
+                raise IkedError(
+                    f"{self.name}: PF_KEY stand-in exited "
+                    f"({self.standin.returncode})\n{self._diagnostics()}"
+                )
             with contextlib.suppress(OSError, IkedError):
                 if self.control({"cmd": "ping"}, timeout=1.0).get("ok"):
                     return
             if time.monotonic() >= deadline:
-                raise IkedError(f"{self.name}: PF_KEY stand-in did not answer\n"
-                                f"{self._diagnostics()}")
+                raise IkedError(
+                    f"{self.name}: PF_KEY stand-in did not answer\n{self._diagnostics()}"
+                )
             time.sleep(0.05)
 
     def _start_iked(self, shim: Path) -> None:
         # Private mount namespace: our etc/run hide the host's. `exec` keeps iked's
         # PID = the popen PID, so Netns stops it (and its children) by PID.
-        script = ('mount --bind "$1" /etc/iked && mount --bind "$2" /run && '
-                  'shift 2 && exec "$@"')
+        script = 'mount --bind "$1" /etc/iked && mount --bind "$2" /run && shift 2 && exec "$@"'
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "LD_PRELOAD": str(shim),
@@ -295,26 +332,41 @@ class Iked:
         }
         with self.log_path.open("wb") as out:
             self.proc = self.ns.popen(
-                ["unshare", "-m", "sh", "-c", script, "sh", str(self.etc_dir),
-                 str(self.run_dir), *self.argv()],
-                stdout=out, stderr=subprocess.STDOUT, env=env)
+                [
+                    "unshare",
+                    "-m",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    str(self.etc_dir),
+                    str(self.run_dir),
+                    *self.argv(),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     def _wait_ready(self, deadline: float, timeout: float) -> None:
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise IkedError(f"{self.name}: iked exited with {code}\n"
-                                f"{self._diagnostics()}")
+                raise IkedError(f"{self.name}: iked exited with {code}\n{self._diagnostics()}")
             if (m := FATAL_LOG.search(self.log_text())) is not None:
-                raise IkedError(f"{self.name}: iked logged {m.group(0)!r}\n"
-                                f"{self._diagnostics()}")
-            registered = {r.get("satype") for r in self.records()
-                          if r.get("type") == "SADB_REGISTER" and r.get("errno") == 0}
+                raise IkedError(f"{self.name}: iked logged {m.group(0)!r}\n{self._diagnostics()}")
+            registered = {
+                r.get("satype")
+                for r in self.records()
+                if r.get("type") == "SADB_REGISTER" and r.get("errno") == 0
+            }
             if {"esp", "ah"} <= registered and self.udp_port in self.listening_udp_ports():
                 return
             if time.monotonic() >= deadline:
-                raise IkedError(f"{self.name}: iked not ready within {timeout}s "
-                                f"(registered {sorted(registered)})\n{self._diagnostics()}")
+                raise IkedError(
+                    f"{self.name}: iked not ready within {timeout}s "
+                    f"(registered {sorted(registered)})\n{self._diagnostics()}"
+                )
             time.sleep(0.1)
 
     def stop(self, grace: float | None = None) -> None:
@@ -336,8 +388,9 @@ class Iked:
     # --- state inside the namespace ---------------------------------------------
     def listening_udp_ports(self) -> set[int]:
         """Local UDP ports with a socket in ``ns`` (from /proc/net/udp{,6})."""
-        out = self.ns.run(["cat", "/proc/net/udp", "/proc/net/udp6"], check=False,
-                          timeout=10).stdout
+        out = self.ns.run(
+            ["cat", "/proc/net/udp", "/proc/net/udp6"], check=False, timeout=10
+        ).stdout
         ports = set()
         for line in out.splitlines():
             fields = line.split()
@@ -347,8 +400,9 @@ class Iked:
 
     def ikectl(self, *args: str, timeout: float = 10.0) -> str:
         """``ikectl -s <our socket> <args>`` (e.g. ``"show", "sa"``)."""
-        proc = self.ns.run([IKECTL_BIN, "-s", str(self.control_socket), *args], check=False,
-                           timeout=timeout)
+        proc = self.ns.run(
+            [IKECTL_BIN, "-s", str(self.control_socket), *args], check=False, timeout=timeout
+        )
         if proc.returncode != 0:
             raise IkedError(f"{self.name}: ikectl {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout
@@ -368,8 +422,11 @@ class Iked:
 
     def events(self, *types: str) -> list[dict[str, Any]]:
         """Records of iked's requests of the given SADB types (all types if none)."""
-        return [r for r in self.records() if r.get("dir") == "from_iked"
-                and (not types or r.get("type") in types)]
+        return [
+            r
+            for r in self.records()
+            if r.get("dir") == "from_iked" and (not types or r.get("type") in types)
+        ]
 
     def installed_sas(self) -> list[dict[str, Any]]:
         """Every SA iked installed (SADB_ADD: outbound, SADB_UPDATE: inbound after
@@ -381,8 +438,7 @@ class Iked:
 
     def flows(self) -> list[dict[str, Any]]:
         """Every flow (policy) iked installed, oldest first."""
-        return [r for r in self.events("SADB_X_SPDADD", "SADB_X_SPDUPDATE")
-                if r.get("errno") == 0]
+        return [r for r in self.events("SADB_X_SPDADD", "SADB_X_SPDUPDATE") if r.get("errno") == 0]
 
     def current_sas(self) -> list[dict[str, Any]]:
         """The stand-in's SAD right now (larval GETSPI entries included)."""
@@ -408,19 +464,21 @@ class Iked:
         try:
             answer = json.loads(data)
         except ValueError as exc:
-            raise IkedError(f"{self.name}: bad answer from the stand-in: {data[:200]!r}") \
-                from exc
+            raise IkedError(f"{self.name}: bad answer from the stand-in: {data[:200]!r}") from exc
         if not isinstance(answer, dict):
             raise IkedError(f"{self.name}: bad answer from the stand-in: {answer!r}")
         return answer
 
     # --- waiting ------------------------------------------------------------------
-    def wait_for_sa(self, predicate: Callable[[dict[str, Any]], object],
-                    timeout: float = 20.0) -> dict[str, Any]:
+    def wait_for_sa(
+        self, predicate: Callable[[dict[str, Any]], object], timeout: float = 20.0
+    ) -> dict[str, Any]:
         """Poll ``installed_sas()`` until one satisfies ``predicate``; return it."""
-        return self.wait_for(lambda: next(
-            (sa for sa in self.installed_sas() if predicate(sa)), None), timeout,
-            "an installed SA matching the predicate")
+        return self.wait_for(
+            lambda: next((sa for sa in self.installed_sas() if predicate(sa)), None),
+            timeout,
+            "an installed SA matching the predicate",
+        )
 
     def wait_established(self, timeout: float = 20.0) -> re.Match[str]:
         """Wait for iked's "established peer ... policy 'x' as initiator|responder"
@@ -428,12 +486,15 @@ class Iked:
         ``policy`` and ``role``."""
         return self.wait_for_log(
             r"established peer (?P<peer>\S+)\[.*?policy '(?P<policy>[^']*)' "
-            r"as (?P<role>initiator|responder)", timeout)
+            r"as (?P<role>initiator|responder)",
+            timeout,
+        )
 
     def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         rx = re.compile(pattern)
-        return self.wait_for(lambda: rx.search(self.log_text()), timeout,
-                             f"log line matching {pattern!r}")
+        return self.wait_for(
+            lambda: rx.search(self.log_text()), timeout, f"log line matching {pattern!r}"
+        )
 
     def wait_for(self, probe: Callable[[], _T | None], timeout: float, what: str) -> _T:
         """Poll ``probe`` (bounded); fail early if iked died."""
@@ -443,11 +504,11 @@ class Iked:
             if value:
                 return value
             if not self.running():
-                raise IkedError(f"{self.name}: iked died while waiting for {what}\n"
-                                f"{self._diagnostics()}")
+                raise IkedError(
+                    f"{self.name}: iked died while waiting for {what}\n{self._diagnostics()}"
+                )
             if time.monotonic() >= deadline:
-                raise IkedError(f"{self.name}: no {what} within {timeout}s\n"
-                                f"{self._diagnostics()}")
+                raise IkedError(f"{self.name}: no {what} within {timeout}s\n{self._diagnostics()}")
             time.sleep(0.1)
 
     # --- logs ---------------------------------------------------------------------

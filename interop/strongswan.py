@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 CHARON_BIN = "/usr/lib/ipsec/charon"
 SWANCTL_BIN = "swanctl"
-DEBIAN_PACKAGES = ("strongswan-charon strongswan-swanctl libcharon-extra-plugins "
-                   "libstrongswan-standard-plugins")
+DEBIAN_PACKAGES = (
+    "strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins"
+)
 
 # Explicit plugin lists (interop facts): kdf is needed for the PRF+ of 5.9.8,
 # kernel-libipsec (userspace ESP on a TUN) must load before kernel-netlink.
@@ -56,10 +57,11 @@ def ecdsa_p384_keypair() -> tuple[bytes, bytes]:
     """A fresh secp384r1 key pair as (PKCS#8 private PEM, SubjectPublicKeyInfo PEM)."""
     key = ec.generate_private_key(ec.SECP384R1())
     private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return private_pem, public_pem
 
 
@@ -207,7 +209,8 @@ class Charon:
             }}
             """
         children = self.children or {self.child_name: (self.local_ts, self.remote_ts)}
-        blocks = "".join(f"""\
+        blocks = "".join(
+            f"""\
                         {name} {{
                             local_ts = {local}
                             remote_ts = {remote}
@@ -215,19 +218,29 @@ class Charon:
                             start_action = {self.start_action}
                             {self.child_extra}
                         }}
-""" for name, (local, remote) in children.items())
+"""
+            for name, (local, remote) in children.items()
+        )
         return textwrap.dedent(conf.replace("{children}\n", blocks))
 
     def write_config(self) -> None:
         """Write strongswan.conf, swanctl.conf and the keys under ``workdir``."""
-        for d in (self.workdir, self.run_dir, self.swanctl_dir / "private",
-                  self.swanctl_dir / "pubkey"):
+        for d in (
+            self.workdir,
+            self.run_dir,
+            self.swanctl_dir / "private",
+            self.swanctl_dir / "pubkey",
+        ):
             d.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.strongswan_conf())
         (self.swanctl_dir / "swanctl.conf").write_text(self.swanctl_conf())
-        local_public = serialization.load_pem_private_key(
-            self.private_key_pem, None).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        local_public = (
+            serialization.load_pem_private_key(self.private_key_pem, None)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         private = self.swanctl_dir / "private" / "local.pem"
         private.write_bytes(self.private_key_pem)
         private.chmod(0o600)
@@ -247,19 +260,26 @@ class Charon:
         with (self.workdir / "charon.stdout").open("wb") as out:
             self.proc = self.ns.popen(
                 ["unshare", "-m", "sh", "-c", script, "sh", str(self.run_dir), CHARON_BIN],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env)
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise CharonError(f"{self.name}: charon exited with {self.proc.returncode}\n"
-                                  f"{self._diagnostics()}")
-            if self.vici_path.exists() and self.swanctl(
-                    "--stats", check=False, timeout=5).returncode == 0:
+                raise CharonError(
+                    f"{self.name}: charon exited with {self.proc.returncode}\n{self._diagnostics()}"
+                )
+            if (
+                self.vici_path.exists()
+                and self.swanctl("--stats", check=False, timeout=5).returncode == 0
+            ):
                 return
             if time.monotonic() >= deadline:
                 self.stop()  # __exit__ does not run when __enter__ raises
-                raise CharonError(f"{self.name}: vici did not answer within {timeout}s\n"
-                                  f"{self._diagnostics()}")
+                raise CharonError(
+                    f"{self.name}: vici did not answer within {timeout}s\n{self._diagnostics()}"
+                )
             time.sleep(0.1)
 
     def stop(self, grace: float | None = None) -> None:
@@ -275,23 +295,30 @@ class Charon:
         self.stop()
 
     # --- swanctl ------------------------------------------------------------------
-    def swanctl(self, command: str, *args: str, check: bool = True,
-                timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    def swanctl(
+        self, command: str, *args: str, check: bool = True, timeout: float = 20.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``swanctl <command> <args> --uri <ours>`` inside the namespace."""
         argv = [SWANCTL_BIN, command, *args, "--uri", self.uri]
         proc = self.ns.run(argv, check=False, timeout=timeout, env=self.env)
         if check and proc.returncode != 0:
-            raise CharonError(f"{self.name}: {' '.join(argv)} failed ({proc.returncode})\n"
-                              f"{proc.stdout}{proc.stderr}\n{self._diagnostics()}")
+            raise CharonError(
+                f"{self.name}: {' '.join(argv)} failed ({proc.returncode})\n"
+                f"{proc.stdout}{proc.stderr}\n{self._diagnostics()}"
+            )
         return proc
 
     def load(self, timeout: float = 20.0) -> None:
         """Load connections and keys (``swanctl --load-all``)."""
-        self.swanctl("--load-all", "--noprompt", "--file",
-                     str(self.swanctl_dir / "swanctl.conf"), timeout=timeout)
+        self.swanctl(
+            "--load-all",
+            "--noprompt",
+            "--file",
+            str(self.swanctl_dir / "swanctl.conf"),
+            timeout=timeout,
+        )
 
-    def initiate(self, child: str | None = None, timeout: float = 20.0,
-                 check: bool = True) -> str:
+    def initiate(self, child: str | None = None, timeout: float = 20.0, check: bool = True) -> str:
         """Initiate the IKE SA with ``child`` (``swanctl --initiate``, bounded).
 
         Returns swanctl's output (charon's log of the exchange). With
@@ -299,8 +326,15 @@ class Charon:
         raise; ``wait_established(child=False)`` then finds the IKE SA.
         """
         secs = max(1, int(timeout))
-        proc = self.swanctl("--initiate", "--child", child or self.child_name,
-                            "--timeout", str(secs), check=check, timeout=timeout + 10)
+        proc = self.swanctl(
+            "--initiate",
+            "--child",
+            child or self.child_name,
+            "--timeout",
+            str(secs),
+            check=check,
+            timeout=timeout + 10,
+        )
         return proc.stdout
 
     def list_sas(self) -> list[dict[str, Any]]:
@@ -322,8 +356,9 @@ class Charon:
             if self.proc is not None and self.proc.poll() is not None:
                 raise CharonError(f"{self.name}: charon died\n{self._diagnostics()}")
             if time.monotonic() >= deadline:
-                raise CharonError(f"{self.name}: no established SA within {timeout}s\n"
-                                  f"{self._diagnostics()}")
+                raise CharonError(
+                    f"{self.name}: no established SA within {timeout}s\n{self._diagnostics()}"
+                )
             time.sleep(0.1)
 
     # --- logs ---------------------------------------------------------------------
@@ -348,7 +383,8 @@ class Charon:
 # list item. Values never contain spaces for what these tests configure.
 _RAW_TOKEN = re.compile(
     r"\s*(?:(?P<close>[}\]])|(?P<sec>[^\s={}\[\]]+)\s*\{|(?P<list>[^\s={}\[\]]+)=\["
-    r"|(?P<key>[^\s={}\[\]]+)=(?P<value>[^\s{}\[\]]*)|(?P<item>[^\s={}\[\]]+))")
+    r"|(?P<key>[^\s={}\[\]]+)=(?P<value>[^\s{}\[\]]*)|(?P<item>[^\s={}\[\]]+))"
+)
 
 
 def parse_list_sas(text: str) -> list[dict[str, Any]]:
@@ -361,9 +397,8 @@ def parse_list_sas(text: str) -> list[dict[str, Any]]:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("list-sa event"):
-            tree = parse_raw_message(line[len("list-sa event"):])
-            sas.extend({"name": name, **sa} for name, sa in tree.items()
-                       if isinstance(sa, dict))
+            tree = parse_raw_message(line[len("list-sa event") :])
+            sas.extend({"name": name, **sa} for name, sa in tree.items() if isinstance(sa, dict))
     return sas
 
 
@@ -378,7 +413,7 @@ def parse_raw_message(text: str) -> dict[str, Any]:
     while pos < len(body) and body[pos:].strip():
         m = _RAW_TOKEN.match(body, pos)
         if m is None:
-            raise CharonError(f"cannot parse raw vici output at {body[pos:pos + 40]!r}")
+            raise CharonError(f"cannot parse raw vici output at {body[pos : pos + 40]!r}")
         pos = m.end()
         top = stack[-1]
         if m["close"]:
@@ -408,13 +443,16 @@ def parse_raw_message(text: str) -> dict[str, Any]:
 # (Before a responder has picked a config the prefix is just "<N>".)
 _LINE = re.compile(
     r"(?P<thread>\d{2})\[(?P<subsys>[A-Z]{3})\] "
-    r"(?:<(?:(?P<conn>[^|>]*)\|)?(?P<sa>\d+)> )?(?P<msg>.*)$")
+    r"(?:<(?:(?P<conn>[^|>]*)\|)?(?P<sa>\d+)> )?(?P<msg>.*)$"
+)
 # First line of a hex dump: "Sk_d secret => 48 bytes @ 0x7f..."
 _DUMP_HEAD = re.compile(r"^(?P<label>.*?) => (?P<len>\d+) bytes @ (?:0x)?[0-9a-fA-F]+\s*$")
 # A hex dump row: "   0: 9B 2D 1F ...  ascii" (offset, then up to 16 bytes, then ASCII)
 _DUMP_ROW = re.compile(r"^\s*(?P<off>\d+): (?P<hex>(?:[0-9A-F]{2} ?){1,16})")
-_CHILD_SPIS = re.compile(r"CHILD_SA \S+ established with SPIs (?P<i>[0-9a-f]{8})_i "
-                         r"(?P<o>[0-9a-f]{8})_o")
+_CHILD_SPIS = re.compile(
+    r"CHILD_SA \S+ established with SPIs (?P<i>[0-9a-f]{8})_i "
+    r"(?P<o>[0-9a-f]{8})_o"
+)
 
 
 @dataclass(slots=True)
@@ -454,8 +492,7 @@ def iter_log_events(log_text: str) -> list[LogEvent]:
         if row and k in open_dumps:
             ev, length, data = open_dumps[k]
             if int(row["off"]) != len(data):
-                raise CharonError(f"hex dump {ev.msg!r}: row at {row['off']}, "
-                                  f"expected {len(data)}")
+                raise CharonError(f"hex dump {ev.msg!r}: row at {row['off']}, expected {len(data)}")
             data += bytes.fromhex(row["hex"])
             if len(data) >= length:
                 finish(k)
@@ -537,8 +574,7 @@ def parse_charon_keys(log_text: str) -> list[dict[str, Any]]:
             pending_dh[ev.sa] = ev.data
         elif ev.msg == "SKEYSEED":
             # A new IKE key set (initial or rekeyed) starts with its SKEYSEED.
-            entry = {"sa": ev.sa, "conn": ev.conn, "auth": [], "children": [],
-                     "skeyseed": ev.data}
+            entry = {"sa": ev.sa, "conn": ev.conn, "auth": [], "children": [], "skeyseed": ev.data}
             if ev.sa in pending_dh:
                 entry["dh_secret"] = pending_dh.pop(ev.sa)
             latest[ev.sa] = entry

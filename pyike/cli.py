@@ -25,58 +25,133 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pyike",
         description="Userspace IKEv2/ESP tunnel that reads OpenBSD iked.conf. "
-                    f"Tools: pyike {{{','.join(SUBCOMMANDS)}}} --help.",
-        epilog="pyike runs in the foreground (use a service manager to daemonise).")
-    p.add_argument("-f", dest="file", type=Path, default=Path("/etc/iked.conf"),
-                   help="configuration file (default: /etc/iked.conf)")
-    p.add_argument("-n", dest="check", action="store_true",
-                   help="check the configuration, print the expanded policies, and exit")
-    p.add_argument("-D", dest="macros", action="append", default=[], metavar="macro=value",
-                   help="define a macro, overriding the file's")
-    p.add_argument("-d", dest="debug", action="store_true",
-                   help="log to stderr (always the case; accepted for iked compatibility)")
-    p.add_argument("-v", dest="verbose", action="count", default=0,
-                   help="more logging; repeat for more (-vv: every message, -vvv: payloads)")
-    p.add_argument("-t", dest="natt", action="store_true",
-                   help="like iked -t: start IKE on UDP 4500 (non-ESP marker) and always "
-                        "encapsulate ESP in UDP")
-    p.add_argument("-T", dest="no_natt", action="store_true",
-                   help="accepted for iked compatibility; pyike's ESP always runs over UDP")
-    p.add_argument("-s", dest="socket", type=Path, default=None,
-                   help="control socket (not implemented yet; accepted for compatibility)")
-    p.add_argument("--keydir", type=Path, default=Path("/etc/iked"),
-                   help="key directory in iked's layout (default: /etc/iked)")
+        f"Tools: pyike {{{','.join(SUBCOMMANDS)}}} --help.",
+        epilog="pyike runs in the foreground (use a service manager to daemonise).",
+    )
+    p.add_argument(
+        "-f",
+        dest="file",
+        type=Path,
+        default=Path("/etc/iked.conf"),
+        help="configuration file (default: /etc/iked.conf)",
+    )
+    p.add_argument(
+        "-n",
+        dest="check",
+        action="store_true",
+        help="check the configuration, print the expanded policies, and exit",
+    )
+    p.add_argument(
+        "-D",
+        dest="macros",
+        action="append",
+        default=[],
+        metavar="macro=value",
+        help="define a macro, overriding the file's",
+    )
+    p.add_argument(
+        "-d",
+        dest="debug",
+        action="store_true",
+        help="log to stderr (always the case; accepted for iked compatibility)",
+    )
+    p.add_argument(
+        "-v",
+        dest="verbose",
+        action="count",
+        default=0,
+        help="more logging; repeat for more (-vv: every message, -vvv: payloads)",
+    )
+    p.add_argument(
+        "-t",
+        dest="natt",
+        action="store_true",
+        help="like iked -t: start IKE on UDP 4500 (non-ESP marker) and always "
+        "encapsulate ESP in UDP",
+    )
+    p.add_argument(
+        "-T",
+        dest="no_natt",
+        action="store_true",
+        help="accepted for iked compatibility; pyike's ESP always runs over UDP",
+    )
+    p.add_argument(
+        "-s",
+        dest="socket",
+        type=Path,
+        default=None,
+        help="control socket (not implemented yet; accepted for compatibility)",
+    )
+    p.add_argument(
+        "--keydir",
+        type=Path,
+        default=Path("/etc/iked"),
+        help="key directory in iked's layout (default: /etc/iked)",
+    )
     p.add_argument("--active", action="store_true", help="make every policy active")
-    p.add_argument("--keylog", type=Path, default=None, metavar="DIR",
-                   help="write SA keys (SECRET) as Wireshark tables into DIR")
-    p.add_argument("--no-rfc7427", dest="rfc7427", action="store_false",
-                   help="do not offer RFC 7427 signatures (no SIGNATURE_HASH_ALGORITHMS "
-                        "notify): AUTH uses the RFC 4754 ECDSA methods, and so does the peer")
-    p.add_argument("--natt-keepalive", type=float, default=20.0, metavar="SECONDS",
-                   help="NAT keepalive interval on tunnels we started (default 20; 0 = off)")
-    p.add_argument("--dpd", type=float, default=None, metavar="SECONDS",
-                   help="probe an idle IKE SA after this many seconds without anything "
-                        "received (default: `set dpd_check_interval` if not iked's 60, "
-                        "else 5; 0 = never)")
-    p.add_argument("--retransmit-cap", type=float, default=5.0, metavar="SECONDS",
-                   help="longest wait between IKE retransmissions, which go on for about "
-                        "60 s (default 5; 0 = iked's 2/4/8/16/32 s)")
-    p.add_argument("--no-netwatch", action="store_true",
-                   help="do not react to link, address and route changes")
-    p.add_argument("--replace-after", type=float, default=4.0, metavar="SECONDS",
-                   help="negotiate a replacement for an IKE SA whose liveness probe is "
-                        "unanswered this long (default 4; 0 = never)")
+    p.add_argument(
+        "--keylog",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write SA keys (SECRET) as Wireshark tables into DIR",
+    )
+    p.add_argument(
+        "--no-rfc7427",
+        dest="rfc7427",
+        action="store_false",
+        help="do not offer RFC 7427 signatures (no SIGNATURE_HASH_ALGORITHMS "
+        "notify): AUTH uses the RFC 4754 ECDSA methods, and so does the peer",
+    )
+    p.add_argument(
+        "--natt-keepalive",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="NAT keepalive interval on tunnels we started (default 20; 0 = off)",
+    )
+    p.add_argument(
+        "--dpd",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="probe an idle IKE SA after this many seconds without anything "
+        "received (default: `set dpd_check_interval` if not iked's 60, "
+        "else 5; 0 = never)",
+    )
+    p.add_argument(
+        "--retransmit-cap",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait between IKE retransmissions, which go on for about "
+        "60 s (default 5; 0 = iked's 2/4/8/16/32 s)",
+    )
+    p.add_argument(
+        "--no-netwatch", action="store_true", help="do not react to link, address and route changes"
+    )
+    p.add_argument(
+        "--replace-after",
+        type=float,
+        default=4.0,
+        metavar="SECONDS",
+        help="negotiate a replacement for an IKE SA whose liveness probe is "
+        "unanswered this long (default 4; 0 = never)",
+    )
     p.add_argument("--no-invalid-spi", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--ports", default="500,4500", metavar="IKE,NATT",
-                   help=argparse.SUPPRESS)
+    p.add_argument("--ports", default="500,4500", metavar="IKE,NATT", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"pyike {__version__}")
     return p
 
 
 def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose >= 2 else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     # Per-message send/recv lines only from -v on (they are iked's -v lines too).
     msg_level = logging.INFO if verbose >= 1 else logging.WARNING
     logging.getLogger("pyike.driver").setLevel(min(msg_level, level) if verbose else msg_level)
@@ -99,6 +174,7 @@ def run_daemon(argv: list[str]) -> int:
     setup_logging(args.verbose)
     from pyike import config as cfg
     from pyike.daemon import Daemon, DaemonError, Options
+
     macros = _macros(args.macros)
     if args.check:
         try:
@@ -123,14 +199,24 @@ def run_daemon(argv: list[str]) -> int:
     except (ValueError, AssertionError):
         print("pyike: --ports wants IKE,NATT", file=sys.stderr)
         return 1
-    options = Options(config_file=args.file, macros=macros, keydir=args.keydir,
-                      force_active=args.active, force_encap=args.natt,
-                      keylog_dir=args.keylog, ports=ports,  # type: ignore[arg-type]
-                      natt_keepalive=args.natt_keepalive, rfc7427=args.rfc7427,
-                      dpd_interval=args.dpd, retransmit_cap=args.retransmit_cap,
-                      netwatch=not args.no_netwatch, replace_after=args.replace_after,
-                      invalid_spi=not args.no_invalid_spi)
+    options = Options(
+        config_file=args.file,
+        macros=macros,
+        keydir=args.keydir,
+        force_active=args.active,
+        force_encap=args.natt,
+        keylog_dir=args.keylog,
+        ports=ports,  # type: ignore[arg-type]
+        natt_keepalive=args.natt_keepalive,
+        rfc7427=args.rfc7427,
+        dpd_interval=args.dpd,
+        retransmit_cap=args.retransmit_cap,
+        netwatch=not args.no_netwatch,
+        replace_after=args.replace_after,
+        invalid_spi=not args.no_invalid_spi,
+    )
     from pyike.dataplane import attach_dataplane
+
     daemon = Daemon(options)
     attach_dataplane(daemon)
     try:
@@ -139,8 +225,9 @@ def run_daemon(argv: list[str]) -> int:
         print(f"pyike: {e}", file=sys.stderr)
         return 1
     except PermissionError as e:
-        print(f"pyike: {e} (pyike needs root for ports 500/4500 and the TUN device)",
-              file=sys.stderr)
+        print(
+            f"pyike: {e} (pyike needs root for ports 500/4500 and the TUN device)", file=sys.stderr
+        )
         return 1
     except OSError as e:
         print(f"pyike: {e}", file=sys.stderr)
@@ -155,15 +242,16 @@ def run_daemon(argv: list[str]) -> int:
 
 
 def run_keygen(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pyike keygen",
-                                description="Create an ECDSA key pair in iked's layout "
-                                            "(private/local.key and local.pub).")
+    p = argparse.ArgumentParser(
+        prog="pyike keygen",
+        description="Create an ECDSA key pair in iked's layout (private/local.key and local.pub).",
+    )
     p.add_argument("--keydir", type=Path, default=Path("/etc/iked"))
-    p.add_argument("--curve", default="secp384r1",
-                   choices=["secp256r1", "secp384r1", "secp521r1"])
+    p.add_argument("--curve", default="secp384r1", choices=["secp256r1", "secp384r1", "secp521r1"])
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
     args = p.parse_args(argv)
     from pyike import keys
+
     try:
         written = keys.keygen(args.keydir, args.curve, args.force)
     except keys.KeyFileError as e:
@@ -171,8 +259,10 @@ def run_keygen(argv: list[str]) -> int:
         return 1
     for path in written:
         print(path)
-    print("Give local.pub to your peer as pubkeys/fqdn/<your srcid> in its key directory.",
-          file=sys.stderr)
+    print(
+        "Give local.pub to your peer as pubkeys/fqdn/<your srcid> in its key directory.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -180,13 +270,20 @@ def run_decode(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="pyike decode",
         description="Print the IKE messages of a pcap/pcapng capture (or hex) as payload "
-                    "trees; decrypt SK payloads with a key log.")
+        "trees; decrypt SK payloads with a key log.",
+    )
     p.add_argument("file", type=Path, help="capture file, or a hex file with --hex ('-' = stdin)")
-    p.add_argument("--keylog", type=Path, default=None, metavar="FILE|DIR",
-                   help="ikev2_decryption_table file, or the directory pyike --keylog wrote")
+    p.add_argument(
+        "--keylog",
+        type=Path,
+        default=None,
+        metavar="FILE|DIR",
+        help="ikev2_decryption_table file, or the directory pyike --keylog wrote",
+    )
     p.add_argument("--hex", action="store_true", help="input is hex, one message per line")
     args = p.parse_args(argv)
     from pyike import decode, keylog, pcap
+
     text = ""
     try:
         if args.keylog is not None:
@@ -214,6 +311,7 @@ def run_decode(argv: list[str]) -> int:
 
 def run_demo(argv: list[str]) -> int:
     from pyike.demo import main as demo_main
+
     return demo_main(argv)
 
 
@@ -226,10 +324,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ctl_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pyikectl",
-                                description="Control a running pyike (not implemented yet: "
-                                            "use the daemon's logs and signals: SIGHUP "
-                                            "reloads, SIGTERM deletes all SAs and exits).")
+    p = argparse.ArgumentParser(
+        prog="pyikectl",
+        description="Control a running pyike (not implemented yet: "
+        "use the daemon's logs and signals: SIGHUP "
+        "reloads, SIGTERM deletes all SAs and exits).",
+    )
     p.parse_args(sys.argv[1:] if argv is None else argv)
     p.print_help()
     return 0

@@ -97,7 +97,7 @@ def retransmit_tries(base: float, cap: float, give_up: float = GIVE_UP_AFTER) ->
         return 5  # 2+4+8+16+32: iked's and RFC 7296's usual schedule
     total, tries = 0.0, 0
     while total < give_up and tries < 100:
-        total += min(base * 2 ** tries, cap)
+        total += min(base * 2**tries, cap)
         tries += 1
     return tries
 
@@ -129,8 +129,9 @@ def flows_to_selectors(policy: cfg.Policy) -> tuple[list, list]:
     return local, remote
 
 
-def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
-              global_options: object | None = None) -> SaPolicy:
+def sa_policy(
+    policy: cfg.Policy, store: keys.KeyStore, options: Options, global_options: object | None = None
+) -> SaPolicy:
     """What the IKE core negotiates for one iked.conf policy."""
     if policy.srcid is None:
         raise DaemonError(f"policy '{policy.name}': no srcid")
@@ -146,13 +147,18 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
         except keys.KeyFileError as e:
             raise DaemonError(str(e)) from e
     else:
-        raise DaemonError(f"policy '{policy.name}': authentication '{method}' is not "
-                          f"supported by pyike (use ecdsa256/384/521, rfc7427 or psk)")
+        raise DaemonError(
+            f"policy '{policy.name}': authentication '{method}' is not "
+            f"supported by pyike (use ecdsa256/384/521, rfc7427 or psk)"
+        )
 
     def peer_key(id_type: int, data: bytes) -> object | None:
         try:
-            ident = str(ip_address(data)) if id_type in (IdType.ID_IPV4_ADDR,
-                                                          IdType.ID_IPV6_ADDR) else data.decode()
+            ident = (
+                str(ip_address(data))
+                if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR)
+                else data.decode()
+            )
             return store.peer_public(IdType(id_type), ident)
         except (keys.KeyFileError, ValueError, UnicodeDecodeError) as e:
             log.warning("peer key lookup failed: %s", e)
@@ -186,6 +192,7 @@ def sa_policy(policy: cfg.Policy, store: keys.KeyStore, options: Options,
 
 def id_text_or_any(peer_id: tuple[int, bytes] | None) -> str:
     from pyike.ike import id_text
+
     return id_text(*peer_id) if peer_id else "any peer"
 
 
@@ -223,23 +230,25 @@ def resolve(host: str, family_hint: int | None = None) -> list:
 class Daemon:
     """Owns the Endpoint, the Driver and the policy table; reacts to core events."""
 
-    def __init__(self, options: Options,
-                 on_child: Callable[[Event], None] | None = None) -> None:
+    def __init__(self, options: Options, on_child: Callable[[Event], None] | None = None) -> None:
         self.options = options
         self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
         self.config: cfg.Config | None = None
         self.policies: dict[str, SaPolicy] = {}
         self.endpoint = Endpoint(self._policy_for)
-        self.driver = Driver(self.endpoint, ports=options.ports, on_event=self._on_event,
-                             on_reload=self.reload)
+        self.driver = Driver(
+            self.endpoint, ports=options.ports, on_event=self._on_event, on_reload=self.reload
+        )
         self.ike_keylog = self.esp_keylog = None
         if options.keylog_dir is not None:
             # Only on explicit request: these files let anyone decrypt the traffic.
             options.keylog_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.ike_keylog = keylog.KeyLogWriter(options.keylog_dir / keylog.IKE_TABLE_NAME)
             self.esp_keylog = keylog.KeyLogWriter(options.keylog_dir / keylog.ESP_TABLE_NAME)
-            log.warning("writing SA keys to %s (anyone who reads them can decrypt the traffic)",
-                        options.keylog_dir)
+            log.warning(
+                "writing SA keys to %s (anyone who reads them can decrypt the traffic)",
+                options.keylog_dir,
+            )
         self._active_sa: dict[str, IkeSa] = {}  # policy name -> its current IKE SA
         self._backoff: dict[str, float] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
@@ -269,8 +278,12 @@ class Daemon:
                 p.active = True
             table[p.name] = sa_policy(p, store, self.options, self.config.options)
         self.policies = table
-        log.info("loaded %d polic%s from %s", len(table), "y" if len(table) == 1 else "ies",
-                 self.options.config_file)
+        log.info(
+            "loaded %d polic%s from %s",
+            len(table),
+            "y" if len(table) == 1 else "ies",
+            self.options.config_file,
+        )
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; SAs of vanished policies are deleted."""
@@ -287,16 +300,20 @@ class Daemon:
         self.start_active()
         self.driver.pump()
 
-    def _policy_for(self, peer: Addr, local: Addr,
-                    peer_id: tuple[int, bytes] | None) -> SaPolicy | None:
+    def _policy_for(
+        self, peer: Addr, local: Addr, peer_id: tuple[int, bytes] | None
+    ) -> SaPolicy | None:
         if self.config is None:
             return None
         ident = None
         if peer_id is not None:
             id_type, data = peer_id
             try:
-                text = str(ip_address(data)) if id_type in (IdType.ID_IPV4_ADDR,
-                                                            IdType.ID_IPV6_ADDR) else data.decode()
+                text = (
+                    str(ip_address(data))
+                    if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR)
+                    else data.decode()
+                )
             except (ValueError, UnicodeDecodeError):
                 text = data.hex()
             ident = (IdType.lookup(id_type), text)
@@ -309,14 +326,21 @@ class Daemon:
         if self.config is None:
             return
         for p in self.config.policies:
-            if p.active and p.name not in self._active_sa and p.name not in self._retry \
-                    and p.name not in self._replacing:
+            if (
+                p.active
+                and p.name not in self._active_sa
+                and p.name not in self._retry
+                and p.name not in self._replacing
+            ):
                 self.initiate(p.name)
 
     def _peer_state(self, peer_id: tuple[int, bytes] | None) -> str:
         """'established', 'pending' or '' for our IKE SAs with this peer identity."""
-        states = {sa.state for sa in self.endpoint.sas.values()
-                  if sa.policy.peer_id == peer_id or sa.peer_id == peer_id}
+        states = {
+            sa.state
+            for sa in self.endpoint.sas.values()
+            if sa.policy.peer_id == peer_id or sa.peer_id == peer_id
+        }
         if State.ESTABLISHED in states:
             return "established"
         return "pending" if states - {State.CLOSED, State.DELETING} else ""
@@ -358,17 +382,26 @@ class Daemon:
         port = self.options.ports[1] if self.options.force_encap else self.options.ports[0]
         peer = (addresses[0], port)
         try:
-            local = ((ip_address(str(p.local[0])), port) if p.local
-                     else local_address_for(peer))
+            local = (ip_address(str(p.local[0])), port) if p.local else local_address_for(peer)
         except OSError as e:
             log.warning("policy '%s': no route to peer %s: %s", name, peer[0], e.strerror)
             self._schedule_retry(name)
             return
-        log.info("policy '%s': initiating to [%s]:%d from [%s]:%d", name, peer[0], peer[1],
-                 local[0], local[1])
-        sa = self.endpoint.connect(policy, (local[0], port), peer,
-                                   self.driver.now(),
-                                   initial_contact=peer_state != "established")
+        log.info(
+            "policy '%s': initiating to [%s]:%d from [%s]:%d",
+            name,
+            peer[0],
+            peer[1],
+            local[0],
+            local[1],
+        )
+        sa = self.endpoint.connect(
+            policy,
+            (local[0], port),
+            peer,
+            self.driver.now(),
+            initial_contact=peer_state != "established",
+        )
         self._active_sa[name] = sa
         self.driver.pump()
 
@@ -387,9 +420,19 @@ class Daemon:
             s = event.sa.suite
             assert s is not None
             k = event.keys
-            self.ike_keylog.write(keylog.IkeKeyRecord(
-                event.sa.spi_i, event.sa.spi_r, s.encr, s.key_bits, s.integ,
-                k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar))
+            self.ike_keylog.write(
+                keylog.IkeKeyRecord(
+                    event.sa.spi_i,
+                    event.sa.spi_r,
+                    s.encr,
+                    s.key_bits,
+                    s.integ,
+                    k.sk_ei,
+                    k.sk_er,
+                    k.sk_ai,
+                    k.sk_ar,
+                )
+            )
         elif isinstance(event, IkeSaEstablished):
             if event.replaces is not None:  # an IKE SA rekey: follow the children
                 for name, sa in list(self._active_sa.items()):
@@ -412,16 +455,30 @@ class Daemon:
                 del self._active_sa[name]
                 if name in self._replacing:
                     pass  # its replacement is already being negotiated
-                elif not self.driver.stopping and self.config is not None and any(
-                        p.name == name and p.active for p in self.config.policies):
+                elif (
+                    not self.driver.stopping
+                    and self.config is not None
+                    and any(p.name == name and p.active for p in self.config.policies)
+                ):
                     self._schedule_retry(name)
         elif isinstance(event, ChildSaCreated) and self.esp_keylog is not None:
             c = event.child
-            for spi, (src, dst), key in ((c.spi_out, (c.local, c.remote), c.key_out),
-                                         (c.spi_in, (c.remote, c.local), c.key_in)):
-                self.esp_keylog.write(keylog.EspKeyRecord(
-                    src[0], dst[0], spi, c.suite.encr, c.suite.key_bits, c.suite.integ,
-                    key[0], key[1]))
+            for spi, (src, dst), key in (
+                (c.spi_out, (c.local, c.remote), c.key_out),
+                (c.spi_in, (c.remote, c.local), c.key_in),
+            ):
+                self.esp_keylog.write(
+                    keylog.EspKeyRecord(
+                        src[0],
+                        dst[0],
+                        spi,
+                        c.suite.encr,
+                        c.suite.key_bits,
+                        c.suite.integ,
+                        key[0],
+                        key[1],
+                    )
+                )
         if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
             self.on_child(event)
 
@@ -462,8 +519,9 @@ class Daemon:
             sa.drop(now, f"re-establishing: {reason}")
             dropped += 1
         if dropped:
-            log.info("re-establishing %d IKE SA(s) with %s: %s", dropped,
-                     id_text_or_any(peer_id), reason)
+            log.info(
+                "re-establishing %d IKE SA(s) with %s: %s", dropped, id_text_or_any(peer_id), reason
+            )
         self._retry_now()
 
     def _peer_lost(self, sa: IkeSa) -> None:
@@ -479,8 +537,11 @@ class Daemon:
         sa.drop(now, "the peer does not know it (INVALID_IKE_SPI): it restarted?")
         peer_id = sa.peer_id or sa.policy.peer_id
         for other in list(self.endpoint.sas.values()):
-            if other is not sa and other.state == State.ESTABLISHED and \
-                    (other.peer_id or other.policy.peer_id) == peer_id:
+            if (
+                other is not sa
+                and other.state == State.ESTABLISHED
+                and (other.peer_id or other.policy.peer_id) == peer_id
+            ):
                 other.check_alive(now)
         self._retry_now()
 
@@ -494,25 +555,38 @@ class Daemon:
         started = False
         for name, sa in list(self._active_sa.items()):
             dpd = sa.policy.dpd_interval
-            if (name in self._replacing or sa.state != State.ESTABLISHED or dpd <= 0
-                    or now - sa.last_heard() < dpd + self.options.replace_after):
+            if (
+                name in self._replacing
+                or sa.state != State.ESTABLISHED
+                or dpd <= 0
+                or now - sa.last_heard() < dpd + self.options.replace_after
+            ):
                 continue
-            p = next((x for x in self.config.policies if x.name == name), None) \
-                if self.config is not None else None
+            p = (
+                next((x for x in self.config.policies if x.name == name), None)
+                if self.config is not None
+                else None
+            )
             addresses = self._peer_addresses(p) if p is not None else []  # the peer may
             peer = (addresses[0] if addresses else sa.peer[0], self.options.ports[0])  # move
             try:
-                local = ((ip_address(str(p.local[0])), self.options.ports[0])
-                         if p is not None and p.local else local_address_for(peer))
+                local = (
+                    (ip_address(str(p.local[0])), self.options.ports[0])
+                    if p is not None and p.local
+                    else local_address_for(peer)
+                )
             except OSError:
                 continue  # no route to the peer: netwatch calls when there is one
-            log.info("%s: no answer for %.0f s; negotiating a replacement next to it",
-                     sa.label, now - sa.last_heard())
+            log.info(
+                "%s: no answer for %.0f s; negotiating a replacement next to it",
+                sa.label,
+                now - sa.last_heard(),
+            )
             # Fresh SPIs; no INITIAL_CONTACT: the other policies' SAs with this peer
             # may be fine (RFC 7296 2.4).
             self._replacing[name] = self.endpoint.connect(
-                sa.policy, (local[0], self.options.ports[0]), peer, now,
-                initial_contact=False)
+                sa.policy, (local[0], self.options.ports[0]), peer, now, initial_contact=False
+            )
             started = True
         if started:
             self.driver.pump()
@@ -566,8 +640,13 @@ class Daemon:
             if not address_is_ours(sa.local[0]) or (sa.initiator and source != sa.local[0]):
                 # Without MOBIKE (RFC 4555) an SA cannot move to another address:
                 # replace it from the address the kernel now uses towards the peer.
-                log.info("%s: local address %s is no longer the way to [%s] (now %s)",
-                         sa.label, sa.local[0], sa.peer[0], source)
+                log.info(
+                    "%s: local address %s is no longer the way to [%s] (now %s)",
+                    sa.label,
+                    sa.local[0],
+                    sa.peer[0],
+                    source,
+                )
                 moved.add(sa.peer_id or sa.policy.peer_id)
             else:
                 sa.check_alive(now)  # probe (or retransmit) now: is the path back?
@@ -577,9 +656,11 @@ class Daemon:
 
     async def _start_netwatch(self) -> None:
         from pyike.netwatch import NetWatch
+
         dp = getattr(self, "dataplane", None)
-        watch = NetWatch(self.network_changed,
-                         ignore_ifnames=[dp.tun_name] if dp is not None else [])
+        watch = NetWatch(
+            self.network_changed, ignore_ifnames=[dp.tun_name] if dp is not None else []
+        )
         try:
             await watch.start()
         except Exception as e:  # no netlink (not Linux?): run without, say so
@@ -595,16 +676,18 @@ class Daemon:
         home side must). Sent by the original initiator on every UDP-encapsulated
         established SA; the peer's driver ignores them."""
         for sa in list(self.endpoint.sas.values()):
-            if sa.state == State.ESTABLISHED and sa.initiator and sa.local[1] == \
-                    self.options.ports[1]:
+            if (
+                sa.state == State.ESTABLISHED
+                and sa.initiator
+                and sa.local[1] == self.options.ports[1]
+            ):
                 s = self.driver.socket_for(sa.local)
                 if s is not None:
                     try:
                         s.sock.sendto(NATT_KEEPALIVE, (str(sa.peer[0]), sa.peer[1]))
                     except OSError as e:
                         log.debug("%s: keepalive not sent: %s", sa.label, e.strerror)
-        asyncio.get_running_loop().call_later(self.options.natt_keepalive,
-                                              self._send_keepalives)
+        asyncio.get_running_loop().call_later(self.options.natt_keepalive, self._send_keepalives)
 
     # ------------------------------------------------------------------ run
 
@@ -628,12 +711,19 @@ class Daemon:
         try:
             if dp is not None:
                 from pyike.dataplane import local_addresses_and_routes
+
                 assert self.config is not None
                 local, remote = local_addresses_and_routes(self.config.policies)
-                family = socket.AF_INET6 if any(
-                    p.peer is not None and ip_network(p.peer).version == 6
-                    for p in self.config.policies) else socket.AF_INET
+                family = (
+                    socket.AF_INET6
+                    if any(
+                        p.peer is not None and ip_network(p.peer).version == 6
+                        for p in self.config.policies
+                    )
+                    else socket.AF_INET
+                )
                 from pyike.dataplane import DataPlaneError
+
                 try:
                     # Netlink set-up blocks (and pyroute2 runs its own loop): a thread.
                     await asyncio.to_thread(dp.open, local, remote, family)
@@ -642,8 +732,9 @@ class Daemon:
                 dp.start(asyncio.get_running_loop())
             asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
             if self.options.natt_keepalive > 0:
-                asyncio.get_running_loop().call_later(self.options.natt_keepalive,
-                                                      self._send_keepalives)
+                asyncio.get_running_loop().call_later(
+                    self.options.natt_keepalive, self._send_keepalives
+                )
             if self.options.replace_after > 0:
                 loop.call_later(SUSPECT_CHECK_EVERY, self._check_suspects)
             await self.driver.run(start=started)

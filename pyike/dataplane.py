@@ -109,8 +109,17 @@ class DataPlane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routes: set[tuple[str, int]] = set()
         self._addresses: set[tuple[str, int]] = set()
-        self.counters = {"tun_in": 0, "tun_out": 0, "no_sa": 0, "esp_drop": 0, "send_err": 0,
-                         "udp_sends": 0, "gso_sends": 0, "tun_writes": 0, "merged_writes": 0}
+        self.counters = {
+            "tun_in": 0,
+            "tun_out": 0,
+            "no_sa": 0,
+            "esp_drop": 0,
+            "send_err": 0,
+            "udp_sends": 0,
+            "gso_sends": 0,
+            "tun_writes": 0,
+            "merged_writes": 0,
+        }
         self._last_log: dict[str, float] = {}
         # Offloads (module docstring); each is cleared for good at the kernel's first no.
         self.offload = os.environ.get("PYIKE_OFFLOAD", "1") != "0"
@@ -127,14 +136,17 @@ class DataPlane:
         pyroute2's synchronous IPRoute runs an asyncio loop of its own.
         """
         from pytun import IFF_NO_PI, IFF_TUN, IFF_VNET_HDR, Error, TunTapDevice
+
         if self.offload:
             try:
-                self.tun = TunTapDevice(name=self.tun_name,
-                                        flags=IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
+                self.tun = TunTapDevice(
+                    name=self.tun_name, flags=IFF_TUN | IFF_NO_PI | IFF_VNET_HDR
+                )
                 self.vnet = True
             except Error as e:
-                log.info("TUN %s: no virtio-net header (%s): one TUN write per packet",
-                         self.tun_name, e)
+                log.info(
+                    "TUN %s: no virtio-net header (%s): one TUN write per packet", self.tun_name, e
+                )
         if self.tun is None:
             try:
                 self.tun = TunTapDevice(name=self.tun_name, flags=IFF_TUN | IFF_NO_PI)
@@ -143,47 +155,82 @@ class DataPlane:
         self.fd = self.tun.fileno()
         os.set_blocking(self.fd, False)
         # Worst case among what we negotiate: CBC + HMAC-SHA2-512 has the most overhead.
-        self.mtu = esp.tunnel_mtu(PATH_MTU, 6 if outer_family == socket.AF_INET6 else 4,
-                                  EncrId.AES_CBC, IntegId.HMAC_SHA2_512_256)
+        self.mtu = esp.tunnel_mtu(
+            PATH_MTU,
+            6 if outer_family == socket.AF_INET6 else 4,
+            EncrId.AES_CBC,
+            IntegId.HMAC_SHA2_512_256,
+        )
         try:
             self._configure(local_addresses, remote_networks)
         except (OSError, NetlinkError, DataPlaneError) as e:
             self.close()
             raise DataPlaneError(f"cannot configure {self.tun_name}: {e}") from e
-        log.info("TUN %s up, MTU %d, addresses %s, routes %s", self.tun_name, self.mtu,
-                 ", ".join(map(str, local_addresses)) or "none",
-                 ", ".join(map(str, remote_networks)) or "none")
+        log.info(
+            "TUN %s up, MTU %d, addresses %s, routes %s",
+            self.tun_name,
+            self.mtu,
+            ", ".join(map(str, local_addresses)) or "none",
+            ", ".join(map(str, remote_networks)) or "none",
+        )
 
     def _configure(self, local_addresses: list, remote_networks: list) -> None:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.tun_name)[0]
-            _netlink(f"set MTU {self.mtu} and up", ipr.link, "set", index=idx, mtu=self.mtu,
-                     state="up")
+            _netlink(
+                f"set MTU {self.mtu} and up", ipr.link, "set", index=idx, mtu=self.mtu, state="up"
+            )
             try:  # only a tuning: the device works without it
-                _netlink(f"set txqueuelen {TUN_TXQUEUELEN}", ipr.link, "set", index=idx,
-                         txqlen=TUN_TXQUEUELEN)
+                _netlink(
+                    f"set txqueuelen {TUN_TXQUEUELEN}",
+                    ipr.link,
+                    "set",
+                    index=idx,
+                    txqlen=TUN_TXQUEUELEN,
+                )
             except DataPlaneError as e:
                 log.info("TUN %s keeps the kernel's queue length: %s", self.tun_name, e)
             for a in local_addresses:
                 # A TUN device is NOARP, so IPv6 skips DAD: the address is usable at once.
                 prefix = 128 if a.version == 6 else 32
-                _netlink(f"add address {a}/{prefix}", ipr.addr, "add", index=idx,
-                         address=str(a), prefixlen=prefix)
+                _netlink(
+                    f"add address {a}/{prefix}",
+                    ipr.addr,
+                    "add",
+                    index=idx,
+                    address=str(a),
+                    prefixlen=prefix,
+                )
                 self._addresses.add((str(a), prefix))
             for net in remote_networks:
                 src = next((str(a) for a in local_addresses if a.version == net.version), None)
-                _netlink(f"add route {net}", ipr.route, "replace", dst=str(net), oif=idx,
-                         **({"prefsrc": src} if src else {}))
+                _netlink(
+                    f"add route {net}",
+                    ipr.route,
+                    "replace",
+                    dst=str(net),
+                    oif=idx,
+                    **({"prefsrc": src} if src else {}),
+                )
                 self._routes.add((str(net.network_address), net.prefixlen))
 
     def close(self) -> None:
         if self.tun is not None:  # the totals, once: drops are otherwise rate-limited
             c = self.counters
-            log.info("data plane: %d packets TUN->ESP in %d UDP sends (%d GSO), %d packets "
-                     "ESP->TUN in %d TUN writes (%d merged); %d without SA, %d ESP drops, "
-                     "%d send errors", c["tun_in"], c["udp_sends"], c["gso_sends"],
-                     c["tun_out"], c["tun_writes"], c["merged_writes"], c["no_sa"],
-                     c["esp_drop"], c["send_err"])
+            log.info(
+                "data plane: %d packets TUN->ESP in %d UDP sends (%d GSO), %d packets "
+                "ESP->TUN in %d TUN writes (%d merged); %d without SA, %d ESP drops, "
+                "%d send errors",
+                c["tun_in"],
+                c["udp_sends"],
+                c["gso_sends"],
+                c["tun_out"],
+                c["tun_writes"],
+                c["merged_writes"],
+                c["no_sa"],
+                c["esp_drop"],
+                c["send_err"],
+            )
             log.info("data plane totals: %s", " ".join(f"{k}={v}" for k, v in self.stats().items()))
         if self._loop is not None and self.fd >= 0:
             self._loop.remove_reader(self.fd)
@@ -210,13 +257,26 @@ class DataPlane:
         flows = self._peer_flows.setdefault(peer, esp.PeerFlows())
         self._flow_keys[c.spi_in] = (peer, flows.add(c.ts_local, c.ts_remote))
         if c.peer_ts_wider:
-            log.info("Child SA 0x%08x: the peer declared wider selectors (OpenIKED does): "
-                     "it also accepts traffic of our other Child SAs with this peer", c.spi_in)
-        inbound = esp.InboundSa(c.spi_in, s.encr, s.key_bits, s.integ, c.key_in[0],
-                                c.key_in[1], s.esn, local_ts=c.ts_local, remote_ts=c.ts_remote,
-                                peer_flows=flows if c.peer_ts_wider else None)
-        outbound = esp.OutboundSa(c.spi_out, s.encr, s.key_bits, s.integ, c.key_out[0],
-                                  c.key_out[1], s.esn)
+            log.info(
+                "Child SA 0x%08x: the peer declared wider selectors (OpenIKED does): "
+                "it also accepts traffic of our other Child SAs with this peer",
+                c.spi_in,
+            )
+        inbound = esp.InboundSa(
+            c.spi_in,
+            s.encr,
+            s.key_bits,
+            s.integ,
+            c.key_in[0],
+            c.key_in[1],
+            s.esn,
+            local_ts=c.ts_local,
+            remote_ts=c.ts_remote,
+            peer_flows=flows if c.peer_ts_wider else None,
+        )
+        outbound = esp.OutboundSa(
+            c.spi_out, s.encr, s.key_bits, s.integ, c.key_out[0], c.key_out[1], s.esn
+        )
         sock = self._socket_for(c)
         if sock is None:
             log.error("no UDP %d socket for %s; Child SA unusable", c.local[1], c.remote[0])
@@ -226,8 +286,9 @@ class DataPlane:
         # New outbound SA first in the SPD: traffic moves to it at once; the old
         # one keeps receiving until the peer deletes it (RFC 7296 2.8).
         self.spd.add(outbound, c.ts_local, c.ts_remote)
-        self._tx[c.spi_out] = _Tx(outbound, c, event.sa, sock, (str(c.remote[0]), c.remote[1]),
-                                  c.remote)
+        self._tx[c.spi_out] = _Tx(
+            outbound, c, event.sa, sock, (str(c.remote[0]), c.remote[1]), c.remote
+        )
 
     def _remove(self, c: ChildSa) -> None:
         peer, key = self._flow_keys.pop(c.spi_in, (None, None))
@@ -264,7 +325,7 @@ class DataPlane:
                 # Offloads are never enabled for reads (no TUNSETOFFLOAD), so the header
                 # is all zero: a whole, checksummed packet follows.
                 if len(pkt) > offload.VNET_HDR_LEN and not pkt[0] | pkt[1]:
-                    pkt = pkt[offload.VNET_HDR_LEN:]
+                    pkt = pkt[offload.VNET_HDR_LEN :]
                 else:
                     pkt = self._unoffload(pkt)
                 if pkt is None:
@@ -272,8 +333,9 @@ class DataPlane:
             sa = spd.match(pkt)  # RFC 4301 5.1: which Child SA's selectors cover it
             if sa is None:
                 counters["no_sa"] += 1
-                self._rate_log("no_sa", f"no Child SA for a packet from the TUN "
-                                        f"({counters['no_sa']} so far)")
+                self._rate_log(
+                    "no_sa", f"no Child SA for a packet from the TUN ({counters['no_sa']} so far)"
+                )
                 continue
             tx = tx_by_spi[sa.spi]
             try:
@@ -294,10 +356,11 @@ class DataPlane:
         if len(frame) <= offload.VNET_HDR_LEN:
             return None
         flags, gso_type, _hl, _gs, start, off = offload.VNET_HDR.unpack_from(frame)
-        pkt = frame[offload.VNET_HDR_LEN:]
+        pkt = frame[offload.VNET_HDR_LEN :]
         if gso_type != offload.VNET_GSO_NONE:
-            self._rate_log("tun_gso", "TUN handed a GSO packet although no offload was "
-                                      "enabled; dropped")
+            self._rate_log(
+                "tun_gso", "TUN handed a GSO packet although no offload was enabled; dropped"
+            )
             return None
         if flags & offload.VNET_F_NEEDS_CSUM:
             try:
@@ -326,8 +389,7 @@ class DataPlane:
                     self._send_failed(tx, e, len(group))
                     continue
                 self.gso = False
-                log.info("UDP GSO refused by the kernel (%s): one datagram per send",
-                         e.strerror)
+                log.info("UDP GSO refused by the kernel (%s): one datagram per send", e.strerror)
             for p in group:
                 try:
                     sock.sendto(p, addr)
@@ -349,9 +411,12 @@ class DataPlane:
                 _nh, pkt = sad_open(data)  # SPI, anti-replay, ICV, decrypt, selectors
             except esp.EspDrop as e:
                 counters["esp_drop"] += 1
-                self._rate_log(f"drop{e.reason}", f"ESP from {src[0]} dropped: "  # type: ignore[index]
-                                                  f"{e.reason.name} ({counters['esp_drop']} "
-                                                  f"drops so far)")
+                self._rate_log(
+                    f"drop{e.reason}",
+                    f"ESP from {src[0]} dropped: "  # type: ignore[index]
+                    f"{e.reason.name} ({counters['esp_drop']} "
+                    f"drops so far)",
+                )
                 continue
             inner.append(pkt)
             if data[:4] != last_spi:  # once per SA and batch, not per packet
@@ -387,8 +452,11 @@ class DataPlane:
                     self._rate_log("tun_write", f"TUN write failed: {e.strerror}")
                     continue
                 self.merge = False  # the kernel cannot take GSO writes: segment by segment
-                log.info("TUN %s refused a GSO write (%s): one write per packet",
-                         self.tun_name, e.strerror)
+                log.info(
+                    "TUN %s refused a GSO write (%s): one write per packet",
+                    self.tun_name,
+                    e.strerror,
+                )
                 for p in packets[start:end]:
                     self._tun_write(os.writev, [offload.PLAIN_VNET_HDR, p], 1)
 
@@ -410,12 +478,12 @@ class DataPlane:
         """Inner bytes a Child SA has carried both ways (its byte lifetime, RFC 4301 4.4.2.1)."""
         inbound = self.sad.get(c.spi_in)
         tx = self._tx.get(c.spi_out)
-        return ((inbound.usage()[1] if inbound is not None else 0)
-                + (tx.sa.usage()[1] if tx is not None else 0))
+        return (inbound.usage()[1] if inbound is not None else 0) + (
+            tx.sa.usage()[1] if tx is not None else 0
+        )
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "spd_no_sa": self.spd.no_sa,
-                "unknown_spi": self.sad.unknown_spi}
+        return {**self.counters, "spd_no_sa": self.spd.no_sa, "unknown_spi": self.sad.unknown_spi}
 
 
 def _netlink(what: str, call: object, *args: object, **kw: object) -> None:

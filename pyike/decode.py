@@ -36,8 +36,9 @@ class Decoded:
         return f"{head}\n{text}"
 
 
-def ike_ciphers(records: Iterable[keylog.IkeKeyRecord]
-                ) -> dict[tuple[bytes, bytes], tuple[crypto.SkCipher, crypto.SkCipher]]:
+def ike_ciphers(
+    records: Iterable[keylog.IkeKeyRecord],
+) -> dict[tuple[bytes, bytes], tuple[crypto.SkCipher, crypto.SkCipher]]:
     """(SPIi, SPIr) -> (initiator's cipher, responder's cipher)."""
     out = {}
     for r in records:

@@ -104,13 +104,18 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=20)
 
 
-def write_keys(root: Path, private: ec.EllipticCurvePrivateKey, peer_id: str,
-               peer: ec.EllipticCurvePublicKey) -> None:
+def write_keys(
+    root: Path, private: ec.EllipticCurvePrivateKey, peer_id: str, peer: ec.EllipticCurvePublicKey
+) -> None:
     (root / "private").mkdir(parents=True, mode=0o700)
     key = root / "private" / "local.key"
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.TraditionalOpenSSL,
-                                          serialization.NoEncryption()))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     key.chmod(0o600)
     (root / "local.pub").write_bytes(keys.public_key_pem(private.public_key()))
     keys.install_peer_key(root, IdType.ID_FQDN, peer_id, keys.public_key_pem(peer))
@@ -148,19 +153,26 @@ def stop(proc: subprocess.Popen) -> None:
 def wait_listening(ns: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        r = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}"],
-                           capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if r.stdout.strip():
             return True
         time.sleep(0.1)
     return False
 
 
-def opensmtpd_mail(work: Path, home_ns: str, vm_ns: str, procs: list[subprocess.Popen],
-                   mailboxes: list[Path]) -> bool:
+def opensmtpd_mail(
+    work: Path, home_ns: str, vm_ns: str, procs: list[subprocess.Popen], mailboxes: list[Path]
+) -> bool:
     """The guide's mail path with real OpenSMTPD at both ends; True if it arrived."""
-    say(f"OpenSMTPD at both ends: the VM relays mail for {mta.MAIL_DOMAIN} to "
-        f"[{VPN0}], home delivers it to a Maildir (as user {mta.DELIVERY_USER})")
+    say(
+        f"OpenSMTPD at both ends: the VM relays mail for {mta.MAIL_DOMAIN} to "
+        f"[{VPN0}], home delivers it to a Maildir (as user {mta.DELIVERY_USER})"
+    )
     box_root, aliases = mta.make_mailbox()
     mailboxes.append(box_root)
     maildir = box_root / "box" / "Maildir"
@@ -168,24 +180,37 @@ def opensmtpd_mail(work: Path, home_ns: str, vm_ns: str, procs: list[subprocess.
     vm = mta.SmtpdInstance(work / "smtpd-vm", mta.vm_conf(VPN0))
     for ns, inst in ((home_ns, home.prepare()), (vm_ns, vm.prepare())):
         with inst.log.open("wb") as log:
-            procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *inst.command()],
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, *inst.command()],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
         if not wait_listening(ns, 25, procs[-1], 15):
             print(inst.log_text(), file=sys.stderr)
             say(f"smtpd did not start in {ns} (its log above)")
             return False
     print(f"   home: smtpd listening on [{VPN0}]:25, Maildir {maildir}")
-    print("   vm:   smtpd listening on 127.0.0.1:25, relay host "
-          f"smtp://[{VPN0}]")
+    print(f"   vm:   smtpd listening on 127.0.0.1:25, relay host smtp://[{VPN0}]")
 
     token = os.urandom(8).hex()
     subject = f"delivered through pyike ({token})"
     say("the VM submits a mail with swaks; its smtpd relays it over the tunnel")
-    r = subprocess.run(["ip", "netns", "exec", vm_ns,
-                        *mta.swaks_command("127.0.0.1", subject,
-                                           "Hello from the VM, over IKEv2/ESP.\n")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            vm_ns,
+            *mta.swaks_command("127.0.0.1", subject, "Hello from the VM, over IKEv2/ESP.\n"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     accepted = [x for x in r.stdout.splitlines() if "Message accepted" in x]
     print("   vm:   swaks: " + (accepted[0].strip() if accepted else r.stdout[-500:]))
     deadline = time.monotonic() + 30
@@ -202,20 +227,27 @@ def opensmtpd_mail(work: Path, home_ns: str, vm_ns: str, procs: list[subprocess.
     files = sorted((maildir / "new").iterdir())
     print(f"   home: in the Maildir: {files[0]}")
     text = files[0].read_text(errors="replace")
-    print("".join(f"     | {x}\n" for x in text.splitlines()
-                  if not x.startswith(("Received:", "\t", " "))), end="")
+    print(
+        "".join(
+            f"     | {x}\n" for x in text.splitlines() if not x.startswith(("Received:", "\t", " "))
+        ),
+        end="",
+    )
     msg = messages[0]
     return msg["Subject"] == subject and "Hello from the VM" in str(msg.get_payload())
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pyike demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pyike demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--keep", action="store_true", help="leave the logs in a temp dir")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
-        print("pyike demo: needs root (network namespaces, TUN devices); "
-              "run: sudo tools/demo", file=sys.stderr)
+        print(
+            "pyike demo: needs root (network namespaces, TUN devices); run: sudo tools/demo",
+            file=sys.stderr,
+        )
         return 1
     if shutil.which("ip") is None:
         print("pyike demo: needs the 'ip' command: apt-get install iproute2", file=sys.stderr)
@@ -231,8 +263,20 @@ def main(argv: list[str]) -> int:
         for ns in (home_ns, vm_ns):
             ip("netns", "add", ns)
             ip("-n", ns, "link", "set", "lo", "up")
-        ip("link", "add", "pyd-h" + tag[-6:], "netns", home_ns, "type", "veth",
-           "peer", "name", "pyd-v" + tag[-6:], "netns", vm_ns)
+        ip(
+            "link",
+            "add",
+            "pyd-h" + tag[-6:],
+            "netns",
+            home_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pyd-v" + tag[-6:],
+            "netns",
+            vm_ns,
+        )
         for ns, dev, addr in ((home_ns, "pyd-h", HOME_IP), (vm_ns, "pyd-v", VM_IP)):
             ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev + tag[-6:])
             ip("-n", ns, "link", "set", dev + tag[-6:], "up")
@@ -250,9 +294,24 @@ def main(argv: list[str]) -> int:
             log = work / f"{side}.log"
             with log.open("wb") as f:
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "pyike", "-f",
-                     str(work / f"{side}.conf"), "--keydir", str(work / side), "-v"],
-                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        sys.executable,
+                        "-m",
+                        "pyike",
+                        "-f",
+                        str(work / f"{side}.conf"),
+                        "--keydir",
+                        str(work / side),
+                        "-v",
+                    ],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             procs.append(proc)
             return proc, log
 
@@ -275,8 +334,12 @@ def main(argv: list[str]) -> int:
                 print("   " + line)
 
         say(f"ping6 from the VM to home ({VPN0}) through the tunnel")
-        r = subprocess.run(["ip", "netns", "exec", vm_ns, "ping", "-6", "-c", "3", "-W", "2",
-                            VPN0], capture_output=True, text=True, timeout=20)
+        r = subprocess.run(
+            ["ip", "netns", "exec", vm_ns, "ping", "-6", "-c", "3", "-W", "2", VPN0],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if r.returncode != 0 and shutil.which("ping") is None:
             print("   (no ping command: apt-get install iputils-ping)")
         else:
@@ -285,20 +348,32 @@ def main(argv: list[str]) -> int:
         missing = mta.missing_tools()
         if not missing:
             ok = opensmtpd_mail(work, home_ns, vm_ns, procs, mailboxes)
-            say("done: the tunnel carried ICMPv6 and SMTP, OpenSMTPD delivered the mail"
-                if ok else "the mail did not arrive")
+            say(
+                "done: the tunnel carried ICMPv6 and SMTP, OpenSMTPD delivered the mail"
+                if ok
+                else "the mail did not arrive"
+            )
             return 0 if ok else 1
-        say(f"{' and '.join(missing)} not installed ({mta.APT_HINT}): using a minimal "
-            "SMTP server at home instead of OpenSMTPD")
+        say(
+            f"{' and '.join(missing)} not installed ({mta.APT_HINT}): using a minimal "
+            "SMTP server at home instead of OpenSMTPD"
+        )
         say(f"the VM delivers a mail to [{VPN0}]:25 at home, over the tunnel")
-        sink = subprocess.Popen(["ip", "netns", "exec", home_ns, sys.executable, "-c",
-                                 SMTP_SINK], stdout=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        sink = subprocess.Popen(
+            ["ip", "netns", "exec", home_ns, sys.executable, "-c", SMTP_SINK],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         procs.append(sink)
         assert sink.stdout is not None
         print("   home: " + sink.stdout.readline().strip())
-        r = subprocess.run(["ip", "netns", "exec", vm_ns, sys.executable, "-c", SMTP_CLIENT],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            ["ip", "netns", "exec", vm_ns, sys.executable, "-c", SMTP_CLIENT],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         print("   vm:   " + (r.stdout.strip() or r.stderr.strip()))
         body = sink.communicate(timeout=20)[0]
         print("   home received:\n" + "".join(f"     | {x}\n" for x in body.splitlines()), end="")

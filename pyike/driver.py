@@ -61,8 +61,10 @@ def open_udp(family: int, port: int, bind: str | None = None) -> UdpSocket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # FORCE (root) may exceed net.core.[rw]mem_max, whose defaults are too small
         # for a data plane burst; unprivileged, the capped value is still better.
-        for force, opt in ((offload.SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                           (offload.SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        for force, opt in (
+            (offload.SO_RCVBUFFORCE, socket.SO_RCVBUF),
+            (offload.SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        ):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, force, RECV_BUFFER)
             except OSError:
@@ -90,8 +92,7 @@ def enable_gro(s: UdpSocket) -> bool:
         s.sock.setsockopt(offload.SOL_UDP, offload.UDP_GRO, 1)
         return True
     except OSError as e:
-        _log_once("gro", "UDP GRO refused by the kernel (%s): one datagram per receive",
-                  e.strerror)
+        _log_once("gro", "UDP GRO refused by the kernel (%s): one datagram per receive", e.strerror)
         return False
 
 
@@ -110,8 +111,11 @@ def datagram_addresses(s: UdpSocket, anc: list, src: tuple) -> tuple[Addr, Addr]
     for level, kind, value in anc:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
             local_ip = IPv4Address(_IN_PKTINFO.unpack_from(value)[1])
-        elif (level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO
-              and len(value) >= _IN6_PKTINFO.size):
+        elif (
+            level == socket.IPPROTO_IPV6
+            and kind == IPV6_PKTINFO
+            and len(value) >= _IN6_PKTINFO.size
+        ):
             local_ip = IPv6Address(_IN6_PKTINFO.unpack_from(value)[0])
     src_ip = ip_address(src[0].split("%")[0])
     if local_ip is None:
@@ -163,11 +167,16 @@ class Driver:
     that source's socket address; ``on_reload`` is called on SIGHUP.
     """
 
-    def __init__(self, endpoint: Endpoint, *, ports: tuple[int, int] = (500, 4500),
-                 families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
-                 on_event: Callable[[Event], None] | None = None,
-                 on_esp: Callable[[list[bytes], object], None] | None = None,
-                 on_reload: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        ports: tuple[int, int] = (500, 4500),
+        families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
+        on_event: Callable[[Event], None] | None = None,
+        on_esp: Callable[[list[bytes], object], None] | None = None,
+        on_reload: Callable[[], None] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.ports = ports
         self.families = families
@@ -202,11 +211,15 @@ class Driver:
                     if family == socket.AF_INET6 and e.errno == errno.EAFNOSUPPORT:
                         log.info("no IPv6 on this host; not listening on [::]:%d", port)
                         continue
-                    raise OSError(e.errno, f"cannot listen on {name} UDP port {port}: "
-                                  f"{e.strerror}") from e
+                    raise OSError(
+                        e.errno, f"cannot listen on {name} UDP port {port}: {e.strerror}"
+                    ) from e
         for s in self.sockets.values():
-            log.debug("listening on %s UDP port %d",
-                      "IPv6" if s.family == socket.AF_INET6 else "IPv4", s.port)
+            log.debug(
+                "listening on %s UDP port %d",
+                "IPv6" if s.family == socket.AF_INET6 else "IPv4",
+                s.port,
+            )
 
     def close(self) -> None:
         for s in self.sockets.values():
@@ -234,8 +247,7 @@ class Driver:
                 log.debug("receive on UDP %d: %s", s.port, e.strerror)
                 break
             if flags & socket.MSG_TRUNC:
-                log.warning("dropped a datagram larger than %d bytes on UDP %d", RECV_SIZE,
-                            s.port)
+                log.warning("dropped a datagram larger than %d bytes on UDP %d", RECV_SIZE, s.port)
                 continue
             if not natt:
                 self._receive_ike(s, data, anc, src)
@@ -268,15 +280,26 @@ class Driver:
     def _receive_ike(self, s: UdpSocket, data: bytes, anc: list, src: tuple) -> None:
         peer, local = datagram_addresses(s, anc, src)
         if log.isEnabledFor(logging.INFO):
-            log.info("recv %s peer [%s]:%d local [%s]:%d, %d bytes", describe_ike(data),
-                     peer[0], peer[1], local[0], local[1], len(data))
+            log.info(
+                "recv %s peer [%s]:%d local [%s]:%d, %d bytes",
+                describe_ike(data),
+                peer[0],
+                peer[1],
+                local[0],
+                local[1],
+                len(data),
+            )
         self.endpoint.receive(data, peer, local, self.now())
 
     def send(self, t: Transmit) -> None:
         s = self.socket_for(t.local)
         if s is None:
-            log.warning("no socket for local [%s]:%d; dropping %s", t.local[0], t.local[1],
-                        describe_ike(t.data))
+            log.warning(
+                "no socket for local [%s]:%d; dropping %s",
+                t.local[0],
+                t.local[1],
+                describe_ike(t.data),
+            )
             return
         data = NON_ESP_MARKER + t.data if t.local[1] == self.ports[1] else t.data
         try:
@@ -314,9 +337,12 @@ class Driver:
         self._timer = None
         self.endpoint.handle_timer(self.now())
         self.pump()
-        if self._stopping is not None and self._stopping.is_set() is False and \
-                self._stop_deadline and (not self.endpoint.sas or
-                                         self.now() >= self._stop_deadline):
+        if (
+            self._stopping is not None
+            and self._stopping.is_set() is False
+            and self._stop_deadline
+            and (not self.endpoint.sas or self.now() >= self._stop_deadline)
+        ):
             self._stopping.set()
 
     # ------------------------------------------------------------------ run

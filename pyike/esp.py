@@ -416,8 +416,9 @@ class PeerFlows:
         # (local, remote) compiled selectors -> number of Child SAs that have them
         self._pairs: dict[tuple[tuple[_Compiled, ...], tuple[_Compiled, ...]], int] = {}
 
-    def add(self, local_ts: Sequence[SelectorLike], remote_ts: Sequence[SelectorLike]
-            ) -> tuple[tuple[_Compiled, ...], tuple[_Compiled, ...]]:
+    def add(
+        self, local_ts: Sequence[SelectorLike], remote_ts: Sequence[SelectorLike]
+    ) -> tuple[tuple[_Compiled, ...], tuple[_Compiled, ...]]:
         key = (_compile(local_ts), _compile(remote_ts))
         self._pairs[key] = self._pairs.get(key, 0) + 1
         return key
@@ -661,9 +662,9 @@ class _CbcOutboundSa(OutboundSa):
             pos = 0
         iv = self._iv_pool[pos : pos + 16]
         self._iv_pos = pos + 16
-        first = (
-            int.from_bytes(pt[:16], "big") ^ int.from_bytes(iv, "big") ^ self._chain
-        ).to_bytes(16, "big")
+        first = (int.from_bytes(pt[:16], "big") ^ int.from_bytes(iv, "big") ^ self._chain).to_bytes(
+            16, "big"
+        )
         ct = self._encrypt(first + pt[16:])
         self._chain = int.from_bytes(ct[-16:], "big")
         body = b"".join((_HEADER.pack(self.spi, seq & _MASK32), iv, ct))

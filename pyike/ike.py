@@ -162,10 +162,12 @@ class ChildSa:
     peer_ts_wider: bool = False
 
     def describe(self) -> str:
-        flows = ", ".join(f"{ts.describe(a)} -> {ts.describe(b)}"
-                          for a in self.ts_local for b in self.ts_remote)
-        return (f"spi in 0x{self.spi_in:08x} out 0x{self.spi_out:08x} "
-                f"({self.suite.describe()}) {flows}")
+        flows = ", ".join(
+            f"{ts.describe(a)} -> {ts.describe(b)}" for a in self.ts_local for b in self.ts_remote
+        )
+        return (
+            f"spi in 0x{self.spi_in:08x} out 0x{self.spi_out:08x} ({self.suite.describe()}) {flows}"
+        )
 
 
 class Event:
@@ -292,12 +294,16 @@ def _spi_text(spi: bytes) -> str:
 
 def _sig_hash_notify() -> NotifyPayload:
     """RFC 7427 section 4: the hashes we accept in method-14 signatures."""
-    return NotifyPayload(ProtocolId.NONE, b"", NotifyType.SIGNATURE_HASH_ALGORITHMS,
-                         b"".join(h.to_bytes(2, "big") for h in OUR_SIG_HASHES))
+    return NotifyPayload(
+        ProtocolId.NONE,
+        b"",
+        NotifyType.SIGNATURE_HASH_ALGORITHMS,
+        b"".join(h.to_bytes(2, "big") for h in OUR_SIG_HASHES),
+    )
 
 
 def _hash_list(data: bytes) -> set[int]:
-    return {int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data) - 1, 2)}
+    return {int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data) - 1, 2)}
 
 
 # --------------------------------------------------------------------------- IKE SA
@@ -306,8 +312,16 @@ def _hash_list(data: bytes) -> set[int]:
 class IkeSa:
     """One IKE SA and its Child SAs. Create through :class:`Endpoint`."""
 
-    def __init__(self, endpoint: Endpoint, policy: SaPolicy, *, initiator: bool,
-                 local: Addr, peer: Addr, now: float) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        policy: SaPolicy,
+        *,
+        initiator: bool,
+        local: Addr,
+        peer: Addr,
+        now: float,
+    ) -> None:
         self.endpoint = endpoint
         self.policy = policy
         self.initiator = initiator  # we are the original initiator (header I flag)
@@ -394,9 +408,11 @@ class IkeSa:
         peer_id = id_text(*self.peer_id) if self.peer_id else "?"
         role = "initiator" if self.initiator else "responder"
         suite = self.suite.describe() if self.suite else ""
-        return (f"peer [{self.peer[0]}]:{self.peer[1]}[{peer_id}] local "
-                f"[{self.local[0]}]:{self.local[1]} policy '{self.policy.name}' as {role} "
-                f"({suite})")
+        return (
+            f"peer [{self.peer[0]}]:{self.peer[1]}[{peer_id}] local "
+            f"[{self.local[0]}]:{self.local[1]} policy '{self.policy.name}' as {role} "
+            f"({suite})"
+        )
 
     # ------------------------------------------------------------------ output
 
@@ -404,23 +420,39 @@ class IkeSa:
         self.endpoint.events.append(event)
 
     def _transmit(self, data: bytes, what: str) -> None:
-        log.info("%s: send %s peer [%s]:%d local [%s]:%d, %d bytes", self.label, what,
-                 self.peer[0], self.peer[1], self.local[0], self.local[1], len(data))
+        log.info(
+            "%s: send %s peer [%s]:%d local [%s]:%d, %d bytes",
+            self.label,
+            what,
+            self.peer[0],
+            self.peer[1],
+            self.local[0],
+            self.local[1],
+            len(data),
+        )
         self.endpoint.transmits.append(Transmit(data, self.local, self.peer))
 
     def _flags(self, response: bool) -> int:
         return (HeaderFlag.INITIATOR if self.initiator else 0) | (
-            HeaderFlag.RESPONSE if response else 0)
+            HeaderFlag.RESPONSE if response else 0
+        )
 
-    def _protect(self, exchange: int, message_id: int, response: bool,
-                 payloads: list[wire.Payload]) -> bytes:
+    def _protect(
+        self, exchange: int, message_id: int, response: bool, payloads: list[wire.Payload]
+    ) -> bytes:
         """Build an SK-protected message (RFC 7296 3.14, RFC 5282 for AEAD)."""
         assert self._out is not None
         first, inner = wire.build_payloads(payloads)
         body_len = self._out.sealed_length(len(inner))
-        header = wire.Header(self.spi_i, self.spi_r, PayloadType.SK, exchange,
-                             self._flags(response), message_id,
-                             wire.HEADER_LEN + 4 + body_len).pack()
+        header = wire.Header(
+            self.spi_i,
+            self.spi_r,
+            PayloadType.SK,
+            exchange,
+            self._flags(response),
+            message_id,
+            wire.HEADER_LEN + 4 + body_len,
+        ).pack()
         aad = header + wire.payload_header(first, 4 + body_len)
         return aad + self._out.seal(aad, inner)
 
@@ -434,9 +466,16 @@ class IkeSa:
 
     # ------------------------------------------------------------------ requests
 
-    def _send_request(self, exchange: int, payloads: list[wire.Payload], purpose: str,
-                      now: float, context: dict | None = None, *,
-                      plain: bool = False) -> None:
+    def _send_request(
+        self,
+        exchange: int,
+        payloads: list[wire.Payload],
+        purpose: str,
+        now: float,
+        context: dict | None = None,
+        *,
+        plain: bool = False,
+    ) -> None:
         mid = self._next_request_id
         if plain:  # IKE_SA_INIT only
             msg = Message(self.spi_i, self.spi_r, exchange, self._flags(False), mid, payloads)
@@ -458,14 +497,19 @@ class IkeSa:
             self._send_request(ExchangeType.INFORMATIONAL, [], purpose, now)
         elif purpose == "delete_ike":
             self.state = State.DELETING
-            self._send_request(ExchangeType.INFORMATIONAL,
-                               [DeletePayload(ProtocolId.IKE, 0, [])], purpose, now)
+            self._send_request(
+                ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE, 0, [])], purpose, now
+            )
         elif purpose == "delete_child":
             # A DELETE names the SPI of the SA as its sender receives it (3.11).
             spi_in: int = context["spi_in"]
-            self._send_request(ExchangeType.INFORMATIONAL,
-                               [DeletePayload(ProtocolId.ESP, 4, [spi_in.to_bytes(4, "big")])],
-                               purpose, now, context)
+            self._send_request(
+                ExchangeType.INFORMATIONAL,
+                [DeletePayload(ProtocolId.ESP, 4, [spi_in.to_bytes(4, "big")])],
+                purpose,
+                now,
+                context,
+            )
         elif purpose == "rekey_child":
             self._send_child_rekey(context, now)
         elif purpose == "rekey_ike":
@@ -494,8 +538,11 @@ class IkeSa:
         deadlines = []
         if self._request is not None:
             deadlines.append(self._retransmit_at(self._request))
-        elif (self.state == State.ESTABLISHED and self.policy.dpd_interval > 0
-              and self.rekeyed_to is None):
+        elif (
+            self.state == State.ESTABLISHED
+            and self.policy.dpd_interval > 0
+            and self.rekeyed_to is None
+        ):
             deadlines.append(self.last_heard() + self.policy.dpd_interval)
         if self.state == State.ESTABLISHED:
             if self.rekeyed_to is not None:
@@ -522,13 +569,18 @@ class IkeSa:
         r = self._request
         if r is not None and now >= self._retransmit_at(r):
             if r.tries >= self.policy.retransmit_tries:
-                self._close(f"peer not responding ({ExchangeType.name_of(r.exchange)} "
-                            f"req {r.message_id} sent {r.tries} times)", now)
+                self._close(
+                    f"peer not responding ({ExchangeType.name_of(r.exchange)} "
+                    f"req {r.message_id} sent {r.tries} times)",
+                    now,
+                )
                 return
             r.tries += 1
             r.sent_at = now
-            self._transmit(r.data, f"{ExchangeType.name_of(r.exchange)} req {r.message_id} "
-                                   f"(retransmit {r.tries - 1})")
+            self._transmit(
+                r.data,
+                f"{ExchangeType.name_of(r.exchange)} req {r.message_id} (retransmit {r.tries - 1})",
+            )
         if self.state != State.ESTABLISHED:
             return
         if self.rekeyed_to is not None:
@@ -537,12 +589,16 @@ class IkeSa:
                 self._close("replaced by a rekey; the peer sent no DELETE", now, error=False)
             return
         self._check_lifetimes(now)
-        if (self._request is None and self.policy.dpd_interval > 0
-                and now >= self.last_heard() + self.policy.dpd_interval):
+        if (
+            self._request is None
+            and self.policy.dpd_interval > 0
+            and now >= self.last_heard() + self.policy.dpd_interval
+        ):
             # Liveness (2.4): an empty INFORMATIONAL; no answer after the
             # retransmissions means the peer is gone.
-            log.debug("%s: nothing received for %.0f s, probing", self.label,
-                      now - self.last_heard())
+            log.debug(
+                "%s: nothing received for %.0f s, probing", self.label, now - self.last_heard()
+            )
             self._queue_request("liveness", now)
 
     def _check_lifetimes(self, now: float) -> None:
@@ -568,8 +624,9 @@ class IkeSa:
         if r is not None:
             r.tries = 1
             r.sent_at = now
-            self._transmit(r.data, f"{ExchangeType.name_of(r.exchange)} req {r.message_id} "
-                                   f"(network changed)")
+            self._transmit(
+                r.data, f"{ExchangeType.name_of(r.exchange)} req {r.message_id} (network changed)"
+            )
         elif self.state == State.ESTABLISHED:
             self._queue_request("liveness", now)
 
@@ -596,8 +653,9 @@ class IkeSa:
         """Replace a Child SA by a fresh one (CREATE_CHILD_SA with REKEY_SA, 1.3.3)."""
         child = self.children.get(spi_in)
         if child is not None and child.state == ChildState.ACTIVE:
-            log.info("%s: rekeying Child SA 0x%08x (%.0f s old)", self.label, spi_in,
-                     now - child.created)
+            log.info(
+                "%s: rekeying Child SA 0x%08x (%.0f s old)", self.label, spi_in, now - child.created
+            )
             child.state = ChildState.REKEYING
             self._queue_request("rekey_child", now, spi_in=spi_in)
 
@@ -607,10 +665,14 @@ class IkeSa:
 
     def rekey(self, now: float) -> None:
         """Replace this IKE SA by a fresh one; its children move along (1.3.2, 2.18)."""
-        if self.state == State.ESTABLISHED and self.rekeyed_to is None \
-                and not self._ike_rekey_pending:
-            log.info("%s: rekeying IKE SA (%.0f s old)", self.label,
-                     now - (self.established_at or now))
+        if (
+            self.state == State.ESTABLISHED
+            and self.rekeyed_to is None
+            and not self._ike_rekey_pending
+        ):
+            log.info(
+                "%s: rekeying IKE SA (%.0f s old)", self.label, now - (self.established_at or now)
+            )
             self._ike_rekey_pending = True
             self._queue_request("rekey_ike", now)
 
@@ -655,8 +717,18 @@ class IkeSa:
 
     # ------------------------------------------------------------------ responder: IKE_SA_INIT
 
-    def _answer_init(self, msg: Message, data: bytes, ni: bytes, ke: KePayload,
-                     chosen: Proposal, suite: Suite, src: Addr, dst: Addr, now: float) -> None:
+    def _answer_init(
+        self,
+        msg: Message,
+        data: bytes,
+        ni: bytes,
+        ke: KePayload,
+        chosen: Proposal,
+        suite: Suite,
+        src: Addr,
+        dst: Addr,
+        now: float,
+    ) -> None:
         """Responder: build the IKE_SA_INIT response and derive the keys."""
         self._ni = ni
         self._nr = self.endpoint.rng(NONCE_LEN)
@@ -673,8 +745,9 @@ class IkeSa:
         ]
         if self.policy.rfc7427:
             payloads.append(_sig_hash_notify())
-        reply = Message(self.spi_i, self.spi_r, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0,
-                        payloads)
+        reply = Message(
+            self.spi_i, self.spi_r, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, payloads
+        )
         self._init_response = wire.build_message(reply)
         self._peer_next_id = 1
         self._derive_keys(suite, shared)
@@ -714,16 +787,23 @@ class IkeSa:
         if self.policy.force_encap:
             src = self.endpoint.rng(len(src))
         dst = crypto.nat_detection_hash(self.spi_i, spi_r, self.peer[0], self.peer[1])
-        return [NotifyPayload(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_SOURCE_IP, src),
-                NotifyPayload(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_DESTINATION_IP, dst)]
+        return [
+            NotifyPayload(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_SOURCE_IP, src),
+            NotifyPayload(ProtocolId.NONE, b"", NotifyType.NAT_DETECTION_DESTINATION_IP, dst),
+        ]
 
-    def _check_nat(self, msg: Message, src: Addr, dst: Addr, *, spi_r: bytes | None = None
-                   ) -> None:
+    def _check_nat(self, msg: Message, src: Addr, dst: Addr, *, spi_r: bytes | None = None) -> None:
         """Compare the peer's NAT_DETECTION hashes with the addresses we saw."""
-        src_hashes = [n.data for n in msg.find_all(NotifyPayload)
-                      if n.type == NotifyType.NAT_DETECTION_SOURCE_IP]
-        dst_hashes = [n.data for n in msg.find_all(NotifyPayload)
-                      if n.type == NotifyType.NAT_DETECTION_DESTINATION_IP]
+        src_hashes = [
+            n.data
+            for n in msg.find_all(NotifyPayload)
+            if n.type == NotifyType.NAT_DETECTION_SOURCE_IP
+        ]
+        dst_hashes = [
+            n.data
+            for n in msg.find_all(NotifyPayload)
+            if n.type == NotifyType.NAT_DETECTION_DESTINATION_IP
+        ]
         if not src_hashes and not dst_hashes:
             self.nat_detected = self.policy.force_encap
             return
@@ -733,12 +813,19 @@ class IkeSa:
         our_nat = crypto.nat_detection_hash(self.spi_i, spi_r, dst[0], dst[1]) not in dst_hashes
         self.nat_detected = peer_nat or our_nat or self.policy.force_encap
         if peer_nat or our_nat:
-            log.info("%s: NAT detected (%s)", self.label,
-                     " and ".join(x for x, y in (("peer behind NAT", peer_nat),
-                                                 ("we are behind NAT", our_nat)) if y))
+            log.info(
+                "%s: NAT detected (%s)",
+                self.label,
+                " and ".join(
+                    x
+                    for x, y in (("peer behind NAT", peer_nat), ("we are behind NAT", our_nat))
+                    if y
+                ),
+            )
 
-    def _on_init_response(self, msg: Message, data: bytes, src: Addr, dst: Addr,
-                          now: float) -> None:
+    def _on_init_response(
+        self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float
+    ) -> None:
         cookie = msg.notify(NotifyType.COOKIE)
         if cookie is not None:
             # 2.6: repeat the request with the cookie first, all else unchanged.
@@ -752,14 +839,16 @@ class IkeSa:
         invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
             group = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
-            if (group not in proposals.dh_groups(self.policy.ike_proposals)
-                    or (self._dh and group == self._dh.group)
-                    or group not in crypto.SUPPORTED_GROUPS):
-                self._close(f"responder wants DH group {DhId.name_of(group)}, "
-                            f"which we do not offer", now)
+            if (
+                group not in proposals.dh_groups(self.policy.ike_proposals)
+                or (self._dh and group == self._dh.group)
+                or group not in crypto.SUPPORTED_GROUPS
+            ):
+                self._close(
+                    f"responder wants DH group {DhId.name_of(group)}, which we do not offer", now
+                )
                 return
-            log.info("%s: responder wants DH group %s, retrying", self.label,
-                     DhId.name_of(group))
+            log.info("%s: responder wants DH group %s, retrying", self.label, DhId.name_of(group))
             self._dh = crypto.dh_generate(DhId(group))
             self._send_init_request(now)
             return
@@ -807,8 +896,17 @@ class IkeSa:
         """SKEYSEED and SK_* (RFC 7296 2.14) and the SK payload ciphers."""
         assert suite.prf is not None
         self.suite = suite
-        self.keys = crypto.derive_ike_keys(suite.prf, suite.encr, suite.key_bits, suite.integ,
-                                           self._ni, self._nr, shared, self.spi_i, self.spi_r)
+        self.keys = crypto.derive_ike_keys(
+            suite.prf,
+            suite.encr,
+            suite.key_bits,
+            suite.integ,
+            self._ni,
+            self._nr,
+            shared,
+            self.spi_i,
+            self.spi_r,
+        )
         self._make_ciphers()
         self._emit(IkeKeysDerived(self, self.keys))
 
@@ -848,15 +946,18 @@ class IkeSa:
         natural = crypto.auth_method_for_key(p.local_key)
         if p.rfc7427 and self._peer_hashes:
             # RFC 7427: the hash that matches the curve, if the peer takes it.
-            preferred = {AuthMethod.ECDSA_SHA256_P256: HashAlgorithm.SHA2_256,
-                         AuthMethod.ECDSA_SHA384_P384: HashAlgorithm.SHA2_384,
-                         AuthMethod.ECDSA_SHA512_P521: HashAlgorithm.SHA2_512}.get(natural)
+            preferred = {
+                AuthMethod.ECDSA_SHA256_P256: HashAlgorithm.SHA2_256,
+                AuthMethod.ECDSA_SHA384_P384: HashAlgorithm.SHA2_384,
+                AuthMethod.ECDSA_SHA512_P521: HashAlgorithm.SHA2_512,
+            }.get(natural)
             usable = [h for h in OUR_SIG_HASHES if h in self._peer_hashes]
             if usable:
                 h = preferred if preferred in usable else usable[0]
-                return AuthPayload(AuthMethod.DIGITAL_SIGNATURE,
-                                   crypto.sign_auth(AuthMethod.DIGITAL_SIGNATURE, p.local_key,
-                                                    octets, h))
+                return AuthPayload(
+                    AuthMethod.DIGITAL_SIGNATURE,
+                    crypto.sign_auth(AuthMethod.DIGITAL_SIGNATURE, p.local_key, octets, h),
+                )
         return AuthPayload(natural, crypto.sign_auth(natural, p.local_key, octets))
 
     def _verify_peer(self, id_payload: IdPayload | None, auth: AuthPayload | None) -> None:
@@ -868,41 +969,52 @@ class IkeSa:
         self._peer_id_body = id_payload.body()
         p = self.policy
         if p.peer_id is not None and self.peer_id != p.peer_id:
-            raise ProtocolError(f"peer ID {id_text(*self.peer_id)} is not the expected "
-                                f"{id_text(*p.peer_id)}", fail)
+            raise ProtocolError(
+                f"peer ID {id_text(*self.peer_id)} is not the expected {id_text(*p.peer_id)}", fail
+            )
         octets = self._auth_octets(ours=False)
         assert self.suite is not None and self.suite.prf is not None
         self.peer_auth_method = auth.method
         if auth.method == AuthMethod.PSK:
             if p.psk is None:
-                raise ProtocolError("peer used a shared key but the policy wants signatures",
-                                    fail)
+                raise ProtocolError("peer used a shared key but the policy wants signatures", fail)
             if not hmac.compare_digest(auth.data, crypto.psk_auth(self.suite.prf, p.psk, octets)):
                 raise ProtocolError("shared key AUTH does not match", fail)
             return
         if p.psk is not None:
-            raise ProtocolError(f"peer used {AuthMethod.name_of(auth.method)} but the policy "
-                                f"wants a shared key", fail)
+            raise ProtocolError(
+                f"peer used {AuthMethod.name_of(auth.method)} but the policy wants a shared key",
+                fail,
+            )
         key = p.peer_key(*self.peer_id)
         if key is None:
             raise ProtocolError(f"no public key for {id_text(*self.peer_id)}", fail)
         try:
             crypto.verify_auth(AuthMethod.lookup(auth.method), key, octets, auth.data)
         except crypto.AuthenticationError as e:
-            raise ProtocolError(f"{AuthMethod.name_of(auth.method)} signature of "
-                                f"{id_text(*self.peer_id)} does not verify: {e}", fail) from e
+            raise ProtocolError(
+                f"{AuthMethod.name_of(auth.method)} signature of "
+                f"{id_text(*self.peer_id)} does not verify: {e}",
+                fail,
+            ) from e
 
     # ------------------------------------------------------------------ Child SA negotiation
 
     def _child_offer(self) -> tuple[int, list[Proposal]]:
         spi_in = self.endpoint.new_child_spi()
-        props = proposals.with_spi(proposals.without_dh(self.policy.child_proposals),
-                                   spi_in.to_bytes(4, "big"))
+        props = proposals.with_spi(
+            proposals.without_dh(self.policy.child_proposals), spi_in.to_bytes(4, "big")
+        )
         return spi_in, props
 
-    def _child_answer(self, sa: SaPayload | None, tsi: TsPayload | None,
-                      tsr: TsPayload | None, *, we_initiated: bool
-                      ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector]]:
+    def _child_answer(
+        self,
+        sa: SaPayload | None,
+        tsi: TsPayload | None,
+        tsr: TsPayload | None,
+        *,
+        we_initiated: bool,
+    ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector]]:
         """Responder side: pick a proposal and narrow the selectors (2.9), or refuse."""
         if sa is None or tsi is None or tsr is None:
             raise ProtocolError("Child SA request lacks SA, TSi or TSr", NotifyType.INVALID_SYNTAX)
@@ -915,14 +1027,20 @@ class IkeSa:
         if not remote or not local:
             raise ProtocolError(
                 "traffic selectors outside policy: offered "
-                + ", ".join(map(ts.describe, tsi.selectors)) + " -> "
+                + ", ".join(map(ts.describe, tsi.selectors))
+                + " -> "
                 + ", ".join(map(ts.describe, tsr.selectors)),
-                NotifyType.TS_UNACCEPTABLE)
+                NotifyType.TS_UNACCEPTABLE,
+            )
         return chosen, local, remote
 
-    def _child_accept(self, sa: SaPayload | None, tsi: TsPayload | None,
-                      tsr: TsPayload | None, offered: list[Proposal]
-                      ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector], bool]:
+    def _child_accept(
+        self,
+        sa: SaPayload | None,
+        tsi: TsPayload | None,
+        tsr: TsPayload | None,
+        offered: list[Proposal],
+    ) -> tuple[Proposal, list[TrafficSelector], list[TrafficSelector], bool]:
         """Initiator side: check the answer and intersect its selectors with ours;
         also says whether the answer was wider than the intersection.
 
@@ -932,47 +1050,77 @@ class IkeSa:
         if sa is None or tsi is None or tsr is None or len(sa.proposals) != 1:
             raise ProtocolError("Child SA answer lacks SA, TSi or TSr", NotifyType.INVALID_SYNTAX)
         chosen = sa.proposals[0]
-        if len(chosen.spi) != 4 or not proposals.is_acceptable_answer(chosen, offered,
-                                                                       ignore_dh=True):
-            raise ProtocolError("peer chose a Child SA proposal we did not offer",
-                                NotifyType.NO_PROPOSAL_CHOSEN)
+        if len(chosen.spi) != 4 or not proposals.is_acceptable_answer(
+            chosen, offered, ignore_dh=True
+        ):
+            raise ProtocolError(
+                "peer chose a Child SA proposal we did not offer", NotifyType.NO_PROPOSAL_CHOSEN
+            )
         local = ts.narrow(tsi.selectors, self.policy.ts_local)
         remote = ts.narrow(tsr.selectors, self.policy.ts_remote)
         if not local or not remote:
-            raise ProtocolError("peer's traffic selectors do not overlap ours",
-                                NotifyType.TS_UNACCEPTABLE)
+            raise ProtocolError(
+                "peer's traffic selectors do not overlap ours", NotifyType.TS_UNACCEPTABLE
+            )
         wider = local != tsi.selectors or remote != tsr.selectors
         return chosen, local, remote, wider
 
-    def _new_child(self, chosen: Proposal, spi_in: int, local: list[TrafficSelector],
-                   remote: list[TrafficSelector], ni: bytes, nr: bytes, *,
-                   we_initiated: bool, now: float, shared: bytes | None = None) -> ChildSa:
+    def _new_child(
+        self,
+        chosen: Proposal,
+        spi_in: int,
+        local: list[TrafficSelector],
+        remote: list[TrafficSelector],
+        ni: bytes,
+        nr: bytes,
+        *,
+        we_initiated: bool,
+        now: float,
+        shared: bytes | None = None,
+    ) -> ChildSa:
         """KEYMAT (2.17): initiator->responder keys first, of the exchange's initiator."""
         assert self.keys is not None and self.suite is not None and self.suite.prf is not None
         suite = proposals.suite_of(chosen)
-        k = crypto.derive_child_keys(self.suite.prf, self.keys.sk_d, ni, nr, suite.encr,
-                                     suite.key_bits, suite.integ, shared)
+        k = crypto.derive_child_keys(
+            self.suite.prf, self.keys.sk_d, ni, nr, suite.encr, suite.key_bits, suite.integ, shared
+        )
         i_to_r, r_to_i = (k.ei, k.ai), (k.er, k.ar)
         key_out, key_in = (i_to_r, r_to_i) if we_initiated else (r_to_i, i_to_r)
         child = ChildSa(
-            policy=self.policy.name, spi_in=spi_in, spi_out=int.from_bytes(chosen.spi, "big"),
-            suite=suite, key_in=key_in, key_out=key_out, ts_local=local, ts_remote=remote,
-            lifetime=self.policy.child_lifetime, lifetime_bytes=self.policy.child_lifetime_bytes,
-            encap=self.nat_detected, local=self.local, remote=self.peer, created=now,
+            policy=self.policy.name,
+            spi_in=spi_in,
+            spi_out=int.from_bytes(chosen.spi, "big"),
+            suite=suite,
+            key_in=key_in,
+            key_out=key_out,
+            ts_local=local,
+            ts_remote=remote,
+            lifetime=self.policy.child_lifetime,
+            lifetime_bytes=self.policy.child_lifetime_bytes,
+            encap=self.nat_detected,
+            local=self.local,
+            remote=self.peer,
+            created=now,
             rekey_at=self._soft_deadline(now, self.policy.child_lifetime),
-            expire_at=now + self.policy.child_lifetime if self.policy.child_lifetime > 0
-            else float("inf"))
+            expire_at=now + self.policy.child_lifetime
+            if self.policy.child_lifetime > 0
+            else float("inf"),
+        )
         self.children[spi_in] = child
         return child
 
     def _note_wider(self, child: ChildSa, wider: bool) -> None:
         if wider:
             child.peer_ts_wider = True
-            log.info("%s: the peer answered wider selectors than we proposed (its whole "
-                     "policy?); the Child SA keeps ours", self.label)
+            log.info(
+                "%s: the peer answered wider selectors than we proposed (its whole "
+                "policy?); the Child SA keeps ours",
+                self.label,
+            )
 
-    def _child_ts_payloads(self, local: list[TrafficSelector], remote: list[TrafficSelector],
-                           *, we_initiate: bool) -> list[wire.Payload]:
+    def _child_ts_payloads(
+        self, local: list[TrafficSelector], remote: list[TrafficSelector], *, we_initiate: bool
+    ) -> list[wire.Payload]:
         tsi, tsr = (local, remote) if we_initiate else (remote, local)
         return [TsPayload(PayloadType.TSi, tsi), TsPayload(PayloadType.TSr, tsr)]
 
@@ -986,18 +1134,22 @@ class IkeSa:
         if self.policy.peer_id is not None:
             payloads.append(IdPayload(PayloadType.IDr, *self.policy.peer_id))
         payloads.append(self._make_auth())
-        payloads += [SaPayload(offer),
-                     *self._child_ts_payloads(self.policy.ts_local, self.policy.ts_remote,
-                                              we_initiate=True)]
+        payloads += [
+            SaPayload(offer),
+            *self._child_ts_payloads(self.policy.ts_local, self.policy.ts_remote, we_initiate=True),
+        ]
         self.state = State.AUTH_SENT
-        self._send_request(ExchangeType.IKE_AUTH, payloads, "auth", now,
-                           {"spi_in": spi_in, "offer": offer})
+        self._send_request(
+            ExchangeType.IKE_AUTH, payloads, "auth", now, {"spi_in": spi_in, "offer": offer}
+        )
 
-    def _on_auth_request(self, msg: Message, payloads: list[wire.Payload], now: float
-                         ) -> list[wire.Payload]:
+    def _on_auth_request(
+        self, msg: Message, payloads: list[wire.Payload], now: float
+    ) -> list[wire.Payload]:
         """Responder: verify the initiator, then answer with our AUTH and the Child SA."""
-        idi = next((p for p in payloads if isinstance(p, IdPayload)
-                    and p.kind == PayloadType.IDi), None)
+        idi = next(
+            (p for p in payloads if isinstance(p, IdPayload) and p.kind == PayloadType.IDi), None
+        )
         if idi is not None:
             # Choose the policy again, now that the peer's identity is known (iked does).
             better = self.endpoint.policy_for(self.peer, self.local, (idi.id_type, idi.data))
@@ -1012,14 +1164,17 @@ class IkeSa:
             return [NotifyPayload(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)]
         reply: list[wire.Payload] = [self._local_id_payload(), self._make_auth()]
         self._established(now)
-        if any(isinstance(p, NotifyPayload) and p.type == NotifyType.INITIAL_CONTACT
-               for p in payloads):
+        if any(
+            isinstance(p, NotifyPayload) and p.type == NotifyType.INITIAL_CONTACT for p in payloads
+        ):
             assert self.peer_id is not None
             self._emit(InitialContact(self, self.peer_id))
-        tsi = next((p for p in payloads if isinstance(p, TsPayload)
-                    and p.kind == PayloadType.TSi), None)
-        tsr = next((p for p in payloads if isinstance(p, TsPayload)
-                    and p.kind == PayloadType.TSr), None)
+        tsi = next(
+            (p for p in payloads if isinstance(p, TsPayload) and p.kind == PayloadType.TSi), None
+        )
+        tsr = next(
+            (p for p in payloads if isinstance(p, TsPayload) and p.kind == PayloadType.TSr), None
+        )
         sa = _find(payloads, SaPayload)
         if sa is None:  # childless IKE SA (RFC 6023): nothing more to do
             return reply
@@ -1027,18 +1182,24 @@ class IkeSa:
             chosen, local, remote = self._child_answer(sa, tsi, tsr, we_initiated=False)
         except ProtocolError as e:
             # 1.2: the IKE SA stands even if the Child SA is refused.
-            log.warning("%s: Child SA refused (%s): %s", self.label,
-                        NotifyType.name_of(e.notify), e.detail)
+            log.warning(
+                "%s: Child SA refused (%s): %s", self.label, NotifyType.name_of(e.notify), e.detail
+            )
             return [*reply, NotifyPayload(ProtocolId.NONE, b"", e.notify, e.data)]
         spi_in = self.endpoint.new_child_spi()
-        answer = Proposal(chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"),
-                          chosen.transforms)
-        child = self._new_child(chosen, spi_in, local, remote, self._ni, self._nr,
-                                we_initiated=False, now=now)
+        answer = Proposal(
+            chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"), chosen.transforms
+        )
+        child = self._new_child(
+            chosen, spi_in, local, remote, self._ni, self._nr, we_initiated=False, now=now
+        )
         log.info("%s: created Child SA %s", self.label, child.describe())
         self._emit(ChildSaCreated(self, child))
-        return [*reply, SaPayload([answer]),
-                *self._child_ts_payloads(local, remote, we_initiate=False)]
+        return [
+            *reply,
+            SaPayload([answer]),
+            *self._child_ts_payloads(local, remote, we_initiate=False),
+        ]
 
     def _on_auth_response(self, msg: Message, payloads: list[wire.Payload], now: float) -> None:
         errors = [p for p in payloads if isinstance(p, NotifyPayload) and p.type < 16384]
@@ -1047,8 +1208,9 @@ class IkeSa:
             what = ", ".join(NotifyType.name_of(n.type) for n in errors) or "no AUTH payload"
             self._close(f"IKE_AUTH refused by peer: {what}", now)
             return
-        idr = next((p for p in payloads if isinstance(p, IdPayload)
-                    and p.kind == PayloadType.IDr), None)
+        idr = next(
+            (p for p in payloads if isinstance(p, IdPayload) and p.kind == PayloadType.IDr), None
+        )
         try:
             self._verify_peer(idr, auth)
         except ProtocolError as e:
@@ -1062,34 +1224,48 @@ class IkeSa:
             self._send_request(
                 ExchangeType.INFORMATIONAL,
                 [NotifyPayload(ProtocolId.NONE, b"", NotifyType.AUTHENTICATION_FAILED)],
-                "auth_failed", now)
+                "auth_failed",
+                now,
+            )
             return
         assert self._request is not None
         ctx = self._request.context
         self._established(now)
         if errors:
-            log.warning("%s: Child SA refused by peer: %s", self.label,
-                        ", ".join(NotifyType.name_of(n.type) for n in errors))
+            log.warning(
+                "%s: Child SA refused by peer: %s",
+                self.label,
+                ", ".join(NotifyType.name_of(n.type) for n in errors),
+            )
             return
         try:
             chosen, local, remote, wider = self._child_accept(
-                _find(payloads, SaPayload), _find_ts(payloads, PayloadType.TSi),
-                _find_ts(payloads, PayloadType.TSr), ctx["offer"])
+                _find(payloads, SaPayload),
+                _find_ts(payloads, PayloadType.TSi),
+                _find_ts(payloads, PayloadType.TSr),
+                ctx["offer"],
+            )
         except ProtocolError as e:
-            log.warning("%s: Child SA answer unusable (%s): %s; deleting it", self.label,
-                        NotifyType.name_of(e.notify), e.detail)
+            log.warning(
+                "%s: Child SA answer unusable (%s): %s; deleting it",
+                self.label,
+                NotifyType.name_of(e.notify),
+                e.detail,
+            )
             self._queue.append(("delete_child", {"spi_in": ctx["spi_in"]}))
             return
-        child = self._new_child(chosen, ctx["spi_in"], local, remote, self._ni, self._nr,
-                                we_initiated=True, now=now)
+        child = self._new_child(
+            chosen, ctx["spi_in"], local, remote, self._ni, self._nr, we_initiated=True, now=now
+        )
         self._note_wider(child, wider)
         log.info("%s: created Child SA %s", self.label, child.describe())
         self._emit(ChildSaCreated(self, child))
 
     # ------------------------------------------------------------------ INFORMATIONAL
 
-    def _on_informational_request(self, msg: Message, payloads: list[wire.Payload],
-                                  now: float) -> list[wire.Payload]:
+    def _on_informational_request(
+        self, msg: Message, payloads: list[wire.Payload], now: float
+    ) -> list[wire.Payload]:
         """DELETE (1.4.1), liveness (2.4: empty request, empty answer), status notifies."""
         reply: list[wire.Payload] = []
         for p in payloads:
@@ -1117,8 +1293,9 @@ class IkeSa:
     def _child_by_out_spi(self, spi: int) -> ChildSa | None:
         return next((c for c in self.children.values() if c.spi_out == spi), None)
 
-    def _on_informational_response(self, msg: Message, payloads: list[wire.Payload],
-                                   now: float) -> None:
+    def _on_informational_response(
+        self, msg: Message, payloads: list[wire.Payload], now: float
+    ) -> None:
         assert self._request is not None
         if self._request.purpose == "delete_ike":
             self._close(self.close_reason or "deleted", now, error=False)
@@ -1131,8 +1308,9 @@ class IkeSa:
 
     # ------------------------------------------------------------------ CREATE_CHILD_SA
 
-    def _on_create_child_request(self, msg: Message, payloads: list[wire.Payload],
-                                 now: float) -> list[wire.Payload]:
+    def _on_create_child_request(
+        self, msg: Message, payloads: list[wire.Payload], now: float
+    ) -> list[wire.Payload]:
         """The peer rekeys a Child SA (1.3.3), asks for a new one (1.3.1), or
         rekeys this IKE SA (1.3.2)."""
         sa = _find(payloads, SaPayload)
@@ -1144,22 +1322,29 @@ class IkeSa:
             raise ProtocolError("this IKE SA was rekeyed", NotifyType.TEMPORARY_FAILURE)
         if sa.proposals[0].protocol == ProtocolId.IKE:
             return self._answer_ike_rekey(sa, nonce, _find(payloads, KePayload), now)
-        rekey = next((p for p in payloads if isinstance(p, NotifyPayload)
-                      and p.type == NotifyType.REKEY_SA), None)
+        rekey = next(
+            (p for p in payloads if isinstance(p, NotifyPayload) and p.type == NotifyType.REKEY_SA),
+            None,
+        )
         old = None
         if rekey is not None:
             spi = int.from_bytes(rekey.spi, "big")
             old = self._child_by_out_spi(spi) or self.children.get(spi)
             if old is None:
-                raise ProtocolError("REKEY_SA for an unknown Child SA",
-                                    NotifyType.CHILD_SA_NOT_FOUND, b"")
+                raise ProtocolError(
+                    "REKEY_SA for an unknown Child SA", NotifyType.CHILD_SA_NOT_FOUND, b""
+                )
             if old.state == ChildState.DELETING:
                 # 2.25.1: a rekey colliding with our DELETE of the same SA.
-                raise ProtocolError(f"Child SA 0x{old.spi_in:08x} is being deleted",
-                                    NotifyType.TEMPORARY_FAILURE)
+                raise ProtocolError(
+                    f"Child SA 0x{old.spi_in:08x} is being deleted", NotifyType.TEMPORARY_FAILURE
+                )
         chosen, local, remote = self._child_answer(
-            sa, _find_ts(payloads, PayloadType.TSi), _find_ts(payloads, PayloadType.TSr),
-            we_initiated=False)
+            sa,
+            _find_ts(payloads, PayloadType.TSi),
+            _find_ts(payloads, PayloadType.TSr),
+            we_initiated=False,
+        )
         ke = _find(payloads, KePayload)
         shared = None
         reply_ke: list[wire.Payload] = []
@@ -1167,33 +1352,58 @@ class IkeSa:
             ours = proposals.dh_groups(self.policy.child_proposals)
             if ke.group not in crypto.SUPPORTED_GROUPS or (ours and ke.group not in ours):
                 wanted = (ours or proposals.dh_groups(self.policy.ike_proposals))[0]
-                raise ProtocolError(f"KE group {DhId.name_of(ke.group)} is not ours",
-                                    NotifyType.INVALID_KE_PAYLOAD, wanted.to_bytes(2, "big"))
+                raise ProtocolError(
+                    f"KE group {DhId.name_of(ke.group)} is not ours",
+                    NotifyType.INVALID_KE_PAYLOAD,
+                    wanted.to_bytes(2, "big"),
+                )
             dh = crypto.dh_generate(DhId(ke.group))
             try:
                 shared = dh.shared(ke.data)
             except crypto.InvalidKeyExchange as e:
                 raise ProtocolError(str(e), NotifyType.INVALID_SYNTAX) from e
             reply_ke = [KePayload(dh.group, dh.public_bytes)]
-            chosen = Proposal(chosen.number, chosen.protocol, chosen.spi,
-                              [*(t for t in chosen.transforms if t.type != TransformType.DH),
-                               wire.Transform(TransformType.DH, ke.group)])
+            chosen = Proposal(
+                chosen.number,
+                chosen.protocol,
+                chosen.spi,
+                [
+                    *(t for t in chosen.transforms if t.type != TransformType.DH),
+                    wire.Transform(TransformType.DH, ke.group),
+                ],
+            )
         nr = self.endpoint.rng(NONCE_LEN)
         spi_in = self.endpoint.new_child_spi()
-        answer = Proposal(chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"),
-                          chosen.transforms)
-        child = self._new_child(chosen, spi_in, local, remote, nonce.data, nr,
-                                we_initiated=False, now=now, shared=shared)
-        log.info("%s: %s Child SA %s", self.label, "rekeyed" if old else "created",
-                 child.describe())
+        answer = Proposal(
+            chosen.number, chosen.protocol, spi_in.to_bytes(4, "big"), chosen.transforms
+        )
+        child = self._new_child(
+            chosen,
+            spi_in,
+            local,
+            remote,
+            nonce.data,
+            nr,
+            we_initiated=False,
+            now=now,
+            shared=shared,
+        )
+        log.info(
+            "%s: %s Child SA %s", self.label, "rekeyed" if old else "created", child.describe()
+        )
         self._emit(ChildSaCreated(self, child, replaces=old))
         if old is not None:
             self._child_rekey_done(old, _Rekey(False, min(nonce.data, nr), child), now)
-        return [SaPayload([answer]), NoncePayload(nr), *reply_ke,
-                *self._child_ts_payloads(local, remote, we_initiate=False)]
+        return [
+            SaPayload([answer]),
+            NoncePayload(nr),
+            *reply_ke,
+            *self._child_ts_payloads(local, remote, we_initiate=False),
+        ]
 
-    def _refuse_while_deleting(self, msg: Message, payloads: list[wire.Payload],
-                               now: float) -> list[wire.Payload]:
+    def _refuse_while_deleting(
+        self, msg: Message, payloads: list[wire.Payload], now: float
+    ) -> list[wire.Payload]:
         """2.25: no new SAs on an IKE SA we are deleting."""
         raise ProtocolError("the IKE SA is being deleted", NotifyType.TEMPORARY_FAILURE)
 
@@ -1216,19 +1426,27 @@ class IkeSa:
         ni = self.endpoint.rng(NONCE_LEN)
         payloads: list[wire.Payload] = []
         if old is not None:  # the REKEY_SA SPI is the old SA's SPI as we receive it (1.3.3)
-            payloads.append(NotifyPayload(ProtocolId.ESP, old.spi_in.to_bytes(4, "big"),
-                                          NotifyType.REKEY_SA))
+            payloads.append(
+                NotifyPayload(ProtocolId.ESP, old.spi_in.to_bytes(4, "big"), NotifyType.REKEY_SA)
+            )
         payloads += [SaPayload(offer), NoncePayload(ni)]
         dh = None
         if group:  # PFS: the policy's child proposals name a group (iked's `childsa group`)
             dh = crypto.dh_generate(DhId(group))
             payloads.append(KePayload(dh.group, dh.public_bytes))
-        local, remote = ((old.ts_local, old.ts_remote) if old is not None
-                         else (self.policy.ts_local, self.policy.ts_remote))
+        local, remote = (
+            (old.ts_local, old.ts_remote)
+            if old is not None
+            else (self.policy.ts_local, self.policy.ts_remote)
+        )
         payloads += self._child_ts_payloads(local, remote, we_initiate=True)
-        self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, "rekey_child", now,
-                           {"old": context["spi_in"], "spi_in": spi_in, "offer": offer,
-                            "ni": ni, "dh": dh})
+        self._send_request(
+            ExchangeType.CREATE_CHILD_SA,
+            payloads,
+            "rekey_child",
+            now,
+            {"old": context["spi_in"], "spi_in": spi_in, "offer": offer, "ni": ni, "dh": dh},
+        )
 
     def _send_ike_rekey(self, context: dict, now: float) -> None:
         """CREATE_CHILD_SA: SA (IKE, our new SPI), Ni, KEi (1.3.2)."""
@@ -1241,13 +1459,17 @@ class IkeSa:
         dh = crypto.dh_generate(DhId(group))
         ni = self.endpoint.rng(NONCE_LEN)
         offer = proposals.with_spi(self.policy.ike_proposals, spi)
-        self._send_request(ExchangeType.CREATE_CHILD_SA,
-                           [SaPayload(offer), NoncePayload(ni), KePayload(dh.group,
-                                                                          dh.public_bytes)],
-                           "rekey_ike", now, {"spi": spi, "offer": offer, "ni": ni, "dh": dh})
+        self._send_request(
+            ExchangeType.CREATE_CHILD_SA,
+            [SaPayload(offer), NoncePayload(ni), KePayload(dh.group, dh.public_bytes)],
+            "rekey_ike",
+            now,
+            {"spi": spi, "offer": offer, "ni": ni, "dh": dh},
+        )
 
-    def _on_create_child_response(self, msg: Message, payloads: list[wire.Payload],
-                                  now: float) -> None:
+    def _on_create_child_response(
+        self, msg: Message, payloads: list[wire.Payload], now: float
+    ) -> None:
         assert self._request is not None
         ctx = self._request.context
         errors = [p for p in payloads if isinstance(p, NotifyPayload) and p.type < 16384]
@@ -1256,8 +1478,9 @@ class IkeSa:
         else:
             self._on_child_rekey_response(ctx, payloads, errors, now)
 
-    def _retry_group(self, errors: list[NotifyPayload], offered: list[int],
-                     tried: int | None) -> int | None:
+    def _retry_group(
+        self, errors: list[NotifyPayload], offered: list[int], tried: int | None
+    ) -> int | None:
         """INVALID_KE_PAYLOAD (1.3, 3.4): the group the peer wants, if we offer it."""
         for n in errors:
             if n.type == NotifyType.INVALID_KE_PAYLOAD and len(n.data) >= 2:
@@ -1272,17 +1495,22 @@ class IkeSa:
         u = int.from_bytes(self.endpoint.rng(2), "big") / 65536
         return now + (1.0 + 2.0 * u if temporary else 30.0)
 
-    def _on_child_rekey_response(self, ctx: dict, payloads: list[wire.Payload],
-                                 errors: list[NotifyPayload], now: float) -> None:
+    def _on_child_rekey_response(
+        self, ctx: dict, payloads: list[wire.Payload], errors: list[NotifyPayload], now: float
+    ) -> None:
         old = self.children.get(ctx["old"]) if ctx["old"] is not None else None
         dh: crypto.DhPrivate | None = ctx["dh"]
         if errors:
             names = ", ".join(NotifyType.name_of(n.type) for n in errors)
-            group = self._retry_group(errors, proposals.dh_groups(self.policy.child_proposals),
-                                      dh.group if dh else None)
+            group = self._retry_group(
+                errors, proposals.dh_groups(self.policy.child_proposals), dh.group if dh else None
+            )
             if group is not None and (old is None or old.state == ChildState.REKEYING):
-                log.info("%s: peer wants DH group %s for the Child SA, retrying", self.label,
-                         DhId.name_of(group))
+                log.info(
+                    "%s: peer wants DH group %s for the Child SA, retrying",
+                    self.label,
+                    DhId.name_of(group),
+                )
                 self._queue.appendleft(("rekey_child", {"spi_in": ctx["old"], "group": group}))
             elif any(n.type == NotifyType.CHILD_SA_NOT_FOUND for n in errors):
                 if old is not None:
@@ -1291,39 +1519,63 @@ class IkeSa:
             elif old is not None and old.state == ChildState.REKEYING:
                 old.state = ChildState.ACTIVE
                 old.rekey_at = self._retry_later(errors, now)
-                log.warning("%s: peer refused the Child SA rekey (%s); next try in %.0f s",
-                            self.label, names, old.rekey_at - now)
+                log.warning(
+                    "%s: peer refused the Child SA rekey (%s); next try in %.0f s",
+                    self.label,
+                    names,
+                    old.rekey_at - now,
+                )
             return
         nonce = _find(payloads, NoncePayload)
         try:
             if nonce is None:
                 raise ProtocolError("rekey answer without Nonce", NotifyType.INVALID_SYNTAX)
             chosen, local, remote, wider = self._child_accept(
-                _find(payloads, SaPayload), _find_ts(payloads, PayloadType.TSi),
-                _find_ts(payloads, PayloadType.TSr), ctx["offer"])
+                _find(payloads, SaPayload),
+                _find_ts(payloads, PayloadType.TSi),
+                _find_ts(payloads, PayloadType.TSr),
+                ctx["offer"],
+            )
             shared = self._child_shared_secret(chosen, dh, _find(payloads, KePayload))
         except ProtocolError as e:
-            log.warning("%s: Child SA rekey answer unusable (%s): %s; deleting it", self.label,
-                        NotifyType.name_of(e.notify), e.detail)
+            log.warning(
+                "%s: Child SA rekey answer unusable (%s): %s; deleting it",
+                self.label,
+                NotifyType.name_of(e.notify),
+                e.detail,
+            )
             self._queue.append(("delete_child", {"spi_in": ctx["spi_in"]}))
             if old is not None and old.state == ChildState.REKEYING:
                 old.state = ChildState.ACTIVE
                 old.rekey_at = now + 30.0
             return
-        child = self._new_child(chosen, ctx["spi_in"], local, remote, ctx["ni"], nonce.data,
-                                we_initiated=True, now=now, shared=shared)
+        child = self._new_child(
+            chosen,
+            ctx["spi_in"],
+            local,
+            remote,
+            ctx["ni"],
+            nonce.data,
+            we_initiated=True,
+            now=now,
+            shared=shared,
+        )
         self._note_wider(child, wider)
-        log.info("%s: %s Child SA %s", self.label, "rekeyed" if old else "created",
-                 child.describe())
+        log.info(
+            "%s: %s Child SA %s", self.label, "rekeyed" if old else "created", child.describe()
+        )
         self._emit(ChildSaCreated(self, child, replaces=old))
         if old is not None:
             self._child_rekey_done(old, _Rekey(True, min(ctx["ni"], nonce.data), child), now)
 
-    def _child_shared_secret(self, chosen: Proposal, dh: crypto.DhPrivate | None,
-                             ke: KePayload | None) -> bytes | None:
+    def _child_shared_secret(
+        self, chosen: Proposal, dh: crypto.DhPrivate | None, ke: KePayload | None
+    ) -> bytes | None:
         """g^ir of a PFS rekey; the answer's DH transform says whether PFS was chosen."""
-        group = next((t.id for t in chosen.transforms if t.type == TransformType.DH
-                      and t.id != DhId.NONE), None)
+        group = next(
+            (t.id for t in chosen.transforms if t.type == TransformType.DH and t.id != DhId.NONE),
+            None,
+        )
         if group is None:
             return None
         if dh is None or ke is None or ke.group != group or dh.group != group:
@@ -1351,8 +1603,12 @@ class IkeSa:
             return
         loser = min(records, key=lambda r: r.nonce)
         assert isinstance(loser.new, ChildSa)
-        log.info("%s: simultaneous rekey of Child SA 0x%08x; 0x%08x is redundant", self.label,
-                 old.spi_in, loser.new.spi_in)
+        log.info(
+            "%s: simultaneous rekey of Child SA 0x%08x; 0x%08x is redundant",
+            self.label,
+            old.spi_in,
+            loser.new.spi_in,
+        )
         if loser.ours:
             old.state = ChildState.REKEYED  # the peer's exchange won: it deletes the old SA
             loser.new.state = ChildState.DELETING
@@ -1366,20 +1622,26 @@ class IkeSa:
 
     # ------------------------------------------------------------------ IKE SA rekey
 
-    def _answer_ike_rekey(self, sa: SaPayload, nonce: NoncePayload, ke: KePayload | None,
-                          now: float) -> list[wire.Payload]:
+    def _answer_ike_rekey(
+        self, sa: SaPayload, nonce: NoncePayload, ke: KePayload | None, now: float
+    ) -> list[wire.Payload]:
         """Responder of an IKE SA rekey (1.3.2): new SPIs, keys from SK_d (2.18)."""
         chosen = proposals.select(sa.proposals, self.policy.ike_proposals)
         if chosen is None:
-            raise ProtocolError("no acceptable IKE SA proposal for the rekey",
-                                NotifyType.NO_PROPOSAL_CHOSEN)
+            raise ProtocolError(
+                "no acceptable IKE SA proposal for the rekey", NotifyType.NO_PROPOSAL_CHOSEN
+            )
         if len(chosen.spi) != 8:
-            raise ProtocolError("IKE SA rekey proposal without an 8-byte SPI",
-                                NotifyType.INVALID_SYNTAX)
+            raise ProtocolError(
+                "IKE SA rekey proposal without an 8-byte SPI", NotifyType.INVALID_SYNTAX
+            )
         suite = proposals.suite_of(chosen)
         if ke is None or ke.group != suite.dh:
-            raise ProtocolError("IKE SA rekey with a KE of another group",
-                                NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"))
+            raise ProtocolError(
+                "IKE SA rekey with a KE of another group",
+                NotifyType.INVALID_KE_PAYLOAD,
+                int(suite.dh).to_bytes(2, "big"),
+            )
         dh = crypto.dh_generate(DhId(suite.dh))
         try:
             shared = dh.shared(ke.data)
@@ -1389,33 +1651,49 @@ class IkeSa:
         spi_r = self.endpoint._new_ike_spi()
         new = self._spawn_rekeyed(False, chosen.spi, spi_r, suite, nonce.data, nr, shared, now)
         self._ike_rekey_done(_Rekey(False, min(nonce.data, nr), new), now)
-        return [SaPayload([Proposal(chosen.number, ProtocolId.IKE, spi_r, chosen.transforms)]),
-                NoncePayload(nr), KePayload(dh.group, dh.public_bytes)]
+        return [
+            SaPayload([Proposal(chosen.number, ProtocolId.IKE, spi_r, chosen.transforms)]),
+            NoncePayload(nr),
+            KePayload(dh.group, dh.public_bytes),
+        ]
 
-    def _on_ike_rekey_response(self, ctx: dict, payloads: list[wire.Payload],
-                               errors: list[NotifyPayload], now: float) -> None:
+    def _on_ike_rekey_response(
+        self, ctx: dict, payloads: list[wire.Payload], errors: list[NotifyPayload], now: float
+    ) -> None:
         dh: crypto.DhPrivate = ctx["dh"]
         self._ike_rekey_pending = False
         if errors:
-            group = self._retry_group(errors, proposals.dh_groups(self.policy.ike_proposals),
-                                      dh.group)
+            group = self._retry_group(
+                errors, proposals.dh_groups(self.policy.ike_proposals), dh.group
+            )
             if group is not None:
-                log.info("%s: peer wants DH group %s for the IKE SA rekey, retrying",
-                         self.label, DhId.name_of(group))
+                log.info(
+                    "%s: peer wants DH group %s for the IKE SA rekey, retrying",
+                    self.label,
+                    DhId.name_of(group),
+                )
                 self._ike_rekey_pending = True
                 self._queue.appendleft(("rekey_ike", {"group": group}))
                 return
             self.rekey_at = self._retry_later(errors, now)
-            log.warning("%s: peer refused the IKE SA rekey (%s); next try in %.0f s", self.label,
-                        ", ".join(NotifyType.name_of(n.type) for n in errors), self.rekey_at - now)
+            log.warning(
+                "%s: peer refused the IKE SA rekey (%s); next try in %.0f s",
+                self.label,
+                ", ".join(NotifyType.name_of(n.type) for n in errors),
+                self.rekey_at - now,
+            )
             return
-        sa, nonce, ke = (_find(payloads, SaPayload), _find(payloads, NoncePayload),
-                         _find(payloads, KePayload))
+        sa, nonce, ke = (
+            _find(payloads, SaPayload),
+            _find(payloads, NoncePayload),
+            _find(payloads, KePayload),
+        )
         problem = ""
         if sa is None or nonce is None or ke is None or len(sa.proposals) != 1:
             problem = "answer lacks SA, Nonce or KE"
         elif len(sa.proposals[0].spi) != 8 or not proposals.is_acceptable_answer(
-                sa.proposals[0], ctx["offer"]):
+            sa.proposals[0], ctx["offer"]
+        ):
             problem = "answer is not one of our proposals"
         elif ke.group != dh.group or proposals.suite_of(sa.proposals[0]).dh != dh.group:
             problem = "answer's KE group does not match"
@@ -1433,24 +1711,57 @@ class IkeSa:
             return
         assert sa is not None and nonce is not None
         chosen = sa.proposals[0]
-        new = self._spawn_rekeyed(True, ctx["spi"], chosen.spi, proposals.suite_of(chosen),
-                                  ctx["ni"], nonce.data, shared, now)
+        new = self._spawn_rekeyed(
+            True,
+            ctx["spi"],
+            chosen.spi,
+            proposals.suite_of(chosen),
+            ctx["ni"],
+            nonce.data,
+            shared,
+            now,
+        )
         self._ike_rekey_done(_Rekey(True, min(ctx["ni"], nonce.data), new), now)
 
-    def _spawn_rekeyed(self, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite: Suite,
-                       ni: bytes, nr: bytes, shared: bytes, now: float) -> IkeSa:
+    def _spawn_rekeyed(
+        self,
+        we_initiated: bool,
+        spi_i: bytes,
+        spi_r: bytes,
+        suite: Suite,
+        ni: bytes,
+        nr: bytes,
+        shared: bytes,
+        now: float,
+    ) -> IkeSa:
         """The new IKE SA of a rekey. Its initiator is the rekey's initiator (2.18)."""
         assert self.keys is not None and self.suite is not None and suite.prf is not None
-        new = IkeSa(self.endpoint, self.policy, initiator=we_initiated, local=self.local,
-                    peer=self.peer, now=now)
+        new = IkeSa(
+            self.endpoint,
+            self.policy,
+            initiator=we_initiated,
+            local=self.local,
+            peer=self.peer,
+            now=now,
+        )
         new.spi_i, new.spi_r = spi_i, spi_r
         new.peer_id, new._peer_id_body = self.peer_id, self._peer_id_body
         new._peer_hashes, new.peer_auth_method = self._peer_hashes, self.peer_auth_method
         new.nat_detected, new.initial_contact = self.nat_detected, False
         new._ni, new._nr, new.suite = ni, nr, suite
-        new.keys = crypto.derive_ike_keys(suite.prf, suite.encr, suite.key_bits, suite.integ,
-                                          ni, nr, shared, spi_i, spi_r,
-                                          old_sk_d=self.keys.sk_d, old_prf=self.suite.prf)
+        new.keys = crypto.derive_ike_keys(
+            suite.prf,
+            suite.encr,
+            suite.key_bits,
+            suite.integ,
+            ni,
+            nr,
+            shared,
+            spi_i,
+            spi_r,
+            old_sk_d=self.keys.sk_d,
+            old_prf=self.suite.prf,
+        )
         new._make_ciphers()
         new._emit(IkeKeysDerived(new, new.keys))
         new.state = State.ESTABLISHED
@@ -1484,8 +1795,13 @@ class IkeSa:
 
     def _move_to(self, new: IkeSa, now: float, replaces: IkeSa | None = None) -> None:
         """Hand our Child SAs, and requests queued for them, to ``new``."""
-        log.info("%s: rekeyed IKE SA, now %s (%d Child SA%s moved)", self.label, new.label,
-                 len(self.children), "" if len(self.children) == 1 else "s")
+        log.info(
+            "%s: rekeyed IKE SA, now %s (%d Child SA%s moved)",
+            self.label,
+            new.label,
+            len(self.children),
+            "" if len(self.children) == 1 else "s",
+        )
         new.children.update(self.children)
         new._child_rekeys.update(self._child_rekeys)
         self.children, self._child_rekeys = {}, {}
@@ -1508,31 +1824,49 @@ class IkeSa:
         else:
             self._receive_request(msg, data, src, dst, now)
 
-    def _receive_response(self, msg: Message, data: bytes, src: Addr, dst: Addr,
-                          now: float) -> None:
+    def _receive_response(
+        self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float
+    ) -> None:
         r = self._request
         if r is None or msg.message_id != r.message_id or msg.exchange != r.exchange:
-            log.debug("%s: drop unexpected response %s #%d", self.label,
-                      ExchangeType.name_of(msg.exchange), msg.message_id)
+            log.debug(
+                "%s: drop unexpected response %s #%d",
+                self.label,
+                ExchangeType.name_of(msg.exchange),
+                msg.message_id,
+            )
             return
         handler = self._RESPONSE_HANDLERS.get((self.state, msg.exchange))
         if handler is None:
-            log.debug("%s: drop %s response in state %s", self.label,
-                      ExchangeType.name_of(msg.exchange), self.state.name)
+            log.debug(
+                "%s: drop %s response in state %s",
+                self.label,
+                ExchangeType.name_of(msg.exchange),
+                self.state.name,
+            )
             return
         if msg.exchange != ExchangeType.IKE_SA_INIT and not (
-                msg.payloads and isinstance(msg.payloads[-1], wire.SkPayload)):
+            msg.payloads and isinstance(msg.payloads[-1], wire.SkPayload)
+        ):
             # 2.21.4: an unprotected answer to a protected request can only be the
             # peer saying it does not know this SA (it restarted). Unauthenticated:
             # report it once and keep the SA (and its retransmissions) as it is.
             if msg.notify(NotifyType.INVALID_IKE_SPI) is not None and not self._lost_reported:
                 self._lost_reported = True
-                log.warning("%s: peer [%s]:%d does not know this IKE SA (INVALID_IKE_SPI)",
-                            self.label, src[0], src[1])
+                log.warning(
+                    "%s: peer [%s]:%d does not know this IKE SA (INVALID_IKE_SPI)",
+                    self.label,
+                    src[0],
+                    src[1],
+                )
                 self._emit(PeerLostSa(self))
             else:
-                log.debug("%s: drop unprotected %s response #%d", self.label,
-                          ExchangeType.name_of(msg.exchange), msg.message_id)
+                log.debug(
+                    "%s: drop unprotected %s response #%d",
+                    self.label,
+                    ExchangeType.name_of(msg.exchange),
+                    msg.message_id,
+                )
             return
         self.last_received = now
         if msg.exchange == ExchangeType.IKE_SA_INIT:
@@ -1541,8 +1875,13 @@ class IkeSa:
         try:
             payloads = self._unprotect(data, msg)
         except (crypto.IntegrityError, wire.WireError) as e:
-            log.warning("%s: drop %s response #%d: %s", self.label,
-                        ExchangeType.name_of(msg.exchange), msg.message_id, e)
+            log.warning(
+                "%s: drop %s response #%d: %s",
+                self.label,
+                ExchangeType.name_of(msg.exchange),
+                msg.message_id,
+                e,
+            )
             return
         self._note_peer_address(src, dst)
         handler(self, msg, payloads, now)
@@ -1550,8 +1889,7 @@ class IkeSa:
             self._next_request_id = r.message_id + 1
             self._request_done(now)
 
-    def _receive_request(self, msg: Message, data: bytes, src: Addr, dst: Addr,
-                         now: float) -> None:
+    def _receive_request(self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float) -> None:
         if self._last_response is not None and msg.message_id == self._last_response[0]:
             # 2.1: a retransmitted request gets the very same response again.
             mid, resp, _, _ = self._last_response
@@ -1559,24 +1897,39 @@ class IkeSa:
             self.endpoint.transmits.append(Transmit(resp, dst, src))
             return
         if msg.message_id != self._peer_next_id:
-            log.debug("%s: drop request #%d, expected #%d", self.label, msg.message_id,
-                      self._peer_next_id)
+            log.debug(
+                "%s: drop request #%d, expected #%d", self.label, msg.message_id, self._peer_next_id
+            )
             return
         handler = self._REQUEST_HANDLERS.get((self.state, msg.exchange))
         if handler is None:
-            log.info("%s: drop %s request in state %s", self.label,
-                     ExchangeType.name_of(msg.exchange), self.state.name)
+            log.info(
+                "%s: drop %s request in state %s",
+                self.label,
+                ExchangeType.name_of(msg.exchange),
+                self.state.name,
+            )
             return
         try:
             payloads = self._unprotect(data, msg)
         except crypto.IntegrityError as e:
-            log.warning("%s: drop %s request #%d: %s", self.label,
-                        ExchangeType.name_of(msg.exchange), msg.message_id, e)
+            log.warning(
+                "%s: drop %s request #%d: %s",
+                self.label,
+                ExchangeType.name_of(msg.exchange),
+                msg.message_id,
+                e,
+            )
             return
         except wire.WireError as e:
             # Authenticated but malformed: answer with the error (2.21.2).
-            log.warning("%s: bad %s request #%d: %s", self.label,
-                        ExchangeType.name_of(msg.exchange), msg.message_id, e)
+            log.warning(
+                "%s: bad %s request #%d: %s",
+                self.label,
+                ExchangeType.name_of(msg.exchange),
+                msg.message_id,
+                e,
+            )
             self._respond(msg, [NotifyPayload(ProtocolId.NONE, b"", e.notify, e.data)], src, dst)
             return
         self.last_received = now
@@ -1586,9 +1939,14 @@ class IkeSa:
         try:
             reply = handler(self, msg, payloads, now)
         except ProtocolError as e:
-            log.warning("%s: refuse %s request #%d (%s): %s", self.label,
-                        ExchangeType.name_of(msg.exchange), msg.message_id,
-                        NotifyType.name_of(e.notify), e.detail)
+            log.warning(
+                "%s: refuse %s request #%d (%s): %s",
+                self.label,
+                ExchangeType.name_of(msg.exchange),
+                msg.message_id,
+                NotifyType.name_of(e.notify),
+                e.detail,
+            )
             reply = [NotifyPayload(ProtocolId.NONE, b"", e.notify, e.data)]
         self._respond(msg, reply, src, dst)
         if self._close_after_response:
@@ -1600,17 +1958,30 @@ class IkeSa:
         data = self._protect(msg.exchange, msg.message_id, True, payloads)
         self._last_response = (msg.message_id, data, dst, src)
         self._peer_next_id = msg.message_id + 1
-        log.info("%s: send %s res %d peer [%s]:%d local [%s]:%d, %d bytes", self.label,
-                 ExchangeType.name_of(msg.exchange), msg.message_id, src[0], src[1],
-                 dst[0], dst[1], len(data))
+        log.info(
+            "%s: send %s res %d peer [%s]:%d local [%s]:%d, %d bytes",
+            self.label,
+            ExchangeType.name_of(msg.exchange),
+            msg.message_id,
+            src[0],
+            src[1],
+            dst[0],
+            dst[1],
+            len(data),
+        )
         self.endpoint.transmits.append(Transmit(data, dst, src))
 
     def _note_peer_address(self, src: Addr, dst: Addr) -> None:
         """Follow the peer to a new address once a message from there authenticated."""
-        if src != self.peer and self.state in (State.ESTABLISHED, State.INIT_DONE,
-                                               State.AUTH_SENT):
-            log.info("%s: peer moved from [%s]:%d to [%s]:%d", self.label, self.peer[0],
-                     self.peer[1], src[0], src[1])
+        if src != self.peer and self.state in (State.ESTABLISHED, State.INIT_DONE, State.AUTH_SENT):
+            log.info(
+                "%s: peer moved from [%s]:%d to [%s]:%d",
+                self.label,
+                self.peer[0],
+                self.peer[1],
+                src[0],
+                src[1],
+            )
             self.peer = src
             for child in self.children.values():
                 child.remote = src
@@ -1656,10 +2027,16 @@ class Endpoint:
     rule lives in pyike.config); ``rng`` is injectable for reproducible tests.
     """
 
-    def __init__(self, policy_for: Callable[[Addr, Addr, tuple[int, bytes] | None],
-                                            SaPolicy | None] = lambda *_: None, *,
-                 rng: Callable[[int], bytes] = os.urandom, cookie_threshold: int = 32,
-                 half_open_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        policy_for: Callable[[Addr, Addr, tuple[int, bytes] | None], SaPolicy | None] = lambda *_: (
+            None
+        ),
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        cookie_threshold: int = 32,
+        half_open_timeout: float = 30.0,
+    ) -> None:
         self.policy_for = policy_for
         self.rng = rng
         self.cookie_threshold = cookie_threshold
@@ -1678,8 +2055,15 @@ class Endpoint:
 
     # ------------------------------------------------------------------ API
 
-    def connect(self, policy: SaPolicy, local: Addr, peer: Addr, now: float, *,
-                initial_contact: bool | None = None) -> IkeSa:
+    def connect(
+        self,
+        policy: SaPolicy,
+        local: Addr,
+        peer: Addr,
+        now: float,
+        *,
+        initial_contact: bool | None = None,
+    ) -> IkeSa:
         """Start an IKE SA as initiator.
 
         ``initial_contact`` overrides the policy: it must only be sent when no
@@ -1737,8 +2121,12 @@ class Endpoint:
             self._dispatch(msg, data, src, dst, now)
         except Exception:  # a bug must not take the daemon down for other peers
             self.dropped += 1
-            log.exception("internal error handling %s from [%s]:%d; message dropped",
-                          ExchangeType.name_of(msg.exchange), src[0], src[1])
+            log.exception(
+                "internal error handling %s from [%s]:%d; message dropped",
+                ExchangeType.name_of(msg.exchange),
+                src[0],
+                src[1],
+            )
         self._reap()
 
     def _dispatch(self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float) -> None:
@@ -1753,12 +2141,20 @@ class Endpoint:
         sa = self.sas.get(ours)
         if sa is None:
             self.dropped += 1
-            log.info("drop %s %s #%d from [%s]:%d: unknown SPI %s",
-                     ExchangeType.name_of(msg.exchange),
-                     "response" if msg.is_response else "request", msg.message_id,
-                     src[0], src[1], _spi_text(ours))
-            if not msg.is_response and msg.payloads and isinstance(msg.payloads[-1],
-                                                                   wire.SkPayload):
+            log.info(
+                "drop %s %s #%d from [%s]:%d: unknown SPI %s",
+                ExchangeType.name_of(msg.exchange),
+                "response" if msg.is_response else "request",
+                msg.message_id,
+                src[0],
+                src[1],
+                _spi_text(ours),
+            )
+            if (
+                not msg.is_response
+                and msg.payloads
+                and isinstance(msg.payloads[-1], wire.SkPayload)
+            ):
                 self._answer_invalid_spi(msg, src, dst, now)
             return
         sa.receive(msg, data, src, dst, now)
@@ -1781,10 +2177,21 @@ class Endpoint:
         self._invalid_spi_sent[src[0]] = (start, count + 1)
         # We answer as the other role of whoever sent the request (3.1, I flag).
         flags = HeaderFlag.RESPONSE | (0 if msg.is_initiator else HeaderFlag.INITIATOR)
-        reply = Message(msg.spi_i, msg.spi_r, msg.exchange, flags, msg.message_id,
-                        [NotifyPayload(ProtocolId.NONE, b"", NotifyType.INVALID_IKE_SPI)])
-        log.info("send INVALID_IKE_SPI to [%s]:%d for %s #%d", src[0], src[1],
-                 ExchangeType.name_of(msg.exchange), msg.message_id)
+        reply = Message(
+            msg.spi_i,
+            msg.spi_r,
+            msg.exchange,
+            flags,
+            msg.message_id,
+            [NotifyPayload(ProtocolId.NONE, b"", NotifyType.INVALID_IKE_SPI)],
+        )
+        log.info(
+            "send INVALID_IKE_SPI to [%s]:%d for %s #%d",
+            src[0],
+            src[1],
+            ExchangeType.name_of(msg.exchange),
+            msg.message_id,
+        )
         self.transmits.append(Transmit(wire.build_message(reply), dst, src))
 
     def _reap(self) -> None:
@@ -1800,11 +2207,18 @@ class Endpoint:
 
     # ------------------------------------------------------------------ responder IKE_SA_INIT
 
-    def _plain_reply(self, msg: Message, notify: NotifyType, data: bytes,
-                     src: Addr, dst: Addr) -> None:
+    def _plain_reply(
+        self, msg: Message, notify: NotifyType, data: bytes, src: Addr, dst: Addr
+    ) -> None:
         """An unauthenticated IKE_SA_INIT error answer (SPIr zero, 2.6/1.2)."""
-        reply = Message(msg.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0,
-                        [NotifyPayload(ProtocolId.NONE, b"", notify, data)])
+        reply = Message(
+            msg.spi_i,
+            ZERO_SPI,
+            ExchangeType.IKE_SA_INIT,
+            HeaderFlag.RESPONSE,
+            0,
+            [NotifyPayload(ProtocolId.NONE, b"", notify, data)],
+        )
         self.transmits.append(Transmit(wire.build_message(reply), dst, src))
 
     def _cookie_for(self, msg: Message, nonce: bytes, src: Addr) -> bytes:
@@ -1812,8 +2226,7 @@ class Endpoint:
         h = hashlib.sha256(nonce + src[0].packed + msg.spi_i + self._cookie_secret).digest()
         return b"\x00" + h
 
-    def _on_init_request(self, msg: Message, data: bytes, src: Addr, dst: Addr,
-                         now: float) -> None:
+    def _on_init_request(self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float) -> None:
         if msg.message_id != 0 or msg.spi_r != ZERO_SPI:
             log.info("drop IKE_SA_INIT from [%s]:%d: bad message ID or SPIr", src[0], src[1])
             return
@@ -1827,8 +2240,12 @@ class Endpoint:
             expected = self._cookie_for(msg, nonce.data, src)
             got = msg.notify(NotifyType.COOKIE)
             if got is None or not hmac.compare_digest(got.data, expected):
-                log.info("IKE_SA_INIT from [%s]:%d: %d half-open SAs, asking for a cookie",
-                         src[0], src[1], len(self._half_open))
+                log.info(
+                    "IKE_SA_INIT from [%s]:%d: %d half-open SAs, asking for a cookie",
+                    src[0],
+                    src[1],
+                    len(self._half_open),
+                )
                 self._plain_reply(msg, NotifyType.COOKIE, expected, src, dst)
                 return
         policy = self.policy_for(src, dst, None)
@@ -1838,17 +2255,27 @@ class Endpoint:
             return
         chosen = proposals.select(sa_p.proposals, policy.ike_proposals)
         if chosen is None:
-            log.warning("IKE_SA_INIT from [%s]:%d: no proposal chosen (policy '%s')",
-                        src[0], src[1], policy.name)
+            log.warning(
+                "IKE_SA_INIT from [%s]:%d: no proposal chosen (policy '%s')",
+                src[0],
+                src[1],
+                policy.name,
+            )
             self._plain_reply(msg, NotifyType.NO_PROPOSAL_CHOSEN, b"", src, dst)
             return
         suite = proposals.suite_of(chosen)
         if ke.group != suite.dh:
             # 1.2/3.4: tell the initiator which group we want; keep no state.
-            log.info("IKE_SA_INIT from [%s]:%d: KE group %s, asking for %s", src[0], src[1],
-                     DhId.name_of(ke.group), DhId.name_of(suite.dh))
-            self._plain_reply(msg, NotifyType.INVALID_KE_PAYLOAD,
-                              int(suite.dh).to_bytes(2, "big"), src, dst)
+            log.info(
+                "IKE_SA_INIT from [%s]:%d: KE group %s, asking for %s",
+                src[0],
+                src[1],
+                DhId.name_of(ke.group),
+                DhId.name_of(suite.dh),
+            )
+            self._plain_reply(
+                msg, NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"), src, dst
+            )
             return
         sa = IkeSa(self, policy, initiator=False, local=dst, peer=src, now=now)
         sa.spi_i = msg.spi_i
@@ -1867,6 +2294,3 @@ class Endpoint:
             spi = self.rng(8)
             if spi != ZERO_SPI and spi not in self.sas:
                 return spi
-
-
-

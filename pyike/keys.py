@@ -422,8 +422,11 @@ def install_peer_key(
 def private_key_pem(key: PrivateKey, *, pkcs8: bool = False) -> bytes:
     """Unencrypted PEM: SEC1 "EC PRIVATE KEY" as iked's guides make local.key, or
     PKCS#8 "PRIVATE KEY" (what strongSwan's swanctl/private/ takes)."""
-    fmt = serialization.PrivateFormat.PKCS8 if pkcs8 else \
-        serialization.PrivateFormat.TraditionalOpenSSL
+    fmt = (
+        serialization.PrivateFormat.PKCS8
+        if pkcs8
+        else serialization.PrivateFormat.TraditionalOpenSSL
+    )
     return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
 
 

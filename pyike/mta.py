@@ -100,8 +100,18 @@ class SmtpdInstance:
     def command(self) -> list[str]:
         """argv to run inside the namespace (e.g. after ``ip netns exec NS``)."""
         smtpd = shutil.which(SMTPD_BIN) or SMTPD_BIN
-        return ["unshare", "-m", "sh", "-c", _SCRIPT, "sh", str(self.workdir / "spool"),
-                str(self.workdir / "run"), smtpd, str(self.conf)]
+        return [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            _SCRIPT,
+            "sh",
+            str(self.workdir / "spool"),
+            str(self.workdir / "run"),
+            smtpd,
+            str(self.conf),
+        ]
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -133,6 +143,18 @@ def delivered(maildir: Path) -> list[Message]:
 
 def swaks_command(server: str, subject: str, body: str) -> list[str]:
     """Submit one message for example.com to ``server`` (the VM's own smtpd)."""
-    return [shutil.which(SWAKS_BIN) or SWAKS_BIN, "--server", server, "--to", RECIPIENT,
-            "--from", SENDER, "--header", f"Subject: {subject}", "--body", body,
-            "--timeout", "20"]
+    return [
+        shutil.which(SWAKS_BIN) or SWAKS_BIN,
+        "--server",
+        server,
+        "--to",
+        RECIPIENT,
+        "--from",
+        SENDER,
+        "--header",
+        f"Subject: {subject}",
+        "--body",
+        body,
+        "--timeout",
+        "20",
+    ]

@@ -30,8 +30,9 @@ RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
-GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | \
-    RTMGRP_IPV6_ROUTE
+GROUPS = (
+    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+)
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -103,8 +104,13 @@ def describe(msg: object, links: LinkStates, ignored: set[int]) -> str | None:
 class NetWatch:
     """rtnetlink listener in the running asyncio loop; see the module docstring."""
 
-    def __init__(self, on_change: Callable[[str], None], *,
-                 ignore_ifnames: Iterable[str] = (), settle: float = DEFAULT_SETTLE) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[str], None],
+        *,
+        ignore_ifnames: Iterable[str] = (),
+        settle: float = DEFAULT_SETTLE,
+    ) -> None:
         self.on_change = on_change
         self.ignore_ifnames = tuple(ignore_ifnames)
         self.settle = settle
@@ -118,6 +124,7 @@ class NetWatch:
     async def start(self) -> None:
         """Subscribe now (so nothing after this call is missed), then listen."""
         from pyroute2 import AsyncIPRoute
+
         nl_log = logging.getLogger("pyroute2")
         if nl_log.level == logging.NOTSET:
             # pyroute2 dumps every netlink message at DEBUG: it would drown -vv logs.

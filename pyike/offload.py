@@ -61,8 +61,9 @@ _U32 = struct.Struct(">I")
 # UDP GSO / GRO (outer ESP-in-UDP socket)
 
 
-def gso_groups(packets: list[bytes], max_segments: int = GSO_MAX_SEGMENTS,
-               max_bytes: int = GSO_MAX_BYTES) -> list[list[bytes]]:
+def gso_groups(
+    packets: list[bytes], max_segments: int = GSO_MAX_SEGMENTS, max_bytes: int = GSO_MAX_BYTES
+) -> list[list[bytes]]:
     """Split ``packets`` (in order) into runs one UDP_SEGMENT sendmsg() may carry.
 
     The kernel cuts a GSO send into datagrams of the first one's size; only the last
@@ -107,7 +108,7 @@ def split_gro(data: bytes, segment_size: int) -> list[bytes]:
     """The datagrams of a coalesced receive: equal-sized, the last one may be shorter."""
     if segment_size <= 0 or len(data) <= segment_size:
         return [data]
-    return [data[i:i + segment_size] for i in range(0, len(data), segment_size)]
+    return [data[i : i + segment_size] for i in range(0, len(data), segment_size)]
 
 
 # --------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
     if at + 2 > len(pkt):
         raise ValueError("checksum field beyond the packet")
     csum = ~ones_sum(memoryview(pkt)[csum_start:]) & 0xFFFF
-    return pkt[:at] + _U16.pack(csum) + pkt[at + 2:]
+    return pkt[:at] + _U16.pack(csum) + pkt[at + 2 :]
 
 
 def _pseudo_v6(pkt: bytes, upper_len: int) -> int:
@@ -213,7 +214,7 @@ def _key_mask(ip_len: int, thl: int) -> int:
         varying += [(2, 2), (4, 2), (10, 2)]  # total length, id, header checksum
     m = bytearray(b"\xff" * (ip_len + thl))
     for at, size in varying:
-        m[at:at + size] = bytes(size)
+        m[at : at + size] = bytes(size)
     mask = int.from_bytes(m, "big")
     _KEY_MASKS[ip_len + thl + ip_len * 256] = mask
     return mask
@@ -246,9 +247,14 @@ def coalesce(packets: list[bytes]) -> list[tuple[int, int, list[bytes | memoryvi
             total = hl + size
             while j < n and j - i < COALESCE_MAX_SEGMENTS:
                 s = info[j]
-                if (s is None or s[0] != key or s[1] != expect or s[3] > size
-                        or total + s[3] > COALESCE_MAX_BYTES
-                        or (ip_id >= 0 and s[5] != (ip_id + j - i) & 0xFFFF)):
+                if (
+                    s is None
+                    or s[0] != key
+                    or s[1] != expect
+                    or s[3] > size
+                    or total + s[3] > COALESCE_MAX_BYTES
+                    or (ip_id >= 0 and s[5] != (ip_id + j - i) & 0xFFFF)
+                ):
                     break
                 total += s[3]
                 expect = (expect + s[3]) & 0xFFFFFFFF
@@ -263,8 +269,9 @@ def coalesce(packets: list[bytes]) -> list[tuple[int, int, list[bytes | memoryvi
     return out
 
 
-def _merged(packets: list[bytes], info: list, i: int, j: int,
-            total: int) -> list[bytes | memoryview]:
+def _merged(
+    packets: list[bytes], info: list, i: int, j: int, total: int
+) -> list[bytes | memoryview]:
     """The writev() buffers of segments i..j-1 merged into one GSO super-packet."""
     p = packets[i]
     _key, _seq, hl, size, _flags, _id = info[i]
@@ -282,9 +289,15 @@ def _merged(packets: list[bytes], info: list, i: int, j: int,
         pseudo = _pseudo_v4(p, tcp_len)
         gso = VNET_GSO_TCPV4
     t = ip_len
-    tcp = p[t:t + 13] + bytes((last_flags,)) + p[t + 14:t + 16] + _U16.pack(pseudo) + p[t + 18:hl]
+    tcp = (
+        p[t : t + 13]
+        + bytes((last_flags,))
+        + p[t + 14 : t + 16]
+        + _U16.pack(pseudo)
+        + p[t + 18 : hl]
+    )
     vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso, hl, size, ip_len, _TCP_CSUM_OFFSET)
     bufs: list[bytes | memoryview] = [vnet + ip + tcp]
     for k in range(i, j):
-        bufs.append(memoryview(packets[k])[info[k][2]:])
+        bufs.append(memoryview(packets[k])[info[k][2] :])
     return bufs

@@ -15,26 +15,43 @@ from dataclasses import dataclass
 from pyike.registry import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from pyike.wire import Proposal, Transform
 
-AEAD = frozenset({EncrId.AES_GCM_8, EncrId.AES_GCM_12, EncrId.AES_GCM_16,
-                  EncrId.CHACHA20_POLY1305})
+AEAD = frozenset({EncrId.AES_GCM_8, EncrId.AES_GCM_12, EncrId.AES_GCM_16, EncrId.CHACHA20_POLY1305})
 
 # Names as iked.conf(5) spells them, so logs read like iked's.
 _ENCR_NAMES = {
-    (EncrId.AES_GCM_16, 128): "aes-128-gcm", (EncrId.AES_GCM_16, 256): "aes-256-gcm",
-    (EncrId.AES_GCM_12, 128): "aes-128-gcm-12", (EncrId.AES_GCM_12, 256): "aes-256-gcm-12",
-    (EncrId.AES_CBC, 128): "aes-128", (EncrId.AES_CBC, 192): "aes-192",
-    (EncrId.AES_CBC, 256): "aes-256", (EncrId.DES3, None): "3des",
+    (EncrId.AES_GCM_16, 128): "aes-128-gcm",
+    (EncrId.AES_GCM_16, 256): "aes-256-gcm",
+    (EncrId.AES_GCM_12, 128): "aes-128-gcm-12",
+    (EncrId.AES_GCM_12, 256): "aes-256-gcm-12",
+    (EncrId.AES_CBC, 128): "aes-128",
+    (EncrId.AES_CBC, 192): "aes-192",
+    (EncrId.AES_CBC, 256): "aes-256",
+    (EncrId.DES3, None): "3des",
     (EncrId.CHACHA20_POLY1305, None): "chacha20-poly1305",
 }
-_PRF_NAMES = {PrfId.HMAC_SHA2_256: "hmac-sha2-256", PrfId.HMAC_SHA2_384: "hmac-sha2-384",
-              PrfId.HMAC_SHA2_512: "hmac-sha2-512", PrfId.HMAC_SHA1: "hmac-sha1"}
-_INTEG_NAMES = {IntegId.HMAC_SHA2_256_128: "hmac-sha2-256", IntegId.HMAC_SHA2_384_192:
-                "hmac-sha2-384", IntegId.HMAC_SHA2_512_256: "hmac-sha2-512",
-                IntegId.HMAC_SHA1_96: "hmac-sha1"}
-_DH_NAMES = {DhId.CURVE25519: "curve25519", DhId.ECP_256: "ecp256", DhId.ECP_384: "ecp384",
-             DhId.ECP_521: "ecp521", DhId.MODP_1024: "modp1024", DhId.MODP_1536: "modp1536",
-             DhId.MODP_2048: "modp2048", DhId.MODP_3072: "modp3072",
-             DhId.MODP_4096: "modp4096"}
+_PRF_NAMES = {
+    PrfId.HMAC_SHA2_256: "hmac-sha2-256",
+    PrfId.HMAC_SHA2_384: "hmac-sha2-384",
+    PrfId.HMAC_SHA2_512: "hmac-sha2-512",
+    PrfId.HMAC_SHA1: "hmac-sha1",
+}
+_INTEG_NAMES = {
+    IntegId.HMAC_SHA2_256_128: "hmac-sha2-256",
+    IntegId.HMAC_SHA2_384_192: "hmac-sha2-384",
+    IntegId.HMAC_SHA2_512_256: "hmac-sha2-512",
+    IntegId.HMAC_SHA1_96: "hmac-sha1",
+}
+_DH_NAMES = {
+    DhId.CURVE25519: "curve25519",
+    DhId.ECP_256: "ecp256",
+    DhId.ECP_384: "ecp384",
+    DhId.ECP_521: "ecp521",
+    DhId.MODP_1024: "modp1024",
+    DhId.MODP_1536: "modp1536",
+    DhId.MODP_2048: "modp2048",
+    DhId.MODP_3072: "modp3072",
+    DhId.MODP_4096: "modp4096",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +84,11 @@ class Suite:
 
 
 def encr_name(encr: int, key_bits: int | None) -> str:
-    return (_ENCR_NAMES.get((encr, key_bits)) or _ENCR_NAMES.get((encr, None))
-            or f"{EncrId.name_of(encr)}/{key_bits}")
+    return (
+        _ENCR_NAMES.get((encr, key_bits))
+        or _ENCR_NAMES.get((encr, None))
+        or f"{EncrId.name_of(encr)}/{key_bits}"
+    )
 
 
 def dh_name(group: int) -> str:
@@ -99,8 +119,9 @@ def _required_types(p: Proposal, ignore_dh: bool) -> set[int]:
     return types
 
 
-def select(offered: Sequence[Proposal], ours: Sequence[Proposal], *,
-           ignore_dh: bool = False) -> Proposal | None:
+def select(
+    offered: Sequence[Proposal], ours: Sequence[Proposal], *, ignore_dh: bool = False
+) -> Proposal | None:
     """Responder's choice: the first offered proposal we can satisfy, in the peer's order.
 
     Within the chosen proposal, for each transform type the first transform
@@ -122,19 +143,25 @@ def select(offered: Sequence[Proposal], ours: Sequence[Proposal], *,
                 my_types.setdefault(TransformType.ESN, [Transform(TransformType.ESN, 0)])
             chosen: list[Transform] = []
             for ttype in sorted(needed):
-                pick = next((t for t in their_types.get(ttype, []) if t in my_types.get(ttype, [])),
-                            None)
+                pick = next(
+                    (t for t in their_types.get(ttype, []) if t in my_types.get(ttype, [])), None
+                )
                 if pick is None:
                     break
                 chosen.append(pick)
             else:
-                return Proposal(number=theirs.number, protocol=theirs.protocol,
-                                spi=theirs.spi, transforms=chosen)
+                return Proposal(
+                    number=theirs.number,
+                    protocol=theirs.protocol,
+                    spi=theirs.spi,
+                    transforms=chosen,
+                )
     return None
 
 
-def is_acceptable_answer(answer: Proposal, ours: Sequence[Proposal], *,
-                         ignore_dh: bool = False) -> bool:
+def is_acceptable_answer(
+    answer: Proposal, ours: Sequence[Proposal], *, ignore_dh: bool = False
+) -> bool:
     """Initiator's check: one transform per type, all from our proposal of that number."""
     mine = next((p for p in ours if p.number == answer.number), None)
     if mine is None or mine.protocol != answer.protocol:
@@ -146,11 +173,16 @@ def is_acceptable_answer(answer: Proposal, ours: Sequence[Proposal], *,
     needed = _required_types(mine, ignore_dh) - {TransformType.ESN}
     if not needed <= set(types):
         return False
-    return all((t.type, t.id, t.key_length) in offered or
-               (t.type == TransformType.ESN and t.id == EsnId.NO_ESN and
-                TransformType.ESN not in {x.type for x in mine.transforms})
-               for t in answer.transforms
-               if not (ignore_dh and t.type == TransformType.DH))
+    return all(
+        (t.type, t.id, t.key_length) in offered
+        or (
+            t.type == TransformType.ESN
+            and t.id == EsnId.NO_ESN
+            and TransformType.ESN not in {x.type for x in mine.transforms}
+        )
+        for t in answer.transforms
+        if not (ignore_dh and t.type == TransformType.DH)
+    )
 
 
 def suite_of(p: Proposal) -> Suite:
@@ -160,7 +192,8 @@ def suite_of(p: Proposal) -> Suite:
     return Suite(
         encr=EncrId(encr.id),
         key_bits=encr.key_length or 0,
-        integ=IntegId(kinds[TransformType.INTEG].id) if TransformType.INTEG in kinds
+        integ=IntegId(kinds[TransformType.INTEG].id)
+        if TransformType.INTEG in kinds
         else IntegId.NONE,
         prf=PrfId(kinds[TransformType.PRF].id) if TransformType.PRF in kinds else None,
         dh=DhId(kinds[TransformType.DH].id) if TransformType.DH in kinds else DhId.NONE,
@@ -184,6 +217,9 @@ def with_spi(proposals: Iterable[Proposal], spi: bytes) -> list[Proposal]:
 
 def without_dh(proposals: Iterable[Proposal]) -> list[Proposal]:
     """Child proposals for IKE_AUTH: DH transforms removed (no KE there, 1.2)."""
-    return [Proposal(p.number, p.protocol, p.spi,
-                     [t for t in p.transforms if t.type != TransformType.DH])
-            for p in proposals]
+    return [
+        Proposal(
+            p.number, p.protocol, p.spi, [t for t in p.transforms if t.type != TransformType.DH]
+        )
+        for p in proposals
+    ]

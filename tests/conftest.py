@@ -89,6 +89,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("CI: tests needing root or a peer were skipped", red=True)
     terminalreporter.line(
         "CI is set and runs as root with every peer installed, so these skips mean the "
-        "set-up is broken (not root? package missing?); failing the run:", red=True)
+        "set-up is broken (not root? package missing?); failing the run:",
+        red=True,
+    )
     for line in _ci_skips:
         terminalreporter.line(f"  {line}", red=True)

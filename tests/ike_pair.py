@@ -36,9 +36,14 @@ VPN0 = ip_address("2001:db8:c1da::1")
 VPN1 = ip_address("2001:db8:c1da::2")
 
 
-def ike_proposal(number: int = 1, encr: EncrId = EncrId.AES_GCM_16, bits: int = 256,
-                 prf: PrfId = PrfId.HMAC_SHA2_384, integ: IntegId | None = None,
-                 groups: tuple[DhId, ...] = (DhId.CURVE25519,)) -> Proposal:
+def ike_proposal(
+    number: int = 1,
+    encr: EncrId = EncrId.AES_GCM_16,
+    bits: int = 256,
+    prf: PrfId = PrfId.HMAC_SHA2_384,
+    integ: IntegId | None = None,
+    groups: tuple[DhId, ...] = (DhId.CURVE25519,),
+) -> Proposal:
     t = [Transform(TransformType.ENCR, encr, bits), Transform(TransformType.PRF, prf)]
     if integ is not None:
         t.append(Transform(TransformType.INTEG, integ))
@@ -46,8 +51,9 @@ def ike_proposal(number: int = 1, encr: EncrId = EncrId.AES_GCM_16, bits: int = 
     return Proposal(number, ProtocolId.IKE, b"", t)
 
 
-def esp_proposal(number: int = 1, encr: EncrId = EncrId.AES_GCM_16, bits: int = 256,
-                 integ: IntegId | None = None) -> Proposal:
+def esp_proposal(
+    number: int = 1, encr: EncrId = EncrId.AES_GCM_16, bits: int = 256, integ: IntegId | None = None
+) -> Proposal:
     t = [Transform(TransformType.ENCR, encr, bits)]
     if integ is not None:
         t.append(Transform(TransformType.INTEG, integ))
@@ -58,16 +64,27 @@ def esp_proposal(number: int = 1, encr: EncrId = EncrId.AES_GCM_16, bits: int = 
 @dataclass
 class Keys:
     home: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
+        default_factory=lambda: ec.generate_private_key(ec.SECP384R1())
+    )
     vm: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
+        default_factory=lambda: ec.generate_private_key(ec.SECP384R1())
+    )
 
 
-def make_policy(name: str, *, local_id: tuple[int, bytes], peer_id: tuple[int, bytes],
-                local_key: object, peer_public: object, local_net: object = VPN0,
-                remote_net: object = VPN1, proto: int = IpProto.ANY,
-                ike: list[Proposal] | None = None, esp: list[Proposal] | None = None,
-                **kw: object) -> SaPolicy:
+def make_policy(
+    name: str,
+    *,
+    local_id: tuple[int, bytes],
+    peer_id: tuple[int, bytes],
+    local_key: object,
+    peer_public: object,
+    local_net: object = VPN0,
+    remote_net: object = VPN1,
+    proto: int = IpProto.ANY,
+    ike: list[Proposal] | None = None,
+    esp: list[Proposal] | None = None,
+    **kw: object,
+) -> SaPolicy:
     def lookup(id_type: int, data: bytes) -> object | None:
         return peer_public if (id_type, data) == peer_id else None
 
@@ -87,6 +104,7 @@ def make_policy(name: str, *, local_id: tuple[int, bytes], peer_id: tuple[int, b
 
 def ip_network_of(a: object):
     from ipaddress import ip_network
+
     return ip_network(str(a))
 
 
@@ -158,21 +176,54 @@ class Pair:
         self._collect()
 
     def events(self, side: str, cls: type) -> list:
-        return [e for e in (self.home_events if side == "home" else self.vm_events)
-                if isinstance(e, cls)]
+        return [
+            e
+            for e in (self.home_events if side == "home" else self.vm_events)
+            if isinstance(e, cls)
+        ]
 
 
-def default_pair(keys: Keys | None = None, home_kw: dict | None = None,
-                 vm_kw: dict | None = None, **endpoint_kw: object) -> Pair:
+def default_pair(
+    keys: Keys | None = None,
+    home_kw: dict | None = None,
+    vm_kw: dict | None = None,
+    **endpoint_kw: object,
+) -> Pair:
     keys = keys or Keys()
-    home = make_policy("home", **{"local_id": HOME_ID, "peer_id": VM_ID,
-                                  "local_key": keys.home, "peer_public": keys.vm.public_key(),
-                                  **(home_kw or {})})
-    vm = make_policy("vm", **{"local_id": VM_ID, "peer_id": HOME_ID, "local_key": keys.vm,
-                              "peer_public": keys.home.public_key(), "local_net": VPN1,
-                              "remote_net": VPN0, **(vm_kw or {})})
+    home = make_policy(
+        "home",
+        **{
+            "local_id": HOME_ID,
+            "peer_id": VM_ID,
+            "local_key": keys.home,
+            "peer_public": keys.vm.public_key(),
+            **(home_kw or {}),
+        },
+    )
+    vm = make_policy(
+        "vm",
+        **{
+            "local_id": VM_ID,
+            "peer_id": HOME_ID,
+            "local_key": keys.vm,
+            "peer_public": keys.home.public_key(),
+            "local_net": VPN1,
+            "remote_net": VPN0,
+            **(vm_kw or {}),
+        },
+    )
     return Pair(home, vm, **endpoint_kw)
 
 
-__all__ = ["HOME", "VM", "Addr", "Keys", "Pair", "default_pair", "esp_proposal",
-           "ike_proposal", "make_policy", "proposals"]
+__all__ = [
+    "HOME",
+    "VM",
+    "Addr",
+    "Keys",
+    "Pair",
+    "default_pair",
+    "esp_proposal",
+    "ike_proposal",
+    "make_policy",
+    "proposals",
+]

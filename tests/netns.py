@@ -58,6 +58,7 @@ class HarnessError(RuntimeError):
 
 # --- skip helpers -------------------------------------------------------------------
 
+
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -97,6 +98,7 @@ def require_root() -> None:
 
 # --- bounded waiting ----------------------------------------------------------------
 
+
 def wait_until(
     predicate: Callable[[], object],
     timeout: float,
@@ -116,12 +118,19 @@ def wait_until(
 
 # --- running commands ---------------------------------------------------------------
 
-def _run(args: Sequence[str], *, check: bool, timeout: float,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+
+def _run(
+    args: Sequence[str], *, check: bool, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(
-            list(args), capture_output=True, text=True, timeout=timeout, env=env,
-            stdin=subprocess.DEVNULL, check=False,
+            list(args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         raise HarnessError(f"timed out after {timeout}s: {' '.join(args)}") from exc
@@ -140,7 +149,7 @@ def _proc_start_time(pid: int) -> str | None:
     except OSError:
         return None
     # The command name (field 2) may contain spaces and ')': split after the last ')'.
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     return fields[19] if len(fields) > 19 else None
 
 
@@ -240,15 +249,26 @@ class Netns:
         """The argv that runs ``args`` inside this namespace."""
         return ["ip", "netns", "exec", self.name, *args]
 
-    def run(self, args: Sequence[str], check: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        args: Sequence[str],
+        check: bool = True,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace and wait (bounded) for it."""
         self._require_open()
         return _run(self.exec_args(args), check=check, timeout=timeout, env=env)
 
-    def popen(self, args: Sequence[str], *, stdout: object = subprocess.DEVNULL,
-              stderr: object = subprocess.DEVNULL, env: dict[str, str] | None = None,
-              cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
+    def popen(
+        self,
+        args: Sequence[str],
+        *,
+        stdout: object = subprocess.DEVNULL,
+        stderr: object = subprocess.DEVNULL,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start a background process inside; it is stopped when the namespace closes.
 
         ``ip netns exec`` execs the command, so the PID is the command's own; the
@@ -256,8 +276,13 @@ class Netns:
         """
         self._require_open()
         proc = subprocess.Popen(
-            self.exec_args(args), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            env=env, cwd=cwd, start_new_session=True,
+            self.exec_args(args),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
         self.processes.append(proc)
         return proc
@@ -370,13 +395,17 @@ def sweep_stale() -> list[str]:
     if STATE_DIR.is_dir():
         for state in STATE_DIR.iterdir():
             m = _NAME_RE.match(state.name)
-            if m and not (NETNS_DIR / state.name).exists() and (
-                    _proc_start_time(int(m["pid"])) is None):
+            if (
+                m
+                and not (NETNS_DIR / state.name).exists()
+                and (_proc_start_time(int(m["pid"])) is None)
+            ):
                 _remove_state(state.name)
     return swept
 
 
 # --- links --------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class VethPair:
@@ -412,8 +441,29 @@ def veth_pair(
     """
     addrs_a = [addr_a] if isinstance(addr_a, str) else list(addr_a)
     addrs_b = [addr_b] if isinstance(addr_b, str) else list(addr_b)
-    _run(["ip", "link", "add", if_a, "netns", ns_a.name, "mtu", str(mtu), "type", "veth",
-          "peer", "name", if_b, "netns", ns_b.name, "mtu", str(mtu)], check=True, timeout=10)
+    _run(
+        [
+            "ip",
+            "link",
+            "add",
+            if_a,
+            "netns",
+            ns_a.name,
+            "mtu",
+            str(mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            if_b,
+            "netns",
+            ns_b.name,
+            "mtu",
+            str(mtu),
+        ],
+        check=True,
+        timeout=10,
+    )
     for ns, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
         for addr in addrs:
             extra = ["nodad"] if ":" in addr else []
@@ -421,9 +471,11 @@ def veth_pair(
         ns.run(["ip", "link", "set", ifname, "up"])
     for ns, ifname in ((ns_a, if_a), (ns_b, if_b)):
         wait_until(
-            lambda ns=ns, ifname=ifname: "LOWER_UP" in ns.run(
-                ["ip", "-o", "link", "show", ifname]).stdout,
-            timeout, what=f"{ifname} up in {ns.name}",
+            lambda ns=ns, ifname=ifname: (
+                "LOWER_UP" in ns.run(["ip", "-o", "link", "show", ifname]).stdout
+            ),
+            timeout,
+            what=f"{ifname} up in {ns.name}",
         )
     return VethPair(ns_a, ns_b, if_a, if_b, addrs_a, addrs_b)
 
@@ -477,16 +529,25 @@ print(got)
 
 def ping(ns: Netns, addr: str, count: int = 1, timeout: float = 2.0) -> int:
     """Send ``count`` ICMP/ICMPv6 echo requests from ``ns``; return replies received."""
-    out = ns.run([sys.executable, "-c", _PING_SCRIPT, addr, str(count), str(timeout)],
-                 timeout=count * timeout + 10).stdout
+    out = ns.run(
+        [sys.executable, "-c", _PING_SCRIPT, addr, str(count), str(timeout)],
+        timeout=count * timeout + 10,
+    ).stdout
     return int(out.strip() or 0)
 
 
 # --- packet capture -----------------------------------------------------------------
 
+
 @contextlib.contextmanager
-def capture(ns: Netns, iface: str, path: str | os.PathLike[str], bpf_filter: str = "",
-            *, timeout: float = 10.0) -> Iterator[Path]:
+def capture(
+    ns: Netns,
+    iface: str,
+    path: str | os.PathLike[str],
+    bpf_filter: str = "",
+    *,
+    timeout: float = 10.0,
+) -> Iterator[Path]:
     """Run tcpdump in ``ns`` on ``iface`` writing a pcap to ``path``.
 
     Yields only once tcpdump reports "listening on" (so no packet is missed), and
@@ -496,8 +557,20 @@ def capture(ns: Netns, iface: str, path: str | os.PathLike[str], bpf_filter: str
     """
     path = Path(path)
     err_path = path.with_name(path.name + ".stderr")
-    args = ["tcpdump", "-i", iface, "-n", "-U", "-s", "0", "-Z", "root",
-            "--immediate-mode", "-w", str(path)]
+    args = [
+        "tcpdump",
+        "-i",
+        iface,
+        "-n",
+        "-U",
+        "-s",
+        "0",
+        "-Z",
+        "root",
+        "--immediate-mode",
+        "-w",
+        str(path),
+    ]
     if bpf_filter:
         args.append(bpf_filter)
     with err_path.open("wb") as err:

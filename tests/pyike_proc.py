@@ -25,14 +25,19 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 
-def write_keydir(root: Path, private: ec.EllipticCurvePrivateKey,
-                 peers: dict[str, ec.EllipticCurvePublicKey]) -> Path:
+def write_keydir(
+    root: Path, private: ec.EllipticCurvePrivateKey, peers: dict[str, ec.EllipticCurvePublicKey]
+) -> Path:
     """iked's layout: private/local.key (0600 under 0700), local.pub, pubkeys/fqdn/<id>."""
     (root / "private").mkdir(parents=True, mode=0o700, exist_ok=True)
     key = root / "private" / "local.key"
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.TraditionalOpenSSL,
-                                          serialization.NoEncryption()))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     key.chmod(0o600)
     (root / "local.pub").write_bytes(keys.public_key_pem(private.public_key()))
     for ident, pub in peers.items():
@@ -55,8 +60,17 @@ class PyikeProc:
     def start(self) -> PyikeProc:
         self.log_path = self.workdir / f"pyike-{self.ns.name}.log"
         log = self.log_path.open("wb")
-        cmd = [sys.executable, "-m", "pyike", "-f", str(self.conf), "--keydir",
-               str(self.keydir), "-vv", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pyike",
+            "-f",
+            str(self.conf),
+            "--keydir",
+            str(self.keydir),
+            "-vv",
+            *self.args,
+        ]
         self.proc = self.ns.popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
         log.close()
         return self
@@ -73,11 +87,14 @@ class PyikeProc:
             if len(found) >= count:
                 return found
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"pyike in {self.ns.name} exited "
-                                     f"({self.proc.returncode}):\n{self.log()[-4000:]}")
+                raise AssertionError(
+                    f"pyike in {self.ns.name} exited "
+                    f"({self.proc.returncode}):\n{self.log()[-4000:]}"
+                )
             if time.monotonic() >= deadline:
-                raise AssertionError(f"no {count}x /{pattern}/ in {timeout} s; log:\n"
-                                     f"{self.log()[-4000:]}")
+                raise AssertionError(
+                    f"no {count}x /{pattern}/ in {timeout} s; log:\n{self.log()[-4000:]}"
+                )
             time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> int | None:

@@ -77,16 +77,24 @@ class Tunnel:
         try:
             self.vm_ns = Netns("vm").create()
             veth_pair(self.home_ns, self.vm_ns, HOME_ADDRS, VM_ADDRS)
-            hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(
-                ec.SECP384R1())
-            self._home_keys = write_keydir(self.workdir / "home-keys", hk,
-                                           {"namorar.example.com": vk.public_key()})
-            self._vm_keys = write_keydir(self.workdir / "vm-keys", vk,
-                                         {"carinho.lan": hk.public_key()})
+            hk, vk = (
+                ec.generate_private_key(ec.SECP384R1()),
+                ec.generate_private_key(ec.SECP384R1()),
+            )
+            self._home_keys = write_keydir(
+                self.workdir / "home-keys", hk, {"namorar.example.com": vk.public_key()}
+            )
+            self._vm_keys = write_keydir(
+                self.workdir / "vm-keys", vk, {"carinho.lan": hk.public_key()}
+            )
             self.start_vm()
-            self.home = PyikeProc(self.home_ns, self.workdir, CONF / "home-iked.conf",
-                                  self._home_keys,
-                                  ["-D", f"vm_host={VM_OUTER}", *self.home_args]).start()
+            self.home = PyikeProc(
+                self.home_ns,
+                self.workdir,
+                CONF / "home-iked.conf",
+                self._home_keys,
+                ["-D", f"vm_host={VM_OUTER}", *self.home_args],
+            ).start()
             self.home.wait_log(r"established .*as initiator", timeout=30, count=3)
             self.wait_tunnel(30)
         except BaseException:
@@ -107,8 +115,13 @@ class Tunnel:
         self._vm_starts += 1
         workdir = self.workdir / f"vm-{self._vm_starts}"
         workdir.mkdir(exist_ok=True)
-        self.vm = PyikeProc(self.vm_ns, workdir, CONF / "vm-iked.conf", self._vm_keys,
-                            ["-D", f"ext={VM_OUTER}", *self.vm_args, *extra]).start()
+        self.vm = PyikeProc(
+            self.vm_ns,
+            workdir,
+            CONF / "vm-iked.conf",
+            self._vm_keys,
+            ["-D", f"ext={VM_OUTER}", *self.vm_args, *extra],
+        ).start()
         self.vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=30)
         return time.monotonic()
 
@@ -116,15 +129,18 @@ class Tunnel:
 
     def tunnel_back_at(self, limit: float) -> float | None:
         """CLOCK_MONOTONIC time of the first echo answered through the tunnel."""
-        r = self.home_ns.run([sys.executable, "-c", _PROBE, VPN1, str(limit)], check=False,
-                             timeout=limit + 15)
+        r = self.home_ns.run(
+            [sys.executable, "-c", _PROBE, VPN1, str(limit)], check=False, timeout=limit + 15
+        )
         return float(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else None
 
     def wait_tunnel(self, limit: float) -> float:
         back = self.tunnel_back_at(limit)
         if back is None:
-            raise AssertionError(f"tunnel not carrying traffic within {limit} s\nhome:\n"
-                                 f"{self.home.log()[-3000:]}\nvm:\n{self.vm.log()[-3000:]}")
+            raise AssertionError(
+                f"tunnel not carrying traffic within {limit} s\nhome:\n"
+                f"{self.home.log()[-3000:]}\nvm:\n{self.vm.log()[-3000:]}"
+            )
         return back
 
     def recovery(self, since: float, limit: float = 40.0) -> float | None:
@@ -148,16 +164,23 @@ class Tunnel:
         """``tc netem loss``; where the kernel lacks netem (CONFIG_NET_SCH_NETEM is off
         on this project's machines) the same random drop in nftables. Returns the
         command that removes it."""
-        r = ns.run(["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss",
-                    f"{percent}%"], check=False)
+        r = ns.run(
+            ["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", f"{percent}%"],
+            check=False,
+        )
         if r.returncode == 0:
             self.loss_method = "tc netem"
             return ["tc", "qdisc", "del", "dev", "eth0", "root"]
         self.loss_method = "nftables numgen"
         match = f"numgen random mod 100 < {percent} " if percent < 100 else ""
-        ns.run(["nft", "add table inet pyikeloss; add chain inet pyikeloss out "
+        ns.run(
+            [
+                "nft",
+                "add table inet pyikeloss; add chain inet pyikeloss out "
                 "{ type filter hook output priority 0; }; add rule inet pyikeloss out "
-                f'oifname "eth0" {match}drop'])
+                f'oifname "eth0" {match}drop',
+            ]
+        )
         return ["nft", "delete table inet pyikeloss"]
 
     def link_down(self) -> None:
@@ -167,8 +190,12 @@ class Tunnel:
         """Bring the home link up; returns when it is usable (carrier on both ends)."""
         self.home_ns.run(["ip", "link", "set", "eth0", "up"])
         for ns in (self.home_ns, self.vm_ns):
-            wait_until(lambda ns=ns: "LOWER_UP" in ns.run(
-                ["ip", "-o", "link", "show", "eth0"]).stdout, 10, 0.02, "eth0 carrier")
+            wait_until(
+                lambda ns=ns: "LOWER_UP" in ns.run(["ip", "-o", "link", "show", "eth0"]).stdout,
+                10,
+                0.02,
+                "eth0 carrier",
+            )
         return time.monotonic()
 
     def change_home_address(self, new: str) -> float:
@@ -183,8 +210,11 @@ class Tunnel:
         os.kill(self.vm.proc.pid, signal.SIGKILL)
         self.vm.proc.wait(10)
         # Its TUN device goes with the process; wait so the new one can take the name.
-        wait_until(lambda: "pyike0" not in self.vm_ns.run(["ip", "-o", "link"]).stdout, 10,
-                   what="the killed daemon's TUN device to go")
+        wait_until(
+            lambda: "pyike0" not in self.vm_ns.run(["ip", "-o", "link"]).stdout,
+            10,
+            what="the killed daemon's TUN device to go",
+        )
 
     def restart_vm(self, down: float = 0.0, extra: tuple[str, ...] = ()) -> float:
         """SIGKILL the VM daemon, wait ``down`` s, start it; returns when listening."""
@@ -266,9 +296,11 @@ def queue_mail(spool: Path, count: int) -> list[bytes]:
     spool.mkdir(parents=True, exist_ok=True)
     bodies = []
     for i in range(count):
-        body = (f"From: relay@namorar.example.com\r\nTo: user@carinho.lan\r\n"
-                f"Subject: queued {i}\r\nMessage-ID: <queued-{i}@namorar.example.com>\r\n\r\n"
-                f"message {i} queued at the VM while the link was down\r\n").encode()
+        body = (
+            f"From: relay@namorar.example.com\r\nTo: user@carinho.lan\r\n"
+            f"Subject: queued {i}\r\nMessage-ID: <queued-{i}@namorar.example.com>\r\n\r\n"
+            f"message {i} queued at the VM while the link was down\r\n"
+        ).encode()
         (spool / f"{i:03d}.eml").write_bytes(body)
         bodies.append(body)
     return bodies

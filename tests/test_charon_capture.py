@@ -80,10 +80,20 @@ class Case:
 CASES = [
     # The offer the interop notes describe (GCM 256/128, PRF sha384/sha256, x25519
     # then ecp384); charon's "default" keyword would pick AES-CBC-128 here.
-    Case("aesgcm", "aes256gcm16-aes128gcm16-prfsha384-prfsha256-x25519-ecp384",
-         "aes256gcm16", rfc7427=True, auth_method=AuthMethod.DIGITAL_SIGNATURE),
-    Case("aescbc", "aes256-sha384-ecp384", "aes256-sha256",
-         rfc7427=False, auth_method=AuthMethod.ECDSA_SHA384_P384),
+    Case(
+        "aesgcm",
+        "aes256gcm16-aes128gcm16-prfsha384-prfsha256-x25519-ecp384",
+        "aes256gcm16",
+        rfc7427=True,
+        auth_method=AuthMethod.DIGITAL_SIGNATURE,
+    ),
+    Case(
+        "aescbc",
+        "aes256-sha384-ecp384",
+        "aes256-sha256",
+        rfc7427=False,
+        auth_method=AuthMethod.ECDSA_SHA384_P384,
+    ),
 ]
 
 
@@ -97,6 +107,7 @@ def _pyike() -> tuple[Any, Any, Any]:
 
 
 # --- the checks -------------------------------------------------------------------------
+
 
 @dataclass
 class Checked:
@@ -122,8 +133,14 @@ def _transforms(proposal: Any) -> dict[int, Any]:
     return by_type
 
 
-def check_capture(pcap_path: Path, home_log: str, vm_log: str, home_public_pem: bytes,
-                  vm_public_pem: bytes, case: Case) -> Checked:
+def check_capture(
+    pcap_path: Path,
+    home_log: str,
+    vm_log: str,
+    home_public_pem: bytes,
+    vm_public_pem: bytes,
+    case: Case,
+) -> Checked:
     """Every check of the module docstring, on one capture and the two charon logs."""
     wire, crypto, pcap = _pyike()
 
@@ -137,10 +154,12 @@ def check_capture(pcap_path: Path, home_log: str, vm_log: str, home_public_pem: 
     # Every IKE message in the capture (port 4500 ones behind the non-ESP marker).
     raws = [raw for d in pcap.read_capture(pcap_path) if (raw := pcap.ike_payload(d))]
     messages = [(raw, wire.parse_message(raw)) for raw in raws]
-    init_req = [(r, m) for r, m in messages
-                if m.exchange == ExchangeType.IKE_SA_INIT and not m.is_response]
-    init_resp = [(r, m) for r, m in messages
-                 if m.exchange == ExchangeType.IKE_SA_INIT and m.is_response]
+    init_req = [
+        (r, m) for r, m in messages if m.exchange == ExchangeType.IKE_SA_INIT and not m.is_response
+    ]
+    init_resp = [
+        (r, m) for r, m in messages if m.exchange == ExchangeType.IKE_SA_INIT and m.is_response
+    ]
     assert len(init_req) == 1 and len(init_resp) == 1, "expected one IKE_SA_INIT exchange"
     (req_raw, req), (resp_raw, resp) = init_req[0], init_resp[0]
     spi_i, spi_r = resp.spi_i, resp.spi_r
@@ -160,8 +179,9 @@ def check_capture(pcap_path: Path, home_log: str, vm_log: str, home_public_pem: 
     suite = f"{encr.name}-{key_bits} {integ.name} PRF_{prf_alg.name} {group}"
 
     # SKEYSEED and SK_* (RFC 7296 2.14) from the wire plus charon's DH secret.
-    keys = crypto.derive_ike_keys(prf_alg, encr, key_bits, integ, ni, nr,
-                                  logged["dh_secret"], spi_i, spi_r)
+    keys = crypto.derive_ike_keys(
+        prf_alg, encr, key_bits, integ, ni, nr, logged["dh_secret"], spi_i, spi_r
+    )
     for name in ("skeyseed", "sk_d", "sk_ei", "sk_er", "sk_pi", "sk_pr"):
         assert getattr(keys, name) == logged[name], f"{name} differs from charon's"
     for name in ("sk_ai", "sk_ar"):  # charon logs no integrity keys for AEAD
@@ -181,14 +201,15 @@ def check_capture(pcap_path: Path, home_log: str, vm_log: str, home_public_pem: 
             assert msg.exchange == ExchangeType.IKE_SA_INIT, "unprotected message after INIT"
             continue
         assert (msg.spi_i, msg.spi_r) == (spi_i, spi_r)
-        aad = raw[:len(raw) - len(sk.data)]  # IKE header + SK generic header
+        aad = raw[: len(raw) - len(sk.data)]  # IKE header + SK generic header
         plain = ciphers[msg.is_initiator].open(aad, sk.data)
         payloads = wire.parse_payloads(sk.first_inner, plain)
         inner.setdefault((msg.exchange, msg.is_response), payloads)
         checked.sk_payloads += 1
         checked.exchanges.append(
             f"{ExchangeType.name_of(msg.exchange)} {'response' if msg.is_response else 'request'}"
-            f" #{msg.message_id}")
+            f" #{msg.message_id}"
+        )
     assert (ExchangeType.IKE_AUTH, False) in inner and (ExchangeType.IKE_AUTH, True) in inner
 
     # AUTH (RFC 7296 2.15): initiator signs its INIT request | Nr | prf(SK_pi, IDi'),
@@ -196,10 +217,26 @@ def check_capture(pcap_path: Path, home_log: str, vm_log: str, home_public_pem: 
     home_key = serialization.load_pem_public_key(home_public_pem)
     vm_key = serialization.load_pem_public_key(vm_public_pem)
     sides = [
-        (inner[ExchangeType.IKE_AUTH, False], PayloadType.IDi, req_raw, nr, keys.sk_pi,
-         HOME_ID, home_key, vm_key),
-        (inner[ExchangeType.IKE_AUTH, True], PayloadType.IDr, resp_raw, ni, keys.sk_pr,
-         VM_ID, vm_key, home_key),
+        (
+            inner[ExchangeType.IKE_AUTH, False],
+            PayloadType.IDi,
+            req_raw,
+            nr,
+            keys.sk_pi,
+            HOME_ID,
+            home_key,
+            vm_key,
+        ),
+        (
+            inner[ExchangeType.IKE_AUTH, True],
+            PayloadType.IDr,
+            resp_raw,
+            ni,
+            keys.sk_pr,
+            VM_ID,
+            vm_key,
+            home_key,
+        ),
     ]
     logged_octets = {a["id_body"]: a["octets"] for a in logged["auth"]}
     for payloads, kind, init_raw, peer_nonce, sk_p, ident, key, wrong_key in sides:
@@ -215,10 +252,12 @@ def check_capture(pcap_path: Path, home_log: str, vm_log: str, home_public_pem: 
             crypto.verify_auth(AuthMethod(auth.method), wrong_key, octets, auth.data)
 
     # CHILD_SA keys (RFC 7296 2.17): prf+(SK_d, Ni | Nr), no PFS in IKE_AUTH.
-    child_req = next(p for p in inner[ExchangeType.IKE_AUTH, False]
-                     if isinstance(p, wire.SaPayload))
-    child_resp = next(p for p in inner[ExchangeType.IKE_AUTH, True]
-                      if isinstance(p, wire.SaPayload))
+    child_req = next(
+        p for p in inner[ExchangeType.IKE_AUTH, False] if isinstance(p, wire.SaPayload)
+    )
+    child_resp = next(
+        p for p in inner[ExchangeType.IKE_AUTH, True] if isinstance(p, wire.SaPayload)
+    )
     (child_chosen,) = child_resp.proposals
     assert child_chosen.protocol == ProtocolId.ESP
     ctr = _transforms(child_chosen)
@@ -239,6 +278,7 @@ def check_capture(pcap_path: Path, home_log: str, vm_log: str, home_public_pem: 
 
 
 # --- the real run (root) ----------------------------------------------------------------
+
 
 def _read_public(charon: Charon) -> bytes:
     return (charon.swanctl_dir / "pubkey" / "local.pem").read_bytes()
@@ -261,20 +301,49 @@ def test_charon_to_charon(case: Case, two_hosts: TwoHosts, tmp_path: Path) -> No
     vm.run(["ip", "addr", "add", f"{VM_INNER}/128", "dev", "lo"])
     home_private, home_public = ecdsa_p384_keypair()
     vm_private, vm_public = ecdsa_p384_keypair()
-    common = dict(ike_proposals=case.ike_proposals, esp_proposals=case.esp_proposals,
-                  encap=True, rfc7427=case.rfc7427)
-    home_charon = Charon(home, tmp_path / "home", "home", HOME_ADDR, VM_ADDR, HOME_ID, VM_ID,
-                         home_private, vm_public, local_ts=f"{HOME_INNER}/128",
-                         remote_ts=f"{VM_INNER}/128", **common)
-    vm_charon = Charon(vm, tmp_path / "vm", "vm", VM_ADDR, HOME_ADDR, VM_ID, HOME_ID,
-                       vm_private, home_public, local_ts=f"{VM_INNER}/128",
-                       remote_ts=f"{HOME_INNER}/128", **common)
+    common = dict(
+        ike_proposals=case.ike_proposals,
+        esp_proposals=case.esp_proposals,
+        encap=True,
+        rfc7427=case.rfc7427,
+    )
+    home_charon = Charon(
+        home,
+        tmp_path / "home",
+        "home",
+        HOME_ADDR,
+        VM_ADDR,
+        HOME_ID,
+        VM_ID,
+        home_private,
+        vm_public,
+        local_ts=f"{HOME_INNER}/128",
+        remote_ts=f"{VM_INNER}/128",
+        **common,
+    )
+    vm_charon = Charon(
+        vm,
+        tmp_path / "vm",
+        "vm",
+        VM_ADDR,
+        HOME_ADDR,
+        VM_ID,
+        HOME_ID,
+        vm_private,
+        home_public,
+        local_ts=f"{VM_INNER}/128",
+        remote_ts=f"{HOME_INNER}/128",
+        **common,
+    )
     pcap_path = tmp_path / "charon.pcap"
     started = time.monotonic()
     # Exits run in reverse: home stops first (the VM answers its DELETE), then the
     # VM, then tcpdump, so the capture holds the whole life of the IKE SA.
-    with capture(vm, two_hosts.link.if_b, pcap_path, "udp port 500 or udp port 4500"), \
-            vm_charon, home_charon:
+    with (
+        capture(vm, two_hosts.link.if_b, pcap_path, "udp port 500 or udp port 4500"),
+        vm_charon,
+        home_charon,
+    ):
         vm_charon.load()
         home_charon.load()
         home_charon.initiate(timeout=TIMEOUT_S)
@@ -283,20 +352,28 @@ def test_charon_to_charon(case: Case, two_hosts: TwoHosts, tmp_path: Path) -> No
     elapsed = time.monotonic() - started
     assert elapsed < 4 * TIMEOUT_S
 
-    checked = check_capture(pcap_path, home_charon.log_text(), vm_charon.log_text(),
-                            home_public, vm_public, case)
+    checked = check_capture(
+        pcap_path, home_charon.log_text(), vm_charon.log_text(), home_public, vm_public, case
+    )
     # Cross-check with what charon reports over vici.
-    assert (checked.spi_i.hex(), checked.spi_r.hex()) == (sa["initiator-spi"],
-                                                          sa["responder-spi"])
+    assert (checked.spi_i.hex(), checked.spi_r.hex()) == (sa["initiator-spi"], sa["responder-spi"])
     assert checked.sk_payloads >= 2
     assert _read_public(home_charon) == home_public
 
     if os.environ.get(WRITE_SAMPLE_ENV) == "1":
-        _write_sample(case, pcap_path, home_charon.log_text(), vm_charon.log_text(),
-                      home_public, vm_public, checked)
+        _write_sample(
+            case,
+            pcap_path,
+            home_charon.log_text(),
+            vm_charon.log_text(),
+            home_public,
+            vm_public,
+            checked,
+        )
 
 
 # --- the kept sample (no root) ------------------------------------------------------------
+
 
 def _keys_txt(case: Case, checked: Checked) -> str:
     c = checked.charon
@@ -337,8 +414,15 @@ def read_keys_txt(path: Path) -> dict[str, bytes]:
     return values
 
 
-def _write_sample(case: Case, pcap_path: Path, home_log: str, vm_log: str,
-                  home_public: bytes, vm_public: bytes, checked: Checked) -> None:
+def _write_sample(
+    case: Case,
+    pcap_path: Path,
+    home_log: str,
+    vm_log: str,
+    home_public: bytes,
+    vm_public: bytes,
+    checked: Checked,
+) -> None:
     out = SAMPLE_DIR / case.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "ike.pcap").write_bytes(pcap_path.read_bytes())
@@ -353,11 +437,16 @@ def _write_sample(case: Case, pcap_path: Path, home_log: str, vm_log: str,
 def test_sample_capture(case: Case) -> None:
     sample = SAMPLE_DIR / case.name
     assert (sample / "ike.pcap").is_file(), (
-        f"{sample} is missing: run `{WRITE_SAMPLE_ENV}=1 pytest {__file__}` as root")
+        f"{sample} is missing: run `{WRITE_SAMPLE_ENV}=1 pytest {__file__}` as root"
+    )
     checked = check_capture(
-        sample / "ike.pcap", (sample / "charon-home.log").read_text(),
-        (sample / "charon-vm.log").read_text(), (sample / "home.pub.pem").read_bytes(),
-        (sample / "vm.pub.pem").read_bytes(), case)
+        sample / "ike.pcap",
+        (sample / "charon-home.log").read_text(),
+        (sample / "charon-vm.log").read_text(),
+        (sample / "home.pub.pem").read_bytes(),
+        (sample / "vm.pub.pem").read_bytes(),
+        case,
+    )
     # keys.txt (for humans, unit tests and `pyike decode`) agrees with the capture
     # and with charon's log lines.
     keys = read_keys_txt(sample / "keys.txt")
@@ -384,10 +473,30 @@ def test_charon_without_libipsec_does_ike_only(two_hosts: TwoHosts, tmp_path: Pa
     home, vm = two_hosts
     home_private, home_public = ecdsa_p384_keypair()
     vm_private, vm_public = ecdsa_p384_keypair()
-    home_charon = Charon(home, tmp_path / "home", "home", HOME_ADDR, VM_ADDR, HOME_ID, VM_ID,
-                         home_private, vm_public, libipsec=False)
-    vm_charon = Charon(vm, tmp_path / "vm", "vm", VM_ADDR, HOME_ADDR, VM_ID, HOME_ID,
-                       vm_private, home_public, libipsec=False)
+    home_charon = Charon(
+        home,
+        tmp_path / "home",
+        "home",
+        HOME_ADDR,
+        VM_ADDR,
+        HOME_ID,
+        VM_ID,
+        home_private,
+        vm_public,
+        libipsec=False,
+    )
+    vm_charon = Charon(
+        vm,
+        tmp_path / "vm",
+        "vm",
+        VM_ADDR,
+        HOME_ADDR,
+        VM_ID,
+        HOME_ID,
+        vm_private,
+        home_public,
+        libipsec=False,
+    )
     with vm_charon, home_charon:
         vm_charon.load()
         home_charon.load()

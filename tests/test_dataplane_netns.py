@@ -28,9 +28,11 @@ HOME_ID, VM_ID = "carinho.lan", "namorar.example.com"
 INNER = {6: ("2001:db8:c1da::1", "2001:db8:c1da::2"), 4: ("203.0.113.1", "203.0.113.2")}
 OUTER = {4: "192.0.2.2", 6: "2001:db8:1::2"}  # the vm's veth address (tests/conftest.py)
 SUITES = "childsa enc aes-256-gcm"
-STATS = re.compile(r"data plane: (\d+) packets TUN->ESP in (\d+) UDP sends \((\d+) GSO\), "
-                   r"(\d+) packets ESP->TUN in (\d+) TUN writes \((\d+) merged\); (\d+) "
-                   r"without SA, (\d+) ESP drops, (\d+) send errors")
+STATS = re.compile(
+    r"data plane: (\d+) packets TUN->ESP in (\d+) UDP sends \((\d+) GSO\), "
+    r"(\d+) packets ESP->TUN in (\d+) TUN writes \((\d+) merged\); (\d+) "
+    r"without SA, (\d+) ESP drops, (\d+) send errors"
+)
 SIZE = 4 * 1024 * 1024
 
 SINK = (  # the vm's TCP server: receive everything, answer with its SHA-256
@@ -41,7 +43,8 @@ SINK = (  # the vm's TCP server: receive everything, answer with its SHA-256
     "c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256()\n"
     "while b := c.recv(1 << 16):\n"
     "    h.update(b)\n"
-    "c.sendall(h.hexdigest().encode()); c.close()\n")
+    "c.sendall(h.hexdigest().encode()); c.close()\n"
+)
 
 SOURCE = (  # home's client: send the file, print the server's digest
     "import socket, sys, time\n"
@@ -55,7 +58,8 @@ SOURCE = (  # home's client: send the file, print the server's digest
     "c.sendall(data); c.shutdown(socket.SHUT_WR); out = b''\n"
     "while b := c.recv(100):\n"
     "    out += b\n"
-    "print(out.decode())\n")
+    "print(out.decode())\n"
+)
 
 
 def _start(hosts: TwoHosts, tmp: Path, outer: int, inner: int) -> tuple[PyikeProc, PyikeProc]:
@@ -64,12 +68,16 @@ def _start(hosts: TwoHosts, tmp: Path, outer: int, inner: int) -> tuple[PyikePro
     home_keys = write_keydir(tmp / "home-keys", hk, {VM_ID: vk.public_key()})
     vm_keys = write_keydir(tmp / "vm-keys", vk, {HOME_ID: hk.public_key()})
     home_conf, vm_conf = tmp / "home.conf", tmp / "vm.conf"
-    home_conf.write_text(f'ikev2 "bulk" active esp from {home_in} to {vm_in} '
-                         f"peer {OUTER[outer]} {SUITES} srcid {HOME_ID} dstid {VM_ID} "
-                         "ecdsa384\n")
-    vm_conf.write_text(f'ikev2 "bulk" passive esp from {vm_in} to {home_in} local '
-                       f"{OUTER[outer]} peer any {SUITES} srcid {VM_ID} dstid {HOME_ID} "
-                       "ecdsa384\n")
+    home_conf.write_text(
+        f'ikev2 "bulk" active esp from {home_in} to {vm_in} '
+        f"peer {OUTER[outer]} {SUITES} srcid {HOME_ID} dstid {VM_ID} "
+        "ecdsa384\n"
+    )
+    vm_conf.write_text(
+        f'ikev2 "bulk" passive esp from {vm_in} to {home_in} local '
+        f"{OUTER[outer]} peer any {SUITES} srcid {VM_ID} dstid {HOME_ID} "
+        "ecdsa384\n"
+    )
     for c in (home_conf, vm_conf):
         c.chmod(0o600)
     vm = PyikeProc(hosts.vm, tmp, vm_conf, vm_keys).start()
@@ -83,17 +91,33 @@ def _start(hosts: TwoHosts, tmp: Path, outer: int, inner: int) -> tuple[PyikePro
 def _stats(p: PyikeProc) -> dict[str, int]:
     m = STATS.search(p.wait_log(STATS.pattern, timeout=10)[-1])
     assert m is not None
-    names = ("tun_in", "udp_sends", "gso_sends", "tun_out", "tun_writes", "merged",
-             "no_sa", "esp_drop", "send_err")
+    names = (
+        "tun_in",
+        "udp_sends",
+        "gso_sends",
+        "tun_out",
+        "tun_writes",
+        "merged",
+        "no_sa",
+        "esp_drop",
+        "send_err",
+    )
     return dict(zip(names, map(int, m.groups()), strict=True))
 
 
-@pytest.mark.parametrize(("offload", "outer", "inner"), [
-    (True, 4, 6), (True, 6, 4), (False, 4, 6)],
-    ids=["offload-outer4-inner6", "offload-outer6-inner4", "PYIKE_OFFLOAD=0"])
-def test_bulk_tcp_through_batched_paths(two_hosts: TwoHosts, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch, offload: bool,
-                                        outer: int, inner: int) -> None:
+@pytest.mark.parametrize(
+    ("offload", "outer", "inner"),
+    [(True, 4, 6), (True, 6, 4), (False, 4, 6)],
+    ids=["offload-outer4-inner6", "offload-outer6-inner4", "PYIKE_OFFLOAD=0"],
+)
+def test_bulk_tcp_through_batched_paths(
+    two_hosts: TwoHosts,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    offload: bool,
+    outer: int,
+    inner: int,
+) -> None:
     require_binary("ethtool", "ethtool")
     monkeypatch.setenv("PYIKE_OFFLOAD", "1" if offload else "0")  # the daemons inherit it
     for ns in two_hosts:

@@ -16,8 +16,10 @@ from pyike import keylog
 from pyike.registry import EncrId, IntegId
 
 SAMPLES = Path(__file__).parent / "data" / "charon-sample"
-SUITES = {"aesgcm": (EncrId.AES_GCM_16, 256, IntegId.NONE),
-          "aescbc": (EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_384_192)}
+SUITES = {
+    "aesgcm": (EncrId.AES_GCM_16, 256, IntegId.NONE),
+    "aescbc": (EncrId.AES_CBC, 256, IntegId.HMAC_SHA2_384_192),
+}
 
 
 def charon_keys(case: str) -> dict[str, bytes]:
@@ -30,17 +32,31 @@ def charon_keys(case: str) -> dict[str, bytes]:
 
 
 def run_decode(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pyike", "decode", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "pyike", "decode", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("case", sorted(SUITES))
 def test_decode_decrypts_charon_capture(case: str, tmp_path: Path) -> None:
     k = charon_keys(case)
     encr, bits, integ = SUITES[case]
-    (tmp_path / keylog.IKE_TABLE_NAME).write_text(keylog.format_ike_record(keylog.IkeKeyRecord(
-        k["spi_i"], k["spi_r"], encr, bits, integ, k["sk_ei"], k["sk_er"], k["sk_ai"],
-        k["sk_ar"])) + "\n")
+    (tmp_path / keylog.IKE_TABLE_NAME).write_text(
+        keylog.format_ike_record(
+            keylog.IkeKeyRecord(
+                k["spi_i"],
+                k["spi_r"],
+                encr,
+                bits,
+                integ,
+                k["sk_ei"],
+                k["sk_er"],
+                k["sk_ai"],
+                k["sk_ar"],
+            )
+        )
+        + "\n"
+    )
     r = run_decode(str(SAMPLES / case / "ike.pcap"), "--keylog", str(tmp_path))
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -71,6 +87,7 @@ def test_decode_bad_input_is_one_line(tmp_path: Path) -> None:
 
 def test_decode_hex(tmp_path: Path) -> None:
     from pyike import pcap
+
     msgs = [pcap.ike_payload(d) for d in pcap.read_capture(SAMPLES / "aesgcm" / "ike.pcap")]
     first = next(m for m in msgs if m)
     hexfile = tmp_path / "m.hex"

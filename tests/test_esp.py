@@ -694,9 +694,7 @@ def test_padding_next_header_and_dummy() -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=300), prefix=st.booleans(), suite=st.sampled_from(SUITES))
-def test_open_arbitrary_bytes_only_raises_espdrop(
-    data: bytes, prefix: bool, suite: tuple
-) -> None:
+def test_open_arbitrary_bytes_only_raises_espdrop(data: bytes, prefix: bool, suite: tuple) -> None:
     _, encr, bits, integ = suite
     _, inb = sa_pair(encr, bits, integ, spi=0xABCDEF01)
     if prefix:  # get past the SPI and replay checks

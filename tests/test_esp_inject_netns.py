@@ -57,17 +57,20 @@ for h in sys.argv[2:]:
     time.sleep(0.05)
 """
 
-_CHILD = re.compile(r"created Child SA spi in 0x(?P<i>[0-9a-f]+) out 0x[0-9a-f]+ "
-                    r"\((?P<suite>[^)]*)\) icmpv6 ")
+_CHILD = re.compile(
+    r"created Child SA spi in 0x(?P<i>[0-9a-f]+) out 0x[0-9a-f]+ "
+    r"\((?P<suite>[^)]*)\) icmpv6 "
+)
 
 
 def echo(seq: int, src: str = VPN1) -> bytes:
-    return bytes(IPv6(src=src, dst=VPN0) / ICMPv6EchoRequest(id=ECHO_ID, seq=seq,
-                                                            data=b"pyike-inject"))
+    return bytes(
+        IPv6(src=src, dst=VPN0) / ICMPv6EchoRequest(id=ECHO_ID, seq=seq, data=b"pyike-inject")
+    )
 
 
 def flip_bit(packet: bytes, offset: int) -> bytes:
-    return packet[:offset] + bytes([packet[offset] ^ 0x01]) + packet[offset + 1:]
+    return packet[:offset] + bytes([packet[offset] ^ 0x01]) + packet[offset + 1 :]
 
 
 def test_forged_esp_is_dropped_and_counted(two_hosts: TwoHosts, tmp_path: Path) -> None:
@@ -82,20 +85,36 @@ def test_forged_esp_is_dropped_and_counted(two_hosts: TwoHosts, tmp_path: Path) 
         # The icmp6 Child SA's inbound SPI at home = the VM's outbound one.
         (m,) = [m for m in _CHILD.finditer(home.log())]
         spi = int(m["i"], 16)
-        (rec,) = [r for r in parse_esp_records((keylog / ESP_TABLE_NAME).read_text())
-                  if r.spi == spi]
+        (rec,) = [
+            r for r in parse_esp_records((keylog / ESP_TABLE_NAME).read_text()) if r.spi == spi
+        ]
         assert (str(rec.src), str(rec.dst)) == (VM_ADDR, HOME_ADDR)
-        forger = esp.OutboundSa(rec.spi, rec.encr, rec.key_bits, rec.integ, rec.enc_key,
-                                rec.integ_key, " esn" in m["suite"])
+        forger = esp.OutboundSa(
+            rec.spi,
+            rec.encr,
+            rec.key_bits,
+            rec.integ,
+            rec.enc_key,
+            rec.integ_key,
+            " esn" in m["suite"],
+        )
         forger.seq = SEQ_BASE
-        stranger = esp.OutboundSa(0xDEADBEEF, rec.encr, rec.key_bits, rec.integ,
-                                  rec.enc_key, rec.integ_key, " esn" in m["suite"])
+        stranger = esp.OutboundSa(
+            0xDEADBEEF,
+            rec.encr,
+            rec.key_bits,
+            rec.integ,
+            rec.enc_key,
+            rec.integ_key,
+            " esn" in m["suite"],
+        )
 
         valid1 = forger.seal(echo(1), 41)
         flipped = flip_bit(forger.seal(echo(2), 41), 8 + 16)  # inside the ciphertext
         short_icv = forger.seal(echo(3), 41)[:-4]
-        tcp_in_icmp6_sa = forger.seal(bytes(IPv6(src=VPN1, dst=VPN0) /
-                                            TCP(sport=40000, dport=25, flags="S")), 41)
+        tcp_in_icmp6_sa = forger.seal(
+            bytes(IPv6(src=VPN1, dst=VPN0) / TCP(sport=40000, dport=25, flags="S")), 41
+        )
         spoofed_src = forger.seal(echo(4, src="2001:db8:c1da::99"), 41)
         udp_next_header = forger.seal(echo(5), 17)
         valid2 = forger.seal(echo(6), 41)
@@ -116,14 +135,19 @@ def test_forged_esp_is_dropped_and_counted(two_hosts: TwoHosts, tmp_path: Path) 
         ]
         tun_pcap = tmp_path / "home-tun.pcap"
         with capture(two_hosts.home, "pyike0", tun_pcap, "ip6"):
-            two_hosts.vm.run([sys.executable, "-c", _SENDER, HOME_ADDR,
-                              *(p.hex() for p, _, _ in plan)], timeout=30)
+            two_hosts.vm.run(
+                [sys.executable, "-c", _SENDER, HOME_ADDR, *(p.hex() for p, _, _ in plan)],
+                timeout=30,
+            )
             drops = 0
             for _, dropped, reason in plan:
                 drops += dropped
                 if reason is not None:
-                    home.wait_log(rf"ESP from {VM_ADDR} dropped: {reason} "
-                                  rf"\({drops} drops so far\)", timeout=10)
+                    home.wait_log(
+                        rf"ESP from {VM_ADDR} dropped: {reason} "
+                        rf"\({drops} drops so far\)",
+                        timeout=10,
+                    )
             # After all that, the tunnel still carries traffic both ways.
             assert ping(two_hosts.vm, VPN0, count=3) >= 2
             assert ping(two_hosts.home, VPN1, count=3) >= 2
@@ -134,16 +158,25 @@ def test_forged_esp_is_dropped_and_counted(two_hosts: TwoHosts, tmp_path: Path) 
 
     from scapy.layers.inet6 import ICMPv6EchoRequest as Echo
     from scapy.utils import rdpcap
+
     seen = [p for p in rdpcap(str(tun_pcap)) if IPv6 in p]
-    injected = [(p[IPv6].src, p[Echo].seq) for p in seen
-                if Echo in p and p[Echo].id == ECHO_ID]
+    injected = [(p[IPv6].src, p[Echo].seq) for p in seen if Echo in p and p[Echo].id == ECHO_ID]
     assert injected == [(VPN1, 1), (VPN1, 6)], injected  # once each, nothing else
     assert not [p for p in seen if TCP in p], "a TCP packet outside the SA got through"
     assert not [p for p in seen if p[IPv6].src == "2001:db8:c1da::99"]
-    dropped = {line.split("dropped: ")[1].split()[0] for line in home.log().splitlines()
-               if "dropped: " in line}
-    assert dropped == {"REPLAY", "TRUNCATED", "INTEGRITY", "UNKNOWN_SPI",
-                       "SELECTOR_MISMATCH", "BAD_NEXT_HEADER"}, dropped
+    dropped = {
+        line.split("dropped: ")[1].split()[0]
+        for line in home.log().splitlines()
+        if "dropped: " in line
+    }
+    assert dropped == {
+        "REPLAY",
+        "TRUNCATED",
+        "INTEGRITY",
+        "UNKNOWN_SPI",
+        "SELECTOR_MISMATCH",
+        "BAD_NEXT_HEADER",
+    }, dropped
     # At exit pyike logs its data plane totals: the nine drops, one of them for an SPI
     # no SA has, and at least the two valid echo requests written to the TUN.
     (totals,) = re.findall(r"data plane totals: (.*)", home.log())

@@ -38,6 +38,7 @@ def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnel]:
     require_binary("tc", "iproute2")
     require_binary("nft", "nftables")  # the loss fault where tc netem is missing
     from tests.netns import sweep_stale
+
     sweep_stale()
     with Tunnel(tmp_path_factory.mktemp("faults")) as t:
         yield t
@@ -62,8 +63,10 @@ def test_loss_30_percent_for_a_minute(tunnel: Tunnel) -> None:
     assert took is not None and took <= RECOVERY_LIMIT, tunnel.home.log()[-4000:]
     # With probes and capped retransmissions, 60 s of 30% loss kills no IKE SA here
     # (all 13 sends of one exchange would have to be lost): logged, not asserted.
-    print(f"home IKE SAs closed during the loss: {closed_count(tunnel.home) - before}",
-          file=sys.stderr)
+    print(
+        f"home IKE SAs closed during the loss: {closed_count(tunnel.home) - before}",
+        file=sys.stderr,
+    )
 
 
 def test_link_down_two_minutes_and_mail_queued_meanwhile(tunnel: Tunnel) -> None:
@@ -71,17 +74,23 @@ def test_link_down_two_minutes_and_mail_queued_meanwhile(tunnel: Tunnel) -> None
     work = tunnel.workdir / "smtp"
     inbox, spool = work / "inbox", work / "spool"
     inbox.mkdir(parents=True)
-    server = popen_logged(tunnel.home_ns, [sys.executable, "-c", SMTP_SERVER, VPN0,
-                                           str(inbox)], work / "server.log")
+    server = popen_logged(
+        tunnel.home_ns, [sys.executable, "-c", SMTP_SERVER, VPN0, str(inbox)], work / "server.log"
+    )
     try:
-        wait_until(lambda: ":25 " in tunnel.home_ns.run(["ss", "-ltn"]).stdout, 10,
-                   what="the SMTP server at home")
+        wait_until(
+            lambda: ":25 " in tunnel.home_ns.run(["ss", "-ltn"]).stdout,
+            10,
+            what="the SMTP server at home",
+        )
         tunnel.link_down()
         # Mail arrives at the VM while the link is down; its queue keeps retrying.
         bodies = queue_mail(spool, MAILS)
-        queue = popen_logged(tunnel.vm_ns, [sys.executable, "-c", SMTP_QUEUE, VPN0,
-                                            str(spool), str(LINK_DOWN_SECONDS + 60)],
-                             work / "queue.log")
+        queue = popen_logged(
+            tunnel.vm_ns,
+            [sys.executable, "-c", SMTP_QUEUE, VPN0, str(spool), str(LINK_DOWN_SECONDS + 60)],
+            work / "queue.log",
+        )
         time.sleep(LINK_DOWN_SECONDS)
         assert not list(inbox.glob("*.eml")), "mail crossed a link that was down"
         usable = tunnel.link_up()

@@ -35,8 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                         timeout=10, check=True).stdout
+    out = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
@@ -50,6 +51,7 @@ def alive(pid: int) -> bool:
 
 
 # --- no root needed -----------------------------------------------------------------
+
 
 def test_wait_until_returns_value_and_times_out() -> None:
     calls = iter(range(100))
@@ -74,9 +76,26 @@ def _run_pytest(tmp_path: Path, body: str, ci: bool) -> subprocess.CompletedProc
     if ci:
         env["CI"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-         "--rootdir", str(tmp_path), "-c", os.devnull, str(test_file)],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.conftest",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(test_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=env,
     )
 
 
@@ -116,6 +135,7 @@ def test_ci_passes_when_only_ordinary_tests_skip(tmp_path: Path) -> None:
 
 # --- root: namespaces ---------------------------------------------------------------
 
+
 @pytest.mark.usefixtures("stale_netns_swept")
 class TestNetns:
     pytestmark = [pytest.mark.netns, requires_root]
@@ -142,8 +162,9 @@ class TestNetns:
     def test_processes_reaped_with_their_children(self) -> None:
         with Netns("reap", stop_grace=0.5) as ns:
             # A shell that ignores SIGTERM and has a background child: both must go.
-            proc = ns.popen(["sh", "-c", "trap '' TERM; sleep 600 & echo $!; wait"],
-                            stdout=subprocess.PIPE)
+            proc = ns.popen(
+                ["sh", "-c", "trap '' TERM; sleep 600 & echo $!; wait"], stdout=subprocess.PIPE
+            )
             assert proc.stdout is not None
             child = int(proc.stdout.readline())
             assert alive(proc.pid) and alive(child)
@@ -173,8 +194,12 @@ class TestNetns:
             os.kill(os.getpid(), signal.SIGKILL)
             """)
         with Netns("survivor") as mine:
-            result = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)],
-                                    capture_output=True, text=True, timeout=30)
+            result = subprocess.run(
+                [sys.executable, "-c", script, str(REPO_ROOT)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert result.returncode == -signal.SIGKILL, result.stderr
             name, pid = result.stdout.split()
             assert name in namespaces() and alive(int(pid))
@@ -194,8 +219,9 @@ class TestNetns:
             print(ns.name, p.pid, flush=True)
             time.sleep(60)
             """)
-        proc = subprocess.Popen([sys.executable, "-c", script, str(REPO_ROOT)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(REPO_ROOT)], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout is not None
             name, pid = proc.stdout.readline().split()
@@ -211,6 +237,7 @@ class TestNetns:
 
 
 # --- root: link and capture ---------------------------------------------------------
+
 
 @pytest.mark.netns
 @requires_root
@@ -233,7 +260,7 @@ def _pcap_records(path: Path) -> list[bytes]:
     records, off = [], 24
     while off + 16 <= len(data):
         incl = struct.unpack_from(endian + "I", data, off + 8)[0]
-        records.append(data[off + 16:off + 16 + incl])
+        records.append(data[off + 16 : off + 16 + incl])
         off += 16 + incl
     return records
 
@@ -243,8 +270,10 @@ def _pcap_records(path: Path) -> list[bytes]:
 def test_capture_records_packets(two_hosts: TwoHosts, tmp_path: Path) -> None:
     home, vm = two_hosts
     marker = b"pyike-capture-%d" % os.getpid()
-    send = ("import socket,sys; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM);"
-            "[s.sendto(sys.argv[1].encode(), ('2001:db8:1::2', 9)) for _ in range(3)]")
+    send = (
+        "import socket,sys; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM);"
+        "[s.sendto(sys.argv[1].encode(), ('2001:db8:1::2', 9)) for _ in range(3)]"
+    )
     with capture(vm, "eth0", tmp_path / "cap.pcap", "udp port 9") as pcap:
         home.run([sys.executable, "-c", send, marker.decode()])
         # Captured packets are written as they arrive (-U): wait for all three.

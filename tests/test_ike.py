@@ -81,17 +81,38 @@ def exchanges(p: Pair, direction: str | None = None) -> list[tuple[str, int, boo
 # ----------------------------------------------------------------------------- happy paths
 
 
-@pytest.mark.parametrize("ike,esp", [
-    (ike_proposal(), esp_proposal()),
-    (ike_proposal(encr=EncrId.AES_GCM_16, bits=128, prf=PrfId.HMAC_SHA2_256,
-                  groups=(DhId.ECP_384,)), esp_proposal(bits=128)),
-    (ike_proposal(encr=EncrId.AES_CBC, bits=256, prf=PrfId.HMAC_SHA2_384,
-                  integ=IntegId.HMAC_SHA2_384_192, groups=(DhId.ECP_384,)),
-     esp_proposal(encr=EncrId.AES_CBC, bits=256, integ=IntegId.HMAC_SHA2_256_128)),
-    (ike_proposal(encr=EncrId.AES_CBC, bits=128, prf=PrfId.HMAC_SHA2_256,
-                  integ=IntegId.HMAC_SHA2_256_128, groups=(DhId.MODP_2048,)),
-     esp_proposal(encr=EncrId.AES_CBC, bits=128, integ=IntegId.HMAC_SHA2_512_256)),
-])
+@pytest.mark.parametrize(
+    "ike,esp",
+    [
+        (ike_proposal(), esp_proposal()),
+        (
+            ike_proposal(
+                encr=EncrId.AES_GCM_16, bits=128, prf=PrfId.HMAC_SHA2_256, groups=(DhId.ECP_384,)
+            ),
+            esp_proposal(bits=128),
+        ),
+        (
+            ike_proposal(
+                encr=EncrId.AES_CBC,
+                bits=256,
+                prf=PrfId.HMAC_SHA2_384,
+                integ=IntegId.HMAC_SHA2_384_192,
+                groups=(DhId.ECP_384,),
+            ),
+            esp_proposal(encr=EncrId.AES_CBC, bits=256, integ=IntegId.HMAC_SHA2_256_128),
+        ),
+        (
+            ike_proposal(
+                encr=EncrId.AES_CBC,
+                bits=128,
+                prf=PrfId.HMAC_SHA2_256,
+                integ=IntegId.HMAC_SHA2_256_128,
+                groups=(DhId.MODP_2048,),
+            ),
+            esp_proposal(encr=EncrId.AES_CBC, bits=128, integ=IntegId.HMAC_SHA2_512_256),
+        ),
+    ],
+)
 def test_establish_and_child_keys_match(ike, esp) -> None:
     p = default_pair(home_kw={"ike": [ike], "esp": [esp]}, vm_kw={"ike": [ike], "esp": [esp]})
     p.connect()
@@ -102,8 +123,12 @@ def test_establish_and_child_keys_match(ike, esp) -> None:
     assert home.peer_id == VM_ID and vm.peer_id == HOME_ID
     hc, vc = child_pair(p)
     assert_children_match(hc, vc)
-    assert exchanges(p) == [("IKE_SA_INIT", 0, False), ("IKE_SA_INIT", 0, True),
-                            ("IKE_AUTH", 1, False), ("IKE_AUTH", 1, True)]
+    assert exchanges(p) == [
+        ("IKE_SA_INIT", 0, False),
+        ("IKE_SA_INIT", 0, True),
+        ("IKE_AUTH", 1, False),
+        ("IKE_AUTH", 1, True),
+    ]
     assert p.events("vm", InitialContact)
 
 
@@ -125,8 +150,13 @@ def test_rfc4754_when_peer_sends_no_signature_hashes() -> None:
     assert home.peer_auth_method == AuthMethod.ECDSA_SHA384_P384
 
 
-@pytest.mark.parametrize("curve,method", [(ec.SECP256R1(), AuthMethod.ECDSA_SHA256_P256),
-                                          (ec.SECP521R1(), AuthMethod.ECDSA_SHA512_P521)])
+@pytest.mark.parametrize(
+    "curve,method",
+    [
+        (ec.SECP256R1(), AuthMethod.ECDSA_SHA256_P256),
+        (ec.SECP521R1(), AuthMethod.ECDSA_SHA512_P521),
+    ],
+)
 def test_other_curves(curve, method) -> None:
     keys = Keys(home=ec.generate_private_key(curve), vm=ec.generate_private_key(curve))
     p = default_pair(keys, home_kw={"rfc7427": False}, vm_kw={"rfc7427": False})
@@ -187,8 +217,9 @@ def test_cookie_round_trip() -> None:
 
 
 def test_no_proposal_chosen(caplog) -> None:
-    p = default_pair(vm_kw={"ike": [ike_proposal(encr=EncrId.AES_CBC, bits=128,
-                                                 integ=IntegId.HMAC_SHA1_96)]})
+    p = default_pair(
+        vm_kw={"ike": [ike_proposal(encr=EncrId.AES_CBC, bits=128, integ=IntegId.HMAC_SHA1_96)]}
+    )
     with caplog.at_level(logging.WARNING):
         p.connect()
         p.run()
@@ -201,11 +232,22 @@ def test_no_proposal_chosen(caplog) -> None:
 def test_wrong_key_gives_authentication_failed(caplog) -> None:
     keys = Keys()
     impostor = ec.generate_private_key(ec.SECP384R1())
-    home = make_policy("home", local_id=HOME_ID, peer_id=VM_ID, local_key=impostor,
-                       peer_public=keys.vm.public_key())
-    vm = make_policy("vm", local_id=VM_ID, peer_id=HOME_ID, local_key=keys.vm,
-                     peer_public=keys.home.public_key(), local_net="2001:db8:c1da::2",
-                     remote_net="2001:db8:c1da::1")
+    home = make_policy(
+        "home",
+        local_id=HOME_ID,
+        peer_id=VM_ID,
+        local_key=impostor,
+        peer_public=keys.vm.public_key(),
+    )
+    vm = make_policy(
+        "vm",
+        local_id=VM_ID,
+        peer_id=HOME_ID,
+        local_key=keys.vm,
+        peer_public=keys.home.public_key(),
+        local_net="2001:db8:c1da::2",
+        remote_net="2001:db8:c1da::1",
+    )
     p = Pair(home, vm)
     with caplog.at_level(logging.WARNING):
         p.connect()
@@ -240,10 +282,14 @@ def test_ts_unacceptable_keeps_ike_sa() -> None:
 def test_ts_narrowed_by_responder() -> None:
     """Home asks for its /64 to the VM's /64, any protocol; the VM allows only
     tcp to port 25 of one address: both end up with the intersection."""
-    p = default_pair(home_kw={"local_net": "2001:db8:c1da::/64",
-                              "remote_net": "2001:db8:c1da::/64"},
-                     vm_kw={"proto": IpProto.TCP, "local_net": "2001:db8:c1da::2/128",
-                            "remote_net": "2001:db8:c1da::1/128"})
+    p = default_pair(
+        home_kw={"local_net": "2001:db8:c1da::/64", "remote_net": "2001:db8:c1da::/64"},
+        vm_kw={
+            "proto": IpProto.TCP,
+            "local_net": "2001:db8:c1da::2/128",
+            "remote_net": "2001:db8:c1da::1/128",
+        },
+    )
     p.connect()
     p.run()
     hc, vc = child_pair(p)
@@ -290,6 +336,7 @@ def drop_first(n: int, direction_port: int | None = None):
             left[0] -= 1
             return []
         return [t]
+
     return hook
 
 
@@ -320,13 +367,17 @@ def test_lost_response_gets_cached_copy() -> None:
             p.lost = t.data
             return []
         return [t]
+
     p.hook = lose_auth_response
     p.run()
     assert drops["n"] == 1 and not p.events("home", IkeSaEstablished)
     p.advance(2.5)
     established(p)
-    resent = [t.data for d, t in p.wire_log if d == "vm->home"
-              and wire.Header.parse(t.data).exchange == ExchangeType.IKE_AUTH]
+    resent = [
+        t.data
+        for d, t in p.wire_log
+        if d == "vm->home" and wire.Header.parse(t.data).exchange == ExchangeType.IKE_AUTH
+    ]
     assert resent == [p.lost]
     assert len(p.events("vm", ChildSaCreated)) == 1
 
@@ -339,6 +390,7 @@ def test_duplicates_and_reordering_are_harmless() -> None:
         out = [t, t] if rnd.random() < 0.7 else [t]
         rnd.shuffle(out)
         return out
+
     p.hook = dup_and_shuffle
     p.connect()
     p.run()
@@ -363,8 +415,11 @@ def test_dead_peer_detected_after_retransmissions() -> None:
     (closed,) = p.events("home", IkeSaClosed)
     assert "not responding" in closed.reason
     assert [e.reason for e in p.events("home", ChildSaDeleted)] == [closed.reason]
-    probes = [t for t in lost if t.local == HOME
-              and wire.Header.parse(t.data).exchange == ExchangeType.INFORMATIONAL]
+    probes = [
+        t
+        for t in lost
+        if t.local == HOME and wire.Header.parse(t.data).exchange == ExchangeType.INFORMATIONAL
+    ]
     assert len(probes) == 5 and len({t.data for t in probes}) == 1
 
 
@@ -418,8 +473,13 @@ VALID = _valid_messages()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(which=st.integers(0, len(VALID) - 1), pos=st.integers(0, 10_000),
-       flip=st.integers(1, 255), cut=st.integers(0, 10_000), garbage=st.binary(max_size=64))
+@given(
+    which=st.integers(0, len(VALID) - 1),
+    pos=st.integers(0, 10_000),
+    flip=st.integers(1, 255),
+    cut=st.integers(0, 10_000),
+    garbage=st.binary(max_size=64),
+)
 def test_mutated_datagrams_never_escape(which, pos, flip, cut, garbage) -> None:
     """Bit flips, truncations and junk into live endpoints: logged drops or
     notifies, never an exception, never an internal error."""
@@ -428,8 +488,12 @@ def test_mutated_datagrams_never_escape(which, pos, flip, cut, garbage) -> None:
     p.step()  # the VM now has a half-open SA the junk may hit
     data = bytearray(VALID[which])
     data[pos % len(data)] ^= flip
-    candidates = [bytes(data), bytes(data[: cut % (len(data) + 1)]), garbage,
-                  VALID[which] + garbage]
+    candidates = [
+        bytes(data),
+        bytes(data[: cut % (len(data) + 1)]),
+        garbage,
+        VALID[which] + garbage,
+    ]
     errors: list[logging.LogRecord] = []
     handler = logging.Handler(logging.ERROR)
     handler.emit = errors.append  # type: ignore[method-assign]
@@ -459,6 +523,7 @@ def test_tampered_auth_payload_is_dropped_not_fatal() -> None:
             bad[-1] ^= 1
             return [Transmit(bytes(bad), t.local, t.remote)]
         return [t]
+
     p.hook = flip_auth
     p.run()
     assert not p.events("vm", IkeSaEstablished)

@@ -88,8 +88,7 @@ PID = 4242
 
 def _msg(mtype: int, seq: int, *exts: bytes) -> bytes:
     body = b"".join(exts)
-    return struct.pack("=BBBBHHII", 2, mtype, 0, SATYPE_ESP, 2 + len(body) // 8, 0, seq,
-                       PID) + body
+    return struct.pack("=BBBBHHII", 2, mtype, 0, SATYPE_ESP, 2 + len(body) // 8, 0, seq, PID) + body
 
 
 def _addr(exttype: int, ip: str) -> bytes:
@@ -118,7 +117,7 @@ def _exts(data: bytes) -> dict[int, bytes]:
     while pos < len(data):
         length, etype = struct.unpack_from("=HH", data, pos)
         assert length > 0
-        out.setdefault(etype, data[pos:pos + length * 8])
+        out.setdefault(etype, data[pos : pos + length * 8])
         pos += length * 8
     return out
 
@@ -132,9 +131,20 @@ def _header(data: bytes) -> tuple[int, int, int, int, int, int]:
 def _standin(tmp_path: Path, *extra: str) -> Iterator[tuple[Path, Path, Path]]:
     """The stand-in as a plain child process (no namespace); stopped by PID."""
     sock, ctl, log = tmp_path / "pf.sock", tmp_path / "ctl.sock", tmp_path / "rec.jsonl"
-    proc = subprocess.Popen([sys.executable, str(STANDIN_SCRIPT), "--sock", str(sock),
-                             "--ctl", str(ctl), "--log", str(log), *extra],
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(STANDIN_SCRIPT),
+            "--sock",
+            str(sock),
+            "--ctl",
+            str(ctl),
+            "--log",
+            str(log),
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: sock.exists() and ctl.exists(), 10, what="stand-in sockets")
         yield sock, ctl, log
@@ -164,8 +174,10 @@ def _records(log: Path) -> list[dict[str, Any]]:
 def test_standin_answers_like_af_key(tmp_path: Path) -> None:
     """GETSPI/UPDATE/ADD/GET/DELETE and SADB_EXPIRE per RFC 2367 sections 2.3-3.1."""
     enc_key, auth_key = os.urandom(32), os.urandom(48)
-    with _standin(tmp_path, "--no-auto-expire") as (sock, ctl, log), \
-            socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as pf:
+    with (
+        _standin(tmp_path, "--no-auto-expire") as (sock, ctl, log),
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as pf,
+    ):
         pf.settimeout(5)
         pf.connect(str(sock))
         # REGISTER (3.1.2): the reply lists supported algorithms; we get EXPIREs after.
@@ -176,18 +188,22 @@ def test_standin_answers_like_af_key(tmp_path: Path) -> None:
 
         # GETSPI (3.1.1) allocates an SPI inside the requested range.
         spirange = struct.pack("=HHIII", 2, EXT_SPIRANGE, 0x1000, 0x10FF, 0)
-        pf.send(_msg(SADB_GETSPI, 2, spirange, _addr(EXT_SRC, VM_ADDR),
-                     _addr(EXT_DST, HOME_ADDR)))
+        pf.send(_msg(SADB_GETSPI, 2, spirange, _addr(EXT_SRC, VM_ADDR), _addr(EXT_DST, HOME_ADDR)))
         reply = pf.recv(4096)
         assert _header(reply) == (2, SADB_GETSPI, 0, SATYPE_ESP, 2, PID)
         spi = socket.ntohl(struct.unpack_from("=I", _exts(reply)[EXT_SA], 4)[0])
         assert 0x1000 <= spi <= 0x10FF
 
         # UPDATE (3.1.2) fills the larval SA; its reply carries no keys.
-        update = [_sa(spi, AALG_SHA2_384, EALG_AESCBC), _lifetime(EXT_LT_SOFT, 900, 90),
-                  _lifetime(EXT_LT_HARD, 1000, 100), _addr(EXT_SRC, VM_ADDR),
-                  _addr(EXT_DST, HOME_ADDR), _key(EXT_KEY_ENC, enc_key),
-                  _key(EXT_KEY_AUTH, auth_key)]
+        update = [
+            _sa(spi, AALG_SHA2_384, EALG_AESCBC),
+            _lifetime(EXT_LT_SOFT, 900, 90),
+            _lifetime(EXT_LT_HARD, 1000, 100),
+            _addr(EXT_SRC, VM_ADDR),
+            _addr(EXT_DST, HOME_ADDR),
+            _key(EXT_KEY_ENC, enc_key),
+            _key(EXT_KEY_AUTH, auth_key),
+        ]
         pf.send(_msg(SADB_UPDATE, 3, *update))
         reply = pf.recv(4096)
         assert _header(reply)[:3] == (2, SADB_UPDATE, 0)
@@ -212,8 +228,7 @@ def test_standin_answers_like_af_key(tmp_path: Path) -> None:
         assert _ctl(ctl, {"cmd": "expire", "spi": spi, "hard": True})["ok"]
         exts = _exts(pf.recv(4096))
         assert EXT_LT_HARD in exts and EXT_LT_SOFT not in exts
-        pf.send(_msg(SADB_DELETE, 7, _sa(spi), _addr(EXT_SRC, VM_ADDR),
-                     _addr(EXT_DST, HOME_ADDR)))
+        pf.send(_msg(SADB_DELETE, 7, _sa(spi), _addr(EXT_SRC, VM_ADDR), _addr(EXT_DST, HOME_ADDR)))
         assert _header(pf.recv(4096))[2] == errno.ESRCH
 
         # Garbage is recorded, not answered, and does not kill the stand-in.
@@ -272,10 +287,20 @@ def test_shim_redirects_pf_key_and_fakes_bypass(tmp_path: Path) -> None:
     require_binary("gcc", "gcc libc6-dev")
     shim = build_shim()
     with _standin(tmp_path, "--delay-ms", "100") as (sock, _ctl_path, log):
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LD_PRELOAD": str(shim),
-               "PYIKE_PFKEY_SOCK": str(sock), "PYIKE_PFKEY_REPLY_MS": "5000"}
-        proc = subprocess.run([sys.executable, "-c", _SHIM_CHILD], env=env, timeout=30,
-                              capture_output=True, text=True, check=False)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LD_PRELOAD": str(shim),
+            "PYIKE_PFKEY_SOCK": str(sock),
+            "PYIKE_PFKEY_REPLY_MS": "5000",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", _SHIM_CHILD],
+            env=env,
+            timeout=30,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         assert "PF_KEY socket redirected" in proc.stderr
@@ -283,11 +308,11 @@ def test_shim_redirects_pf_key_and_fakes_bypass(tmp_path: Path) -> None:
     assert _header(bytes.fromhex(out["reply"])) == (2, SADB_REGISTER, 0, SATYPE_ESP, 77, 4242)
     assert not out["other_ready"] and out["other_waited"] < 0.09
     assert out["bypass"] == "ok"
-    assert [r["type"] for r in _records(log) if r.get("dir") == "from_iked"] == [
-        "SADB_REGISTER"]
+    assert [r["type"] for r in _records(log) if r.get("dir") == "from_iked"] == ["SADB_REGISTER"]
 
 
 # --- real iked ------------------------------------------------------------------------
+
 
 def _require_iked() -> None:
     require_binary(IKED_BIN, DEBIAN_PACKAGES)
@@ -296,16 +321,36 @@ def _require_iked() -> None:
 
 
 @contextlib.contextmanager
-def _iked_pair(two_hosts: TwoHosts, tmp_path: Path, home_lifetime: str = "",
-               auto_expire: bool = False, natt: bool = False) -> Iterator[tuple[Iked, Iked]]:
+def _iked_pair(
+    two_hosts: TwoHosts,
+    tmp_path: Path,
+    home_lifetime: str = "",
+    auto_expire: bool = False,
+    natt: bool = False,
+) -> Iterator[tuple[Iked, Iked]]:
     """VM (passive) then home (active) iked, each with the other's public key."""
     home_key, home_pub = iked_keypair()
     vm_key, vm_pub = iked_keypair()
-    vm = Iked(two_hosts.vm, tmp_path / "vm", "vm", VM_CONF, vm_key, {HOME_ID: home_pub},
-              auto_expire=auto_expire, natt=natt)
-    home = Iked(two_hosts.home, tmp_path / "home", "home",
-                HOME_CONF.format(lifetime=home_lifetime), home_key, {VM_ID: vm_pub},
-                auto_expire=auto_expire, natt=natt)
+    vm = Iked(
+        two_hosts.vm,
+        tmp_path / "vm",
+        "vm",
+        VM_CONF,
+        vm_key,
+        {HOME_ID: home_pub},
+        auto_expire=auto_expire,
+        natt=natt,
+    )
+    home = Iked(
+        two_hosts.home,
+        tmp_path / "home",
+        "home",
+        HOME_CONF.format(lifetime=home_lifetime),
+        home_key,
+        {VM_ID: vm_pub},
+        auto_expire=auto_expire,
+        natt=natt,
+    )
     with vm, home:
         yield home, vm
 
@@ -333,18 +378,24 @@ def test_iked_starts_under_shim(two_hosts: TwoHosts, tmp_path: Path) -> None:
     with a "kernel" 20 times slower than iked's 1 ms reply timeout."""
     _require_iked()
     key, _pub = iked_keypair()
-    with Iked(two_hosts.vm, tmp_path / "vm", "vm", VM_CONF, key, {},
-              standin_delay_ms=20) as vm:
+    with Iked(two_hosts.vm, tmp_path / "vm", "vm", VM_CONF, key, {}, standin_delay_ms=20) as vm:
         time.sleep(1.0)  # stays up: a late fatal() would show here
         assert vm.running()
         assert 500 in vm.listening_udp_ports()
         log = vm.log_text()
         assert "pfkey_shim: PF_KEY socket redirected" in log
-        for bad in ("pfkey_socket: failed", "failed to bypass IPsec", "no reply from PF_KEY",
-                    "fatal"):
+        for bad in (
+            "pfkey_socket: failed",
+            "failed to bypass IPsec",
+            "no reply from PF_KEY",
+            "fatal",
+        ):
             assert bad not in log
         assert [r["type"] for r in vm.events()][:3] == [
-            "SADB_FLUSH", "SADB_REGISTER", "SADB_REGISTER"]
+            "SADB_FLUSH",
+            "SADB_REGISTER",
+            "SADB_REGISTER",
+        ]
         assert "iked_sas" not in vm.ikectl("show", "sa")  # control socket answers
         assert vm.installed_sas() == []
 
@@ -365,7 +416,9 @@ def test_iked_to_iked(two_hosts: TwoHosts, tmp_path: Path) -> None:
         vm_getspi = vm.events("SADB_GETSPI")
     print(f"iked <-> iked established in {elapsed:.1f}s")
     assert [m.group("peer", "policy", "role") for m in established] == [
-        (f"{VM_ADDR}:500", "smtp", "initiator"), (f"{HOME_ADDR}:500", "smtp", "responder")]
+        (f"{VM_ADDR}:500", "smtp", "initiator"),
+        (f"{HOME_ADDR}:500", "smtp", "responder"),
+    ]
 
     # Home's outbound SA is the VM's inbound one, and the reverse (same SPI, keys).
     assert (home_out["src"], home_out["dst"]) == (HOME_ADDR, VM_ADDR)
@@ -378,8 +431,10 @@ def test_iked_to_iked(two_hosts: TwoHosts, tmp_path: Path) -> None:
     for sa in (home_out, home_in):
         assert sa["mode"] == "tunnel"
         assert len(sa["enc_key"]) // 2 * 8 in (128, 192, 256)  # AES-CBC key sizes
-        assert len(sa["auth_key"]) // 2 == {"hmac-sha2-384": 48, "hmac-sha2-512": 64,
-                                            "hmac-sha1": 20}[sa["auth_alg"]]
+        assert (
+            len(sa["auth_key"]) // 2
+            == {"hmac-sha2-384": 48, "hmac-sha2-512": 64, "hmac-sha1": 20}[sa["auth_alg"]]
+        )
         assert 0 < sa["lifetime_soft"]["addtime"] < sa["lifetime_hard"]["addtime"]
     assert home_out["enc_key"] != vm_out["enc_key"]
 
@@ -387,14 +442,28 @@ def test_iked_to_iked(two_hosts: TwoHosts, tmp_path: Path) -> None:
     out = [f for f in home_flows if f["policy_dir"] == "out"]
     assert len(out) == 1
     assert (out[0]["src"], out[0]["src_port"], out[0]["dst"], out[0]["proto"]) == (
-        HOME_INNER, 25, VM_INNER, socket.IPPROTO_TCP)
-    assert out[0]["requests"] == [{"proto": "esp", "mode": "tunnel", "level": "require",
-                                   "reqid": 0, "tunnel_src": HOME_ADDR,
-                                   "tunnel_dst": VM_ADDR}]
+        HOME_INNER,
+        25,
+        VM_INNER,
+        socket.IPPROTO_TCP,
+    )
+    assert out[0]["requests"] == [
+        {
+            "proto": "esp",
+            "mode": "tunnel",
+            "level": "require",
+            "reqid": 0,
+            "tunnel_src": HOME_ADDR,
+            "tunnel_dst": VM_ADDR,
+        }
+    ]
     vm_in_flow = [f for f in vm_flows if f["policy_dir"] == "in"]
     assert len(vm_in_flow) == 1
     assert (vm_in_flow[0]["src"], vm_in_flow[0]["src_port"], vm_in_flow[0]["dst"]) == (
-        HOME_INNER, 25, VM_INNER)
+        HOME_INNER,
+        25,
+        VM_INNER,
+    )
     assert elapsed < 20
 
 
@@ -407,18 +476,25 @@ def test_soft_expire_rekeys_child_sa(two_hosts: TwoHosts, tmp_path: Path) -> Non
     with _iked_pair(two_hosts, tmp_path) as (home, vm):
         home_out, home_in, _vm_out, _vm_in = _child_sas(home, vm)
         home.expire(home_in["spi"])  # soft: "pending rekeying"
-        new_in = home.wait_for_sa(lambda sa: sa["type"] == "SADB_UPDATE"
-                                  and sa["spi"] != home_in["spi"])
-        new_out = home.wait_for_sa(lambda sa: sa["type"] == "SADB_ADD"
-                                   and sa["spi"] != home_out["spi"])
-        vm_new_in = vm.wait_for_sa(lambda sa: sa["type"] == "SADB_UPDATE"
-                                   and sa["spi"] == new_out["spi"])
-        vm_new_out = vm.wait_for_sa(lambda sa: sa["type"] == "SADB_ADD"
-                                    and sa["spi"] == new_in["spi"])
+        new_in = home.wait_for_sa(
+            lambda sa: sa["type"] == "SADB_UPDATE" and sa["spi"] != home_in["spi"]
+        )
+        new_out = home.wait_for_sa(
+            lambda sa: sa["type"] == "SADB_ADD" and sa["spi"] != home_out["spi"]
+        )
+        vm_new_in = vm.wait_for_sa(
+            lambda sa: sa["type"] == "SADB_UPDATE" and sa["spi"] == new_out["spi"]
+        )
+        vm_new_out = vm.wait_for_sa(
+            lambda sa: sa["type"] == "SADB_ADD" and sa["spi"] == new_in["spi"]
+        )
         old = {home_in["spi"], home_out["spi"]}
         for side in (home, vm):  # both delete the old pair from their "kernel"
-            side.wait_for(lambda side=side: old <= {r["spi"] for r in side.deleted_sas()},
-                          20, "SADB_DELETE of the old SPIs")
+            side.wait_for(
+                lambda side=side: old <= {r["spi"] for r in side.deleted_sas()},
+                20,
+                "SADB_DELETE of the old SPIs",
+            )
         current = {sa["spi"] for sa in home.current_sas()}
         home_log, vm_log = home.log_text(), vm.log_text()
     _same_sa(new_out, vm_new_in)
@@ -441,8 +517,9 @@ def test_hard_expire_deletes_child_sa(two_hosts: TwoHosts, tmp_path: Path) -> No
         home.expire(home_in["spi"], hard=True)
         home.wait_for_log(f"SA {home_in['spi']:#010x} is expired, pending deletion")
         spis = {home_in["spi"], home_out["spi"]}
-        vm.wait_for(lambda: spis <= {r["spi"] for r in vm.deleted_sas()}, 20,
-                    "the VM deleting the Child SA")
+        vm.wait_for(
+            lambda: spis <= {r["spi"] for r in vm.deleted_sas()}, 20, "the VM deleting the Child SA"
+        )
         assert home_out["spi"] in {r["spi"] for r in home.deleted_sas()}
         assert not {sa["spi"] for sa in vm.current_sas()} & spis
 
@@ -455,15 +532,18 @@ def test_standin_expires_at_iked_lifetime(two_hosts: TwoHosts, tmp_path: Path) -
     """With ``lifetime 10`` iked sets hard 10 s and soft 85-95% of it (per SA, with
     jitter); the stand-in's timer fires the first soft expiry and iked rekeys."""
     _require_iked()
-    with _iked_pair(two_hosts, tmp_path, home_lifetime="lifetime 10 ",
-                    auto_expire=True) as (home, vm):
+    with _iked_pair(two_hosts, tmp_path, home_lifetime="lifetime 10 ", auto_expire=True) as (
+        home,
+        vm,
+    ):
         home_out, home_in, _vm_out, _vm_in = _child_sas(home, vm)
         sas = {sa["spi"]: sa for sa in (home_out, home_in)}
         for sa in sas.values():
             assert sa["lifetime_hard"]["addtime"] == 10
             assert 8 <= sa["lifetime_soft"]["addtime"] <= 9
-        new = home.wait_for_sa(lambda sa: sa["type"] == "SADB_UPDATE"
-                               and sa["spi"] != home_in["spi"], timeout=20)
+        new = home.wait_for_sa(
+            lambda sa: sa["type"] == "SADB_UPDATE" and sa["spi"] != home_in["spi"], timeout=20
+        )
         expires = [r for r in home.records() if r.get("type") == "SADB_EXPIRE"]
     first = expires[0]
     assert first["spi"] in sas and first["why"] == "lifetime" and not first["hard"]

@@ -63,19 +63,35 @@ def test_classify_frames_flags_cleartext(tmp_path: Path) -> None:
         _ipv6(HOME, VM, 6, b"\0" * 20),  # TCP between the outer addresses
     ]
     counts = classify_frames(_pcap(tmp_path / "x.pcap", frames), HOME, VM)
-    assert counts == {"ike": 2, "esp-in-udp": 1, "keepalive": 1, "nd": 1,
-                      "cleartext-inner": 2, "other": 1}
+    assert counts == {
+        "ike": 2,
+        "esp-in-udp": 1,
+        "keepalive": 1,
+        "nd": 1,
+        "cleartext-inner": 2,
+        "other": 1,
+    }
 
 
 def test_cpio_unpacks(tmp_path: Path) -> None:
     busybox = require_binary("busybox", "busybox-static")
-    data = image.overlay({"etc/iked.conf": (b"ikev2 x\n", 0o600),
-                          "etc/iked/private/local.key": (b"KEY", 0o600),
-                          "etc/pyike-vm.env": (b"A=1\n", 0o644)})
+    data = image.overlay(
+        {
+            "etc/iked.conf": (b"ikev2 x\n", 0o600),
+            "etc/iked/private/local.key": (b"KEY", 0o600),
+            "etc/pyike-vm.env": (b"A=1\n", 0o644),
+        }
+    )
     root = tmp_path / "root"
     root.mkdir()
-    subprocess.run([busybox, "cpio", "-id"], input=gzip.decompress(data), cwd=root,
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [busybox, "cpio", "-id"],
+        input=gzip.decompress(data),
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     assert (root / "etc/iked.conf").read_bytes() == b"ikev2 x\n"
     assert (root / "etc/iked/private/local.key").stat().st_mode & 0o777 == 0o600
     assert (root / "etc/pyike-vm.env").read_text() == "A=1\n"
@@ -97,8 +113,19 @@ def test_pyike_iked_vm_kernel_esp(tmp_path: Path, guide_home: bool) -> None:
     names = [c.name for c in result.checks]
     assert result.passed, f"{table}\n{result.error}"
     bulk = "tcp bulk to 25" if guide_home else "tcp bulk"
-    assert names == ["boot", "kernel esp", "ike sa", "child sas", "xfrm state", "ping6",
-                     "ping6 from vm", "tcp 25", bulk, "esp counters", "capture"], table
+    assert names == [
+        "boot",
+        "kernel esp",
+        "ike sa",
+        "child sas",
+        "xfrm state",
+        "ping6",
+        "ping6 from vm",
+        "tcp 25",
+        bulk,
+        "esp counters",
+        "capture",
+    ], table
 
 
 @pytest.mark.netns
@@ -117,6 +144,10 @@ def test_vm_failure_cleans_up(tmp_path: Path) -> None:
         links = ns.run(["ip", "-o", "link", "show"]).stdout
         assert vm.tap not in links, links
         name = ns.name
-    assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                      text=True, timeout=10).stdout
+    assert (
+        name
+        not in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
+        ).stdout
+    )
     assert "PYIKE-VM: modules" in vm.console()

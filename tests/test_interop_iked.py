@@ -75,13 +75,18 @@ VM_FLOWS = {
 AUTH_7427 = "DIGITAL_SIGNATURE"
 AUTH_4754 = "ECDSA_SHA384_P384"
 
-_CHILD = re.compile(r"(?P<what>created|rekeyed) Child SA spi in 0x(?P<i>[0-9a-f]{8}) "
-                    r"out 0x(?P<o>[0-9a-f]{8}) \((?P<suite>[^)]*)\) (?P<flows>.*)$")
-_IKED_ESTABLISHED = re.compile(r"established peer (?P<peer>\S+)\[.*?policy '(?P<policy>[^']*)' "
-                               r"as (?P<role>initiator|responder)")
+_CHILD = re.compile(
+    r"(?P<what>created|rekeyed) Child SA spi in 0x(?P<i>[0-9a-f]{8}) "
+    r"out 0x(?P<o>[0-9a-f]{8}) \((?P<suite>[^)]*)\) (?P<flows>.*)$"
+)
+_IKED_ESTABLISHED = re.compile(
+    r"established peer (?P<peer>\S+)\[.*?policy '(?P<policy>[^']*)' "
+    r"as (?P<role>initiator|responder)"
+)
 
 
 # --- configurations -----------------------------------------------------------------
+
 
 def guide_conf(name: str, *, for_iked: bool, policy_extra: str = "", sets: str = "") -> str:
     """One of the guide's files, with ``policy_extra`` (e.g. ``lifetime 10``) added to
@@ -97,11 +102,8 @@ def guide_conf(name: str, *, for_iked: bool, policy_extra: str = "", sets: str =
     return sets + text
 
 
-
-
-
-
 # --- one pyike + one iked -----------------------------------------------------------
+
 
 @dataclass
 class Pair:
@@ -127,8 +129,11 @@ class Pair:
         return HOME_FLOWS if self.pyike_home else VM_FLOWS
 
     def pyike_children(self, what: str = "created") -> list[re.Match[str]]:
-        return [m for line in self.pyike.log().splitlines()
-                if (m := _CHILD.search(line)) and m["what"] == what]
+        return [
+            m
+            for line in self.pyike.log().splitlines()
+            if (m := _CHILD.search(line)) and m["what"] == what
+        ]
 
     def iked_established(self) -> list[re.Match[str]]:
         return list(_IKED_ESTABLISHED.finditer(self.iked.log_text()))
@@ -136,10 +141,14 @@ class Pair:
     def wait_up(self, count: int = 3) -> list[re.Match[str]]:
         """Both sides report the ``count`` IKE SAs and Child SAs; pyike's lines."""
         self.pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S, count=count)
-        self.iked.wait_for(lambda: len(self.iked_established()) >= count, TIMEOUT_S,
-                           f"{count} established IKE SAs")
-        self.iked.wait_for(lambda: len(self.iked.installed_sas()) >= 2 * count, TIMEOUT_S,
-                           f"{2 * count} installed SAs")
+        self.iked.wait_for(
+            lambda: len(self.iked_established()) >= count, TIMEOUT_S, f"{count} established IKE SAs"
+        )
+        self.iked.wait_for(
+            lambda: len(self.iked.installed_sas()) >= 2 * count,
+            TIMEOUT_S,
+            f"{2 * count} installed SAs",
+        )
         return self.pyike_children()
 
 
@@ -157,10 +166,21 @@ def _write_conf(path: Path, text: str) -> Path:
 
 
 @contextlib.contextmanager
-def pair(two_hosts: TwoHosts, tmp_path: Path, *, pyike_home: bool, rfc7427: bool = True,
-         natt: bool = False, pyike_extra: str = "", pyike_sets: str = "", iked_extra: str = "",
-         iked_sets: str = "", auto_expire: bool = False, with_capture: bool = False,
-         pyike_args: tuple[str, ...] = ()) -> Iterator[Pair]:
+def pair(
+    two_hosts: TwoHosts,
+    tmp_path: Path,
+    *,
+    pyike_home: bool,
+    rfc7427: bool = True,
+    natt: bool = False,
+    pyike_extra: str = "",
+    pyike_sets: str = "",
+    iked_extra: str = "",
+    iked_sets: str = "",
+    auto_expire: bool = False,
+    with_capture: bool = False,
+    pyike_args: tuple[str, ...] = (),
+) -> Iterator[Pair]:
     """Start the responder first, then the initiator; stop both (by PID) at the end."""
     _need_tools()
     home_ns, vm_ns = two_hosts
@@ -168,31 +188,51 @@ def pair(two_hosts: TwoHosts, tmp_path: Path, *, pyike_home: bool, rfc7427: bool
     vm_key = ec.generate_private_key(ec.SECP384R1())
     keylog = tmp_path / "keylog"
     keylog.mkdir()
-    pyike_args = ["--keylog", str(keylog), *([] if rfc7427 else ["--no-rfc7427"]),
-                  *(["-t"] if natt else []), *pyike_args]
+    pyike_args = [
+        "--keylog",
+        str(keylog),
+        *([] if rfc7427 else ["--no-rfc7427"]),
+        *(["-t"] if natt else []),
+        *pyike_args,
+    ]
     if pyike_home:
-        conf = _write_conf(tmp_path / "home-iked.conf", guide_conf(
-            "home-iked.conf", for_iked=False, policy_extra=pyike_extra, sets=pyike_sets))
+        conf = _write_conf(
+            tmp_path / "home-iked.conf",
+            guide_conf("home-iked.conf", for_iked=False, policy_extra=pyike_extra, sets=pyike_sets),
+        )
         keydir = write_keydir(tmp_path / "pyike-keys", home_key, {VM_ID: vm_key.public_key()})
-        pyike = PyikeProc(home_ns, tmp_path, conf, keydir,
-                          ["-D", f"vm_host={VM_ADDR}", *pyike_args])
-        iked = Iked(vm_ns, tmp_path / "iked", "vm",
-                    guide_conf("vm-iked.conf", for_iked=True, policy_extra=iked_extra,
-                               sets=iked_sets),
-                    keys.private_key_pem(vm_key),
-                    {HOME_ID: keys.public_key_pem(home_key.public_key())}, natt=natt,
-                    extra_args=["-D", f"ext={VM_ADDR}"], auto_expire=auto_expire)
+        pyike = PyikeProc(
+            home_ns, tmp_path, conf, keydir, ["-D", f"vm_host={VM_ADDR}", *pyike_args]
+        )
+        iked = Iked(
+            vm_ns,
+            tmp_path / "iked",
+            "vm",
+            guide_conf("vm-iked.conf", for_iked=True, policy_extra=iked_extra, sets=iked_sets),
+            keys.private_key_pem(vm_key),
+            {HOME_ID: keys.public_key_pem(home_key.public_key())},
+            natt=natt,
+            extra_args=["-D", f"ext={VM_ADDR}"],
+            auto_expire=auto_expire,
+        )
     else:
-        conf = _write_conf(tmp_path / "vm-iked.conf", guide_conf(
-            "vm-iked.conf", for_iked=False, policy_extra=pyike_extra, sets=pyike_sets))
+        conf = _write_conf(
+            tmp_path / "vm-iked.conf",
+            guide_conf("vm-iked.conf", for_iked=False, policy_extra=pyike_extra, sets=pyike_sets),
+        )
         keydir = write_keydir(tmp_path / "pyike-keys", vm_key, {HOME_ID: home_key.public_key()})
         pyike = PyikeProc(vm_ns, tmp_path, conf, keydir, ["-D", f"ext={VM_ADDR}", *pyike_args])
-        iked = Iked(home_ns, tmp_path / "iked", "home",
-                    guide_conf("home-iked.conf", for_iked=True, policy_extra=iked_extra,
-                               sets=iked_sets),
-                    keys.private_key_pem(home_key),
-                    {VM_ID: keys.public_key_pem(vm_key.public_key())}, natt=natt,
-                    extra_args=["-D", f"vm_host={VM_ADDR}"], auto_expire=auto_expire)
+        iked = Iked(
+            home_ns,
+            tmp_path / "iked",
+            "home",
+            guide_conf("home-iked.conf", for_iked=True, policy_extra=iked_extra, sets=iked_sets),
+            keys.private_key_pem(home_key),
+            {VM_ID: keys.public_key_pem(vm_key.public_key())},
+            natt=natt,
+            extra_args=["-D", f"vm_host={VM_ADDR}"],
+            auto_expire=auto_expire,
+        )
     pcap = tmp_path / "outer.pcap" if with_capture else None
     with contextlib.ExitStack() as stack:
         if pcap is not None:
@@ -212,6 +252,7 @@ def pair(two_hosts: TwoHosts, tmp_path: Path, *, pyike_home: bool, rfc7427: bool
 
 
 # --- checks -------------------------------------------------------------------------
+
 
 def check_children(p: Pair, children: list[re.Match[str]]) -> dict[str, tuple[int, int]]:
     """The guide's three Child SAs on both sides: pyike's SPIs are iked's (its
@@ -242,8 +283,7 @@ def check_keys(p: Pair, spis: list[int]) -> None:
         sa, rec = iked_sas[spi], records[spi]
         # iked sends on its SADB_ADD SAs (pyike's inbound), receives on UPDATE ones.
         inbound_for_pyike = sa["type"] == "SADB_ADD"
-        src, dst = ((p.iked_addr, p.pyike_addr) if inbound_for_pyike
-                    else (p.pyike_addr, p.iked_addr))
+        src, dst = (p.iked_addr, p.pyike_addr) if inbound_for_pyike else (p.pyike_addr, p.iked_addr)
         assert (rec.src, rec.dst) == (ip_address(src), ip_address(dst)), (rec, sa)
         assert (sa["src"], sa["dst"]) == (src, dst), sa
         assert rec.enc_key.hex() == sa["enc_key"], f"encryption key of {spi:#010x} differs"
@@ -254,17 +294,25 @@ def check_keys(p: Pair, spis: list[int]) -> None:
 
 def decode(p: Pair) -> str:
     assert p.pcap is not None
-    r = subprocess.run([sys.executable, "-m", "pyike", "decode", str(p.pcap), "--keylog",
-                        str(p.keylog)], capture_output=True, text=True, timeout=60,
-                       cwd=str(REPO), check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "pyike", "decode", str(p.pcap), "--keylog", str(p.keylog)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
 def auth_methods(text: str) -> list[str]:
     """The AUTH methods of every decrypted IKE_AUTH message, in capture order."""
-    return [line.split()[1] for line in text.splitlines()
-            if line.startswith("    ") and line.split()[:1] == ["AUTH"]]
+    return [
+        line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("    ") and line.split()[:1] == ["AUTH"]
+    ]
 
 
 def _no_traceback(p: Pair) -> None:
@@ -291,10 +339,16 @@ def test_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, rfc7427: bool) -> 
         assert flows and {f["proto"] for f in flows} == {None}, flows
         spis = {sa["spi"] for sa in p.iked.installed_sas()}
         p.pyike.stop()
-        p.iked.wait_for(lambda: spis <= {r["spi"] for r in p.iked.deleted_sas()}, TIMEOUT_S,
-                        "iked deleting every Child SA after pyike's DELETEs")
-        p.iked.wait_for(lambda: p.iked.log_text().count("received delete") >= 3, TIMEOUT_S,
-                        "three IKE SA DELETEs")
+        p.iked.wait_for(
+            lambda: spis <= {r["spi"] for r in p.iked.deleted_sas()},
+            TIMEOUT_S,
+            "iked deleting every Child SA after pyike's DELETEs",
+        )
+        p.iked.wait_for(
+            lambda: p.iked.log_text().count("received delete") >= 3,
+            TIMEOUT_S,
+            "three IKE SA DELETEs",
+        )
         assert p.iked.running()
     methods = auth_methods(decode(p))
     assert methods == [AUTH_7427 if rfc7427 else AUTH_4754] * 6, methods
@@ -309,14 +363,16 @@ def test_iked_initiator(two_hosts: TwoHosts, tmp_path: Path, rfc7427: bool) -> N
     passive policy): three IKE SAs and Child SAs, pyike narrows its whole-policy
     selectors to each of iked's; SPIs/keys agree; AUTH method 14 or 10 both ways;
     then pyike's SIGTERM DELETEs make iked remove every SA."""
-    with pair(two_hosts, tmp_path, pyike_home=False, rfc7427=rfc7427,
-              with_capture=True) as p:
+    with pair(two_hosts, tmp_path, pyike_home=False, rfc7427=rfc7427, with_capture=True) as p:
         children = p.wait_up()
         check_children(p, children)
         spis = {sa["spi"] for sa in p.iked.installed_sas()}
         p.pyike.stop()
-        p.iked.wait_for(lambda: spis <= {r["spi"] for r in p.iked.deleted_sas()}, TIMEOUT_S,
-                        "iked deleting every Child SA after pyike's DELETEs")
+        p.iked.wait_for(
+            lambda: spis <= {r["spi"] for r in p.iked.deleted_sas()},
+            TIMEOUT_S,
+            "iked deleting every Child SA after pyike's DELETEs",
+        )
     methods = auth_methods(decode(p))
     assert methods[:6] == [AUTH_7427 if rfc7427 else AUTH_4754] * 6, methods
     _no_traceback(p)
@@ -324,8 +380,10 @@ def test_iked_initiator(two_hosts: TwoHosts, tmp_path: Path, rfc7427: bool) -> N
 
 # --- DELETE by iked -------------------------------------------------------------------
 
-@pytest.mark.parametrize("pyike_home", [pytest.param(True, id="pyike_home"),
-                                        pytest.param(False, id="iked_home")])
+
+@pytest.mark.parametrize(
+    "pyike_home", [pytest.param(True, id="pyike_home"), pytest.param(False, id="iked_home")]
+)
 def test_iked_deletes(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> None:
     """A hard SADB_EXPIRE makes iked DELETE that Child SA (pyike drops it, the other
     two stay); ``ikectl reset id FQDN/<peer>`` makes iked DELETE every IKE SA with
@@ -336,8 +394,11 @@ def test_iked_deletes(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> 
         by_flow = check_children(p, children)
         victim_in, victim_out = next(iter(by_flow.values()))
         p.iked.expire(victim_out, hard=True)  # iked's inbound SA = pyike's outbound
-        p.pyike.wait_log(rf"peer deleted Child SA spi in 0x{victim_in:08x} "
-                         rf"out 0x{victim_out:08x}", timeout=TIMEOUT_S)
+        p.pyike.wait_log(
+            rf"peer deleted Child SA spi in 0x{victim_in:08x} "
+            rf"out 0x{victim_out:08x}",
+            timeout=TIMEOUT_S,
+        )
         assert "peer deleted the IKE SA" not in p.pyike.log()
         p.iked.ikectl("reset", "id", f"FQDN/{peer_id}")
         p.pyike.wait_log(r"peer deleted the IKE SA", timeout=TIMEOUT_S, count=3)
@@ -355,15 +416,17 @@ def test_iked_sigterm_sends_no_delete(two_hosts: TwoHosts, tmp_path: Path) -> No
         p.iked.stop()
         assert "config_doreset: flushing SAs" in p.iked.log_text()
         time.sleep(2.0)  # a DELETE would arrive within milliseconds on this link
-        after = p.pyike.log()[len(before):]
+        after = p.pyike.log()[len(before) :]
         assert "recv INFORMATIONAL" not in after and "peer deleted" not in after, after
     _no_traceback(p)
 
 
 # --- Child SA rekeys ------------------------------------------------------------------
 
-@pytest.mark.parametrize("pyike_home", [pytest.param(True, id="pyike_home"),
-                                        pytest.param(False, id="iked_home")])
+
+@pytest.mark.parametrize(
+    "pyike_home", [pytest.param(True, id="pyike_home"), pytest.param(False, id="iked_home")]
+)
 def test_iked_rekeys_child(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> None:
     """A soft SADB_EXPIRE makes iked send CREATE_CHILD_SA(REKEY_SA) (no KE); pyike
     answers, the new SA's SPIs and keys agree with iked's, iked DELETEs the old SA
@@ -379,17 +442,20 @@ def test_iked_rekeys_child(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool
         new_in, new_out = int(rekeyed["i"], 16), int(rekeyed["o"], 16)
         assert {new_in, new_out}.isdisjoint({old_in, old_out})
         p.pyike.wait_log(rf"peer deleted Child SA spi in 0x{old_in:08x}", timeout=TIMEOUT_S)
-        p.iked.wait_for(lambda: {new_in, new_out} <= {sa["spi"] for sa in
-                                                       p.iked.installed_sas()},
-                        TIMEOUT_S, "the new Child SA at iked")
+        p.iked.wait_for(
+            lambda: {new_in, new_out} <= {sa["spi"] for sa in p.iked.installed_sas()},
+            TIMEOUT_S,
+            "the new Child SA at iked",
+        )
         check_keys(p, [new_in, new_out])
         assert rekeyed["flows"] in p.flows
         assert "recv CREATE_CHILD_SA res" in p.iked.log_text()
     _no_traceback(p)
 
 
-@pytest.mark.parametrize("pyike_home", [pytest.param(True, id="pyike_home"),
-                                        pytest.param(False, id="iked_home")])
+@pytest.mark.parametrize(
+    "pyike_home", [pytest.param(True, id="pyike_home"), pytest.param(False, id="iked_home")]
+)
 def test_pyike_rekeys_child(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> None:
     """``lifetime 8`` in pyike's config (iked keeps its 3 h): pyike starts the Child
     SA rekeys (CREATE_CHILD_SA with REKEY_SA) before the lifetime runs out; iked
@@ -404,23 +470,29 @@ def test_pyike_rekeys_child(two_hosts: TwoHosts, tmp_path: Path, pyike_home: boo
         new_in, new_out = int(rekeyed["i"], 16), int(rekeyed["o"], 16)
         assert new_in not in {spi for spis in by_flow.values() for spi in spis}
         p.iked.wait_for_log(r"recv CREATE_CHILD_SA req")
-        p.iked.wait_for(lambda: {new_in, new_out} <= {sa["spi"] for sa in
-                                                       p.iked.installed_sas()},
-                        TIMEOUT_S, "the new Child SA at iked")
+        p.iked.wait_for(
+            lambda: {new_in, new_out} <= {sa["spi"] for sa in p.iked.installed_sas()},
+            TIMEOUT_S,
+            "the new Child SA at iked",
+        )
         check_keys(p, [new_in, new_out])
         # The old pair goes away at iked too (pyike's DELETE after the rekey).
         old_in, old_out = by_flow[rekeyed["flows"]]
-        p.iked.wait_for(lambda: {old_in, old_out} <= {r["spi"] for r in
-                                                       p.iked.deleted_sas()},
-                        TIMEOUT_S, "iked deleting the rekeyed SA")
+        p.iked.wait_for(
+            lambda: {old_in, old_out} <= {r["spi"] for r in p.iked.deleted_sas()},
+            TIMEOUT_S,
+            "iked deleting the rekeyed SA",
+        )
         assert "pending rekeying" not in p.iked.log_text()  # iked did not start it
     _no_traceback(p)
 
 
 # --- IKE SA rekeys --------------------------------------------------------------------
 
-@pytest.mark.parametrize("pyike_home", [pytest.param(True, id="pyike_home"),
-                                        pytest.param(False, id="iked_home")])
+
+@pytest.mark.parametrize(
+    "pyike_home", [pytest.param(True, id="pyike_home"), pytest.param(False, id="iked_home")]
+)
 def test_pyike_rekeys_ike_sa(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> None:
     """``ikelifetime 10`` in pyike's config: pyike rekeys its IKE SAs
     (CREATE_CHILD_SA with an IKE proposal and KE); iked takes the new SA, and the
@@ -458,12 +530,12 @@ def test_iked_rekeys_ike_sa(two_hosts: TwoHosts, tmp_path: Path) -> None:
 
 # --- liveness, NAT-T ------------------------------------------------------------------
 
+
 def test_pyike_liveness_answered(two_hosts: TwoHosts, tmp_path: Path) -> None:
     """``set dpd_check_interval 2`` in pyike's config: pyike probes each quiet IKE SA
     with an empty INFORMATIONAL (RFC 7296 2.4); iked answers every probe and nothing
     is torn down."""
-    with pair(two_hosts, tmp_path, pyike_home=True,
-              pyike_sets="set dpd_check_interval 2\n") as p:
+    with pair(two_hosts, tmp_path, pyike_home=True, pyike_sets="set dpd_check_interval 2\n") as p:
         check_children(p, p.wait_up())
         # Three SAs, at least two probes each (bounded by the wait).
         p.pyike.wait_log(r"recv INFORMATIONAL res", timeout=TIMEOUT_S, count=6)
@@ -476,14 +548,14 @@ def test_pyike_liveness_answered(two_hosts: TwoHosts, tmp_path: Path) -> None:
     _no_traceback(p)
 
 
-@pytest.mark.parametrize("pyike_home", [pytest.param(True, id="pyike_home"),
-                                        pytest.param(False, id="iked_home")])
+@pytest.mark.parametrize(
+    "pyike_home", [pytest.param(True, id="pyike_home"), pytest.param(False, id="iked_home")]
+)
 def test_forced_natt(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> None:
     """``iked -t`` (IKE on 4500 only) and ``pyike -t`` (starts on 4500 with the
     non-ESP marker, RFC 7296 2.23): everything on 4500 both ways, and iked's SAs carry
     UDP encapsulation (RFC 3948) with 4500 at both ends."""
-    with pair(two_hosts, tmp_path, pyike_home=pyike_home, natt=True,
-              with_capture=True) as p:
+    with pair(two_hosts, tmp_path, pyike_home=pyike_home, natt=True, with_capture=True) as p:
         assert p.iked.listening_udp_ports() & {500, 4500} == {4500}
         check_children(p, p.wait_up())
         for sa in p.iked.installed_sas():
@@ -514,9 +586,13 @@ def test_natt_keepalives_only_from_pyike(two_hosts: TwoHosts, tmp_path: Path) ->
 
 def _keepalives(pcap: Path, src: str) -> list[float]:
     from pyike.pcap import CaptureError, is_nat_keepalive, read_capture
+
     try:
-        return [d.timestamp for d in read_capture(pcap)
-                if is_nat_keepalive(d) and d.src == ip_address(src) and d.sport == 4500]
+        return [
+            d.timestamp
+            for d in read_capture(pcap)
+            if is_nat_keepalive(d) and d.src == ip_address(src) and d.sport == 4500
+        ]
     except (CaptureError, OSError):
         return []  # tcpdump has not written the header yet
 
@@ -533,8 +609,9 @@ def test_iked_ignores_initial_contact(two_hosts: TwoHosts, tmp_path: Path) -> No
         p.pyike.proc.wait(10)
         p.pyike.start()
         p.pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S, count=3)
-        p.iked.wait_for(lambda: len(p.iked_established()) >= 6, TIMEOUT_S,
-                        "six established IKE SAs")
+        p.iked.wait_for(
+            lambda: len(p.iked_established()) >= 6, TIMEOUT_S, "six established IKE SAs"
+        )
         time.sleep(1.0)  # iked acting on INITIAL_CONTACT would delete the old ones now
         show = p.iked.ikectl("show", "sa")
         assert len(re.findall(r"^iked_sas:", show, re.M)) == 6, show

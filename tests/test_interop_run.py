@@ -62,8 +62,12 @@ def test_table_from_junit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     run.print_table(cases)
     out = capsys.readouterr().out.splitlines()
     assert out[1].split() == ["RESULT", "SUITE", "CASE", "TIME"]
-    assert out[2].split()[:4] == ["PASS", "iked-ike",
-                                  "test_interop_iked.py::test_pyike_initiator[rfc7427]", "1.2s"]
+    assert out[2].split()[:4] == [
+        "PASS",
+        "iked-ike",
+        "test_interop_iked.py::test_pyike_initiator[rfc7427]",
+        "1.2s",
+    ]
     assert out[3].startswith("FAIL") and "rekeyed IKE SA" in out[3]
     assert out[-1].startswith("1 passed, 2 failed, 1 skipped")
 
@@ -75,7 +79,12 @@ def test_unreadable_junit_is_an_error(tmp_path: Path) -> None:
 
 def test_bad_arguments_exit_2() -> None:
     for args in ([], ["bogus"]):
-        proc = subprocess.run([sys.executable, str(RUN), *args], capture_output=True,
-                              text=True, timeout=30, check=False)
+        proc = subprocess.run(
+            [sys.executable, str(RUN), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert proc.returncode == 2, proc
         assert "iked-ike|iked-vm|strongswan|all" in proc.stderr

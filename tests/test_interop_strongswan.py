@@ -84,12 +84,20 @@ class Suite:
 
 # The Child SA follows the IKE suite's style, so both ESP key layouts are compared:
 # AEAD (key + 4-byte salt, no integrity key) and AES-CBC + HMAC-SHA2-256-128.
-GCM = Suite("gcm-x25519", "aes256gcm16-prfsha384-x25519",
-            "ikesa enc aes-256-gcm prf hmac-sha2-384 group curve25519", "aes256gcm16",
-            "enc aes-256-gcm group curve25519 prf hmac-sha2-384")
-CBC = Suite("cbc-ecp384", "aes256-sha384-ecp384",
-            "ikesa enc aes-256 auth hmac-sha2-384 prf hmac-sha2-384 group ecp384",
-            "aes256-sha256", "enc aes-256 auth hmac-sha2-384 group ecp384 prf hmac-sha2-384")
+GCM = Suite(
+    "gcm-x25519",
+    "aes256gcm16-prfsha384-x25519",
+    "ikesa enc aes-256-gcm prf hmac-sha2-384 group curve25519",
+    "aes256gcm16",
+    "enc aes-256-gcm group curve25519 prf hmac-sha2-384",
+)
+CBC = Suite(
+    "cbc-ecp384",
+    "aes256-sha384-ecp384",
+    "ikesa enc aes-256 auth hmac-sha2-384 prf hmac-sha2-384 group ecp384",
+    "aes256-sha256",
+    "enc aes-256 auth hmac-sha2-384 group ecp384 prf hmac-sha2-384",
+)
 
 # AUTH methods (RFC 7296 3.8 / RFC 4754 / RFC 7427) as ``pyike decode`` names them.
 AUTH_7427 = "DIGITAL_SIGNATURE"
@@ -105,14 +113,11 @@ CASES = [
 
 # --- set-up helpers ---------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class Keys:
     home: ec.EllipticCurvePrivateKey
     vm: ec.EllipticCurvePrivateKey
-
-
-
-
 
 
 def _need_tools() -> None:
@@ -127,22 +132,35 @@ def _add_inner(ns: Netns, addr: str) -> None:
     ns.run(["ip", "-6", "addr", "add", f"{addr}/128", "dev", "lo", "nodad"])
 
 
-def _charon(ns: Netns, workdir: Path, *, home: bool, own: ec.EllipticCurvePrivateKey,
-            peer_public: ec.EllipticCurvePublicKey, suite: Suite | str,
-            rfc7427: bool) -> Charon:
+def _charon(
+    ns: Netns,
+    workdir: Path,
+    *,
+    home: bool,
+    own: ec.EllipticCurvePrivateKey,
+    peer_public: ec.EllipticCurvePublicKey,
+    suite: Suite | str,
+    rfc7427: bool,
+) -> Charon:
     local, remote = (HOME_ADDR, VM_ADDR) if home else (VM_ADDR, HOME_ADDR)
     local_in, remote_in = (HOME_INNER, VM_INNER) if home else (VM_INNER, HOME_INNER)
     return Charon(
-        ns, workdir, name="tun",
-        local_addr=local, remote_addr=remote,
-        local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
+        ns,
+        workdir,
+        name="tun",
+        local_addr=local,
+        remote_addr=remote,
+        local_id=HOME_ID if home else VM_ID,
+        remote_id=VM_ID if home else HOME_ID,
         private_key_pem=keys.private_key_pem(own, pkcs8=True),
         peer_public_pem=keys.public_key_pem(peer_public),
         ike_proposals=suite.charon if isinstance(suite, Suite) else suite,
         esp_proposals=suite.esp if isinstance(suite, Suite) else "aes256gcm16",
         # No proto restriction: the mirror of pyike's single policy.
-        local_ts=f"{local_in}/128", remote_ts=f"{remote_in}/128",
-        encap=True, rfc7427=rfc7427,
+        local_ts=f"{local_in}/128",
+        remote_ts=f"{remote_in}/128",
+        encap=True,
+        rfc7427=rfc7427,
     )
 
 
@@ -153,14 +171,19 @@ def _home_conf(path: Path, ikesa: str) -> Path:
         f"\tpeer {VM_ADDR} \\\n"
         f"\t{ikesa} \\\n"
         f"\tsrcid {HOME_ID} dstid {VM_ID} \\\n"
-        "\tecdsa384\n")
+        "\tecdsa384\n"
+    )
     return path
 
 
 def _decode(pcap_path: Path, keylog_dir: Path) -> str:
-    r = subprocess.run([sys.executable, "-m", "pyike", "decode", str(pcap_path),
-                        "--keylog", str(keylog_dir)], capture_output=True, text=True,
-                       timeout=60, cwd=str(REPO))
+    r = subprocess.run(
+        [sys.executable, "-m", "pyike", "decode", str(pcap_path), "--keylog", str(keylog_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -176,8 +199,14 @@ def _pyike_child_spis(log: str) -> tuple[int, int]:
     return found[0]
 
 
-def check_child(pyike: PyikeProc, keylog_dir: Path, charon: Charon,
-                charon_is_initiator: bool, pyike_addr: str, charon_addr: str) -> None:
+def check_child(
+    pyike: PyikeProc,
+    keylog_dir: Path,
+    charon: Charon,
+    charon_is_initiator: bool,
+    pyike_addr: str,
+    charon_addr: str,
+) -> None:
     """SPIs and ESP keys of the one Child SA agree between pyike and charon."""
     pyike_in, pyike_out = _pyike_child_spis(pyike.log())
     sets = parse_charon_keys(charon.log_text())
@@ -201,8 +230,9 @@ def check_child(pyike: PyikeProc, keylog_dir: Path, charon: Charon,
     by_spi: dict[int, EspKeyRecord] = {r.spi: r for r in records}
     assert set(by_spi) >= {c_in, c_out}, ([hex(s) for s in by_spi], hex(c_in), hex(c_out))
     for spi, (enc, integ), src, dst in (
-            (c_in, to_charon_keys, pyike_addr, charon_addr),
-            (c_out, from_charon_keys, charon_addr, pyike_addr)):
+        (c_in, to_charon_keys, pyike_addr, charon_addr),
+        (c_out, from_charon_keys, charon_addr, pyike_addr),
+    ):
         rec = by_spi[spi]
         assert (rec.src, rec.dst) == (ip_address(src), ip_address(dst)), rec
         assert rec.enc_key == child[enc], f"ESP encryption key for SPI {spi:#x} differs"
@@ -219,11 +249,18 @@ def check_decode(text: str, auth_method: str) -> None:
         lines = block.splitlines()
         if len(lines) > 1:
             blocks.setdefault(" ".join(lines[1].split()[:2]), lines[2:])
-    assert {"IKE_SA_INIT request", "IKE_SA_INIT response", "IKE_AUTH request",
-            "IKE_AUTH response"} <= set(blocks), text
+    assert {
+        "IKE_SA_INIT request",
+        "IKE_SA_INIT response",
+        "IKE_AUTH request",
+        "IKE_AUTH response",
+    } <= set(blocks), text
     for kind, own_id in (("request", "IDi"), ("response", "IDr")):
-        inner = [line.split()[0] for line in blocks[f"IKE_AUTH {kind}"]
-                 if line.startswith("    ") and not line.startswith("     ")]
+        inner = [
+            line.split()[0]
+            for line in blocks[f"IKE_AUTH {kind}"]
+            if line.startswith("    ") and not line.startswith("     ")
+        ]
         assert {own_id, "AUTH", "SA", "TSi", "TSr"} <= set(inner), (kind, inner, text)
         auth = [line for line in blocks[f"IKE_AUTH {kind}"] if line.split()[0] == "AUTH"]
         assert auth and auth[0].split()[1] == auth_method, (kind, auth)
@@ -231,13 +268,13 @@ def check_decode(text: str, auth_method: str) -> None:
 
 # --- the cases ---------------------------------------------------------------------------
 
+
 def _keys() -> Keys:
     return Keys(ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1()))
 
 
 @pytest.mark.parametrize(("suite", "rfc7427"), CASES)
-def test_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite,
-                         rfc7427: bool) -> None:
+def test_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite, rfc7427: bool) -> None:
     _need_tools()
     home, vm = two_hosts
     k = _keys()
@@ -247,19 +284,34 @@ def test_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite,
     home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
     conf = _home_conf(tmp_path / "home-iked.conf", suite.pyike)
     pcap_path = tmp_path / "outer.pcap"
-    charon = _charon(vm, tmp_path / "charon", home=False, own=k.vm,
-                     peer_public=k.home.public_key(), suite=suite, rfc7427=rfc7427)
+    charon = _charon(
+        vm,
+        tmp_path / "charon",
+        home=False,
+        own=k.vm,
+        peer_public=k.home.public_key(),
+        suite=suite,
+        rfc7427=rfc7427,
+    )
     with charon, capture(vm, "eth0", pcap_path, "udp"):
         charon.load()
-        pyike = PyikeProc(home, tmp_path, conf, home_keys,
-                          ["--keylog", str(keylog_dir)]).start()
+        pyike = PyikeProc(home, tmp_path, conf, home_keys, ["--keylog", str(keylog_dir)]).start()
         try:
-            pyike.wait_log(rf"established peer .*policy 'tun' as initiator "
-                           rf"\({re.escape(suite.established)}\)", timeout=TIMEOUT_S)
+            pyike.wait_log(
+                rf"established peer .*policy 'tun' as initiator "
+                rf"\({re.escape(suite.established)}\)",
+                timeout=TIMEOUT_S,
+            )
             pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
             charon.wait_established(timeout=TIMEOUT_S)
-            check_child(pyike, keylog_dir, charon, charon_is_initiator=False,
-                        pyike_addr=HOME_ADDR, charon_addr=VM_ADDR)
+            check_child(
+                pyike,
+                keylog_dir,
+                charon,
+                charon_is_initiator=False,
+                pyike_addr=HOME_ADDR,
+                charon_addr=VM_ADDR,
+            )
             if rfc7427:  # ESP data both ways, AES-GCM and AES-CBC + HMAC
                 assert ping(home, VM_INNER, count=3) >= 2, pyike.log()[-3000:]
                 assert ping(vm, HOME_INNER, count=3) >= 2, charon.log_text()[-3000:]
@@ -274,8 +326,8 @@ def test_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite,
         # docs/ike-flow.md is illustrated with this exchange: its structure must
         # still be what pyike and charon do today (values differ run to run).
         assert decode_shape(text) == decode_shape(DOC_SAMPLE.read_text()), (
-            f"{DOC_SAMPLE} no longer matches a fresh run; regenerate it with "
-            f"{DOC_SAMPLE_ENV}=1")
+            f"{DOC_SAMPLE} no longer matches a fresh run; regenerate it with {DOC_SAMPLE_ENV}=1"
+        )
     assert "Traceback" not in pyike.log()
 
 
@@ -292,8 +344,7 @@ def decode_shape(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("suite", "rfc7427"), CASES)
-def test_charon_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite,
-                          rfc7427: bool) -> None:
+def test_charon_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite, rfc7427: bool) -> None:
     _need_tools()
     home, vm = two_hosts
     k = _keys()
@@ -302,21 +353,42 @@ def test_charon_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite,
     keylog_dir.mkdir()
     vm_keys = write_keydir(tmp_path / "vm-keys", k.vm, {HOME_ID: k.home.public_key()})
     pcap_path = tmp_path / "outer.pcap"
-    charon = _charon(home, tmp_path / "charon", home=True, own=k.home,
-                     peer_public=k.vm.public_key(), suite=suite, rfc7427=rfc7427)
-    pyike = PyikeProc(vm, tmp_path, CONF / "vm-iked.conf", vm_keys,
-                      ["-D", f"ext={VM_ADDR}", "--keylog", str(keylog_dir)]).start()
+    charon = _charon(
+        home,
+        tmp_path / "charon",
+        home=True,
+        own=k.home,
+        peer_public=k.vm.public_key(),
+        suite=suite,
+        rfc7427=rfc7427,
+    )
+    pyike = PyikeProc(
+        vm,
+        tmp_path,
+        CONF / "vm-iked.conf",
+        vm_keys,
+        ["-D", f"ext={VM_ADDR}", "--keylog", str(keylog_dir)],
+    ).start()
     try:
         pyike.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
         with charon, capture(vm, "eth0", pcap_path, "udp"):
             charon.load()
             charon.initiate(timeout=TIMEOUT_S)
             charon.wait_established(timeout=TIMEOUT_S)
-            pyike.wait_log(rf"established peer .*policy 'carinho' as responder "
-                           rf"\({re.escape(suite.established)}\)", timeout=TIMEOUT_S)
+            pyike.wait_log(
+                rf"established peer .*policy 'carinho' as responder "
+                rf"\({re.escape(suite.established)}\)",
+                timeout=TIMEOUT_S,
+            )
             pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
-            check_child(pyike, keylog_dir, charon, charon_is_initiator=True,
-                        pyike_addr=VM_ADDR, charon_addr=HOME_ADDR)
+            check_child(
+                pyike,
+                keylog_dir,
+                charon,
+                charon_is_initiator=True,
+                pyike_addr=VM_ADDR,
+                charon_addr=HOME_ADDR,
+            )
             if rfc7427:  # ESP data both ways, AES-GCM and AES-CBC + HMAC
                 assert ping(home, VM_INNER, count=3) >= 2, pyike.log()[-3000:]
                 assert ping(vm, HOME_INNER, count=3) >= 2, charon.log_text()[-3000:]
@@ -327,6 +399,7 @@ def test_charon_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite,
 
 
 # --- failures ------------------------------------------------------------------------------
+
 
 class PeerNotTold(AssertionError):
     """charon never learnt that pyike (initiator) refused its AUTH."""
@@ -340,27 +413,42 @@ def test_wrong_key_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path) -> None:
     _add_inner(vm, VM_INNER)  # so charon *can* install its Child SA
     home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: stranger.public_key()})
     conf = _home_conf(tmp_path / "home-iked.conf", GCM.pyike)
-    charon = _charon(vm, tmp_path / "charon", home=False, own=k.vm,
-                     peer_public=k.home.public_key(), suite=GCM, rfc7427=True)
+    charon = _charon(
+        vm,
+        tmp_path / "charon",
+        home=False,
+        own=k.vm,
+        peer_public=k.home.public_key(),
+        suite=GCM,
+        rfc7427=True,
+    )
     with charon:
         charon.load()
         pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
         try:
-            pyike.wait_log(rf"(AUTHENTICATION_FAILED|authentication of the peer failed): "
-                           rf".*fqdn/{VM_ID} does not verify", timeout=TIMEOUT_S)
+            pyike.wait_log(
+                rf"(AUTHENTICATION_FAILED|authentication of the peer failed): "
+                rf".*fqdn/{VM_ID} does not verify",
+                timeout=TIMEOUT_S,
+            )
             assert "created Child SA" not in pyike.log()
             assert "Traceback" not in pyike.log()
             try:  # RFC 7296 2.21.2: INFORMATIONAL with N(AUTHENTICATION_FAILED)
-                _wait_charon(charon, r"parsed INFORMATIONAL request \d+ \[ N\(AUTH_FAILED\) \]",
-                             timeout=5)
+                _wait_charon(
+                    charon, r"parsed INFORMATIONAL request \d+ \[ N\(AUTH_FAILED\) \]", timeout=5
+                )
             except HarnessError as e:
                 raise PeerNotTold(str(e)) from e
         finally:
             pyike.stop()
         # pyike retries after a failure; once it is stopped, no SA may survive.
         try:
-            wait_until(lambda: not any(sa.get("child-sas") for sa in charon.list_sas()), 5,
-                       interval=0.2, what="charon to drop every Child SA")
+            wait_until(
+                lambda: not any(sa.get("child-sas") for sa in charon.list_sas()),
+                5,
+                interval=0.2,
+                what="charon to drop every Child SA",
+            )
         except HarnessError as e:
             raise PeerNotTold(f"{e}: {charon.list_sas()}") from e
 
@@ -371,10 +459,18 @@ def test_wrong_key_charon_initiator(two_hosts: TwoHosts, tmp_path: Path) -> None
     home, vm = two_hosts
     k, stranger = _keys(), ec.generate_private_key(ec.SECP384R1())
     vm_keys = write_keydir(tmp_path / "vm-keys", k.vm, {HOME_ID: stranger.public_key()})
-    charon = _charon(home, tmp_path / "charon", home=True, own=k.home,
-                     peer_public=k.vm.public_key(), suite=GCM, rfc7427=True)
-    pyike = PyikeProc(vm, tmp_path, CONF / "vm-iked.conf", vm_keys,
-                      ["-D", f"ext={VM_ADDR}"]).start()
+    charon = _charon(
+        home,
+        tmp_path / "charon",
+        home=True,
+        own=k.home,
+        peer_public=k.vm.public_key(),
+        suite=GCM,
+        rfc7427=True,
+    )
+    pyike = PyikeProc(
+        vm, tmp_path, CONF / "vm-iked.conf", vm_keys, ["-D", f"ext={VM_ADDR}"]
+    ).start()
     try:
         pyike.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
         with charon:
@@ -396,8 +492,15 @@ def test_no_proposal_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path) -> Non
     k = _keys()
     home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
     conf = _home_conf(tmp_path / "home-iked.conf", GCM.pyike)
-    charon = _charon(vm, tmp_path / "charon", home=False, own=k.vm,
-                     peer_public=k.home.public_key(), suite=CBC, rfc7427=True)
+    charon = _charon(
+        vm,
+        tmp_path / "charon",
+        home=False,
+        own=k.vm,
+        peer_public=k.home.public_key(),
+        suite=CBC,
+        rfc7427=True,
+    )
     with charon:
         charon.load()
         pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
@@ -417,11 +520,18 @@ def test_no_proposal_charon_initiator(two_hosts: TwoHosts, tmp_path: Path) -> No
     home, vm = two_hosts
     k = _keys()
     vm_keys = write_keydir(tmp_path / "vm-keys", k.vm, {HOME_ID: k.home.public_key()})
-    charon = _charon(home, tmp_path / "charon", home=True, own=k.home,
-                     peer_public=k.vm.public_key(), suite="camellia128-aesxcbc-modp1536",
-                     rfc7427=True)
-    pyike = PyikeProc(vm, tmp_path, CONF / "vm-iked.conf", vm_keys,
-                      ["-D", f"ext={VM_ADDR}"]).start()
+    charon = _charon(
+        home,
+        tmp_path / "charon",
+        home=True,
+        own=k.home,
+        peer_public=k.vm.public_key(),
+        suite="camellia128-aesxcbc-modp1536",
+        rfc7427=True,
+    )
+    pyike = PyikeProc(
+        vm, tmp_path, CONF / "vm-iked.conf", vm_keys, ["-D", f"ext={VM_ADDR}"]
+    ).start()
     try:
         pyike.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
         with charon:
@@ -441,9 +551,13 @@ def _wait_charon(charon: Charon, pattern: str, timeout: float = TIMEOUT_S) -> An
     """Bounded wait for ``pattern`` in charon's log; HarnessError with its tail."""
     rx = re.compile(pattern)
     try:
-        return wait_until(lambda: rx.search(charon.log_text()), timeout,
-                          what=f"/{pattern}/ in charon's log")
+        return wait_until(
+            lambda: rx.search(charon.log_text()), timeout, what=f"/{pattern}/ in charon's log"
+        )
     except HarnessError as e:
-        tail = "\n".join(line for line in charon.log_text().splitlines()
-                         if "=>" not in line and not re.search(r"> +\d+: ", line))[-3000:]
+        tail = "\n".join(
+            line
+            for line in charon.log_text().splitlines()
+            if "=>" not in line and not re.search(r"> +\d+: ", line)
+        )[-3000:]
         raise HarnessError(f"{e}\n{tail}") from e

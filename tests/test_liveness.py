@@ -24,8 +24,7 @@ def sent(p, direction: str) -> list[tuple[str, int, bool, list[int]]]:
             continue
         msg = wire.parse_message(t.data)
         notifies = [x.type for x in msg.payloads if isinstance(x, wire.NotifyPayload)]
-        out.append((ExchangeType.name_of(msg.exchange), msg.message_id, msg.is_response,
-                    notifies))
+        out.append((ExchangeType.name_of(msg.exchange), msg.message_id, msg.is_response, notifies))
     return out
 
 
@@ -92,8 +91,11 @@ def test_unprotected_request_for_unknown_spi_gets_no_answer() -> None:
     """Only protected requests (larger than the answer) are answered: no amplification."""
     p, sa = established_pair()
     restart_vm(p)
-    bare = wire.build_message(wire.Message(
-        sa.spi_i, sa.spi_r, ExchangeType.INFORMATIONAL, wire.HeaderFlag.INITIATOR, 5, []))
+    bare = wire.build_message(
+        wire.Message(
+            sa.spi_i, sa.spi_r, ExchangeType.INFORMATIONAL, wire.HeaderFlag.INITIATOR, 5, []
+        )
+    )
     p.vm.receive(bare, sa.local, sa.peer, p.now)
     assert p.vm.datagrams_to_send() == []
     p.wire_log.clear()
@@ -109,9 +111,16 @@ def test_forged_unprotected_answer_without_the_notify_is_ignored() -> None:
     p.advance(5.5)
     assert sa._request is not None
     mid = sa._request.message_id
-    fake = wire.build_message(wire.Message(
-        sa.spi_i, sa.spi_r, ExchangeType.INFORMATIONAL, wire.HeaderFlag.RESPONSE, mid,
-        [wire.NotifyPayload(0, b"", NotifyType.AUTHENTICATION_FAILED)]))
+    fake = wire.build_message(
+        wire.Message(
+            sa.spi_i,
+            sa.spi_r,
+            ExchangeType.INFORMATIONAL,
+            wire.HeaderFlag.RESPONSE,
+            mid,
+            [wire.NotifyPayload(0, b"", NotifyType.AUTHENTICATION_FAILED)],
+        )
+    )
     p.home.receive(fake, sa.peer, sa.local, p.now)
     assert not p.events("home", PeerLostSa)
     assert sa.state == State.ESTABLISHED and sa._request is not None
@@ -172,40 +181,81 @@ class Msg(dict):
 
 def test_netwatch_relevance() -> None:
     from pyike.netwatch import IFF_LOWER_UP, IFF_RUNNING, IFF_UP, LinkStates, describe
+
     links = LinkStates()
     up = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
     ignored = {7}  # pyike's TUN device
     # The first message about a link is judged against nothing: reported once, then
     # repeats with the same state are noise (statistics, promiscuity changes...).
-    assert describe(Msg(event="RTM_NEWLINK", index=2, ifname="eth0", flags=up), links,
-                    ignored) == "link eth0 up"
-    assert describe(Msg(event="RTM_NEWLINK", index=2, ifname="eth0", flags=up), links,
-                    ignored) is None
-    assert describe(Msg(event="RTM_NEWLINK", index=2, ifname="eth0", flags=IFF_UP), links,
-                    ignored) == "link eth0 down"
-    assert describe(Msg(event="RTM_NEWLINK", index=7, ifname="pyike0", flags=0), links,
-                    ignored) is None
-    assert describe(Msg(event="RTM_DELADDR", index=2, address="192.0.2.1", prefixlen=24),
-                    links, ignored) == "address 192.0.2.1/24 removed"
-    assert describe(Msg(event="RTM_NEWADDR", index=2, address="fe80::1", prefixlen=64),
-                    links, ignored) is None
-    assert describe(Msg(event="RTM_NEWADDR", index=7, address="2001:db8:c1da::1",
-                        prefixlen=128), links, ignored) is None
-    assert describe(Msg(event="RTM_NEWROUTE", table=254, dst=None, oif=2), links,
-                    ignored) == "route default added"
-    assert describe(Msg(event="RTM_DELROUTE", table=254, dst="192.0.2.0", dst_len=24, oif=2),
-                    links, ignored) == "route 192.0.2.0/24 removed"
-    assert describe(Msg(event="RTM_NEWROUTE", table=255, dst="192.0.2.1", dst_len=32, oif=2),
-                    links, ignored) is None  # the local table
-    assert describe(Msg(event="RTM_NEWROUTE", table=254, dst="ff00::", dst_len=8, oif=2),
-                    links, ignored) is None
-    assert describe(Msg(event="RTM_NEWROUTE", table=254, dst="2001:db8:c1da::2",
-                        dst_len=128, oif=7), links, ignored) is None
+    assert (
+        describe(Msg(event="RTM_NEWLINK", index=2, ifname="eth0", flags=up), links, ignored)
+        == "link eth0 up"
+    )
+    assert (
+        describe(Msg(event="RTM_NEWLINK", index=2, ifname="eth0", flags=up), links, ignored) is None
+    )
+    assert (
+        describe(Msg(event="RTM_NEWLINK", index=2, ifname="eth0", flags=IFF_UP), links, ignored)
+        == "link eth0 down"
+    )
+    assert (
+        describe(Msg(event="RTM_NEWLINK", index=7, ifname="pyike0", flags=0), links, ignored)
+        is None
+    )
+    assert (
+        describe(
+            Msg(event="RTM_DELADDR", index=2, address="192.0.2.1", prefixlen=24), links, ignored
+        )
+        == "address 192.0.2.1/24 removed"
+    )
+    assert (
+        describe(Msg(event="RTM_NEWADDR", index=2, address="fe80::1", prefixlen=64), links, ignored)
+        is None
+    )
+    assert (
+        describe(
+            Msg(event="RTM_NEWADDR", index=7, address="2001:db8:c1da::1", prefixlen=128),
+            links,
+            ignored,
+        )
+        is None
+    )
+    assert (
+        describe(Msg(event="RTM_NEWROUTE", table=254, dst=None, oif=2), links, ignored)
+        == "route default added"
+    )
+    assert (
+        describe(
+            Msg(event="RTM_DELROUTE", table=254, dst="192.0.2.0", dst_len=24, oif=2), links, ignored
+        )
+        == "route 192.0.2.0/24 removed"
+    )
+    assert (
+        describe(
+            Msg(event="RTM_NEWROUTE", table=255, dst="192.0.2.1", dst_len=32, oif=2), links, ignored
+        )
+        is None
+    )  # the local table
+    assert (
+        describe(
+            Msg(event="RTM_NEWROUTE", table=254, dst="ff00::", dst_len=8, oif=2), links, ignored
+        )
+        is None
+    )
+    assert (
+        describe(
+            Msg(event="RTM_NEWROUTE", table=254, dst="2001:db8:c1da::2", dst_len=128, oif=7),
+            links,
+            ignored,
+        )
+        is None
+    )
     assert describe(Msg(event="RTM_NEWNEIGH"), links, ignored) is None
 
 
 def test_retransmit_tries_last_about_a_minute() -> None:
     from pyike.daemon import retransmit_tries
+
     assert retransmit_tries(2.0, 5.0) == 13  # 2+4+11*5 = 61 s
     assert retransmit_tries(2.0, 0.0) == 5  # iked's 2/4/8/16/32
     assert retransmit_tries(2.0, 60.0) == 5  # 2+4+8+16+32 = 62 s
@@ -214,8 +264,8 @@ def test_retransmit_tries_last_about_a_minute() -> None:
 def test_dpd_default_and_overrides() -> None:
     from pyike.config import GlobalOptions
     from pyike.daemon import DEFAULT_DPD_INTERVAL, Options, effective_dpd
+
     assert effective_dpd(Options(), GlobalOptions()) == DEFAULT_DPD_INTERVAL == 5.0
     assert effective_dpd(Options(), GlobalOptions(dpd_check_interval=30)) == 30.0
     assert effective_dpd(Options(), GlobalOptions(dpd_check_interval=0)) == 0.0
-    assert effective_dpd(Options(dpd_interval=60.0), GlobalOptions(dpd_check_interval=30)) \
-        == 60.0
+    assert effective_dpd(Options(dpd_interval=60.0), GlobalOptions(dpd_check_interval=30)) == 60.0

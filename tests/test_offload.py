@@ -30,18 +30,31 @@ SRC4, DST4 = "192.0.2.1", "198.51.100.7"
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (123456, 654321))]
 
 
-def segments(n: int, size: int = 1000, *, v6: bool = True, last: int | None = None,
-             seq: int = 1000, psh_last: bool = True, ip_id: int = 7) -> list[bytes]:
+def segments(
+    n: int,
+    size: int = 1000,
+    *,
+    v6: bool = True,
+    last: int | None = None,
+    seq: int = 1000,
+    psh_last: bool = True,
+    ip_id: int = 7,
+) -> list[bytes]:
     """n in-order data segments of one flow as the sender's TCP would emit them."""
     out = []
     for k in range(n):
         plen = last if (last is not None and k == n - 1) else size
         flags = "PA" if (psh_last and k == n - 1) else "A"
         payload = bytes((seq + k + i) & 0xFF for i in range(plen))
-        tcp = TCP(sport=40000, dport=5201, seq=seq, ack=777, flags=flags, window=501,
-                  options=TS) / payload
-        ip = (IPv6(src=SRC6, dst=DST6, hlim=64) if v6
-              else IP(src=SRC4, dst=DST4, ttl=64, id=(ip_id + k) & 0xFFFF, flags="DF"))
+        tcp = (
+            TCP(sport=40000, dport=5201, seq=seq, ack=777, flags=flags, window=501, options=TS)
+            / payload
+        )
+        ip = (
+            IPv6(src=SRC6, dst=DST6, hlim=64)
+            if v6
+            else IP(src=SRC4, dst=DST4, ttl=64, id=(ip_id + k) & 0xFFFF, flags="DF")
+        )
         out.append(bytes(ip / tcp))
         seq += plen
     return out
@@ -52,14 +65,14 @@ def kernel_cut(frame: bytes) -> list[bytes]:
     gso_size payload per segment, seq advanced, PSH only on the last, IPv4 ids
     incremented, lengths and checksums recomputed (by scapy here)."""
     _flags, gso_type, hdr_len, gso_size, _start, _off = offload.VNET_HDR.unpack_from(frame)
-    pkt = frame[offload.VNET_HDR_LEN:]
+    pkt = frame[offload.VNET_HDR_LEN :]
     v6 = gso_type == offload.VNET_GSO_TCPV6
     parsed = IPv6(pkt) if v6 else IP(pkt)
     tcp = parsed[TCP]
     payload = pkt[hdr_len:]
     out = []
     for k, at in enumerate(range(0, len(payload), gso_size)):
-        chunk = payload[at:at + gso_size]
+        chunk = payload[at : at + gso_size]
         last = at + gso_size >= len(payload)
         t = tcp.copy()
         t.remove_payload()
@@ -85,11 +98,11 @@ def writes(packets: list[bytes]) -> list[bytes]:
 
 # --- UDP GSO grouping -----------------------------------------------------------------
 
+
 def test_gso_groups_runs_of_equal_size_end_at_a_shorter_packet() -> None:
     pk = [bytes([i]) * n for i, n in enumerate([100, 100, 100, 60, 100, 100, 120, 120])]
     groups = offload.gso_groups(pk)
-    assert [[len(p) for p in g] for g in groups] == [[100, 100, 100, 60], [100, 100],
-                                                      [120, 120]]
+    assert [[len(p) for p in g] for g in groups] == [[100, 100, 100, 60], [100, 100], [120, 120]]
     assert [p for g in groups for p in g] == pk  # nothing lost, order kept
 
 
@@ -120,8 +133,10 @@ def test_split_gro_and_cmsg_parsing() -> None:
     assert offload.split_gro(glued, 1400) == parts
     assert offload.split_gro(parts[0], 1400) == [parts[0]]
     assert offload.split_gro(glued, 0) == [glued]
-    anc = [(socket.IPPROTO_IP, 8, bytes(12)),
-           (offload.SOL_UDP, offload.UDP_GRO, struct.pack("=i", 1400))]
+    anc = [
+        (socket.IPPROTO_IP, 8, bytes(12)),
+        (offload.SOL_UDP, offload.UDP_GRO, struct.pack("=i", 1400)),
+    ]
     assert offload.gro_segment_size(anc) == 1400
     assert offload.gro_segment_size(anc[:1]) == 0
 
@@ -168,8 +183,14 @@ def test_gso_refusal_falls_back_to_one_send_per_packet() -> None:
         assert dp.gso or os.environ.get("PYIKE_OFFLOAD") == "0"
         dp.gso = True
         remote = ("127.0.0.1", addr[1])
-        tx = _Tx(sa=None, child=SimpleNamespace(remote=remote), ike=None,  # type: ignore[arg-type]
-                 sock=sock, addr=addr, remote=remote)
+        tx = _Tx(
+            sa=None,
+            child=SimpleNamespace(remote=remote),
+            ike=None,  # type: ignore[arg-type]
+            sock=sock,
+            addr=addr,
+            remote=remote,
+        )
         parts = [os.urandom(500) for _ in range(6)]
         dp._send(tx, parts)
         assert [rx.recv(2048) for _ in parts] == parts
@@ -181,6 +202,7 @@ def test_gso_refusal_falls_back_to_one_send_per_packet() -> None:
 
 
 # --- checksums ------------------------------------------------------------------------
+
 
 def _rfc1071(data: bytes) -> int:
     if len(data) & 1:
@@ -210,6 +232,7 @@ def test_complete_checksum_of_a_partial_tcp_packet() -> None:
 
 # --- merging TCP segments into GSO writes --------------------------------------------
 
+
 @pytest.mark.parametrize("v6", [True, False], ids=["ipv6", "ipv4"])
 @pytest.mark.parametrize("last", [1000, 321], ids=["full-last", "short-last"])
 def test_merged_write_cuts_back_into_the_original_segments(v6: bool, last: int) -> None:
@@ -218,13 +241,18 @@ def test_merged_write_cuts_back_into_the_original_segments(v6: bool, last: int) 
     flags, gso_type, hdr_len, gso_size, start, off = offload.VNET_HDR.unpack_from(frame)
     ip_len = 40 if v6 else 20
     assert (flags, gso_type, hdr_len, gso_size, start, off) == (
-        offload.VNET_F_NEEDS_CSUM, offload.VNET_GSO_TCPV6 if v6 else offload.VNET_GSO_TCPV4,
-        ip_len + 32, 1000, ip_len, 16)
-    merged = frame[offload.VNET_HDR_LEN:]
+        offload.VNET_F_NEEDS_CSUM,
+        offload.VNET_GSO_TCPV6 if v6 else offload.VNET_GSO_TCPV4,
+        ip_len + 32,
+        1000,
+        ip_len,
+        16,
+    )
+    merged = frame[offload.VNET_HDR_LEN :]
     assert len(merged) == ip_len + 32 + 5000 + last
     parsed = IPv6(merged) if v6 else IP(merged)
     assert parsed[TCP].seq == 1000 and parsed[TCP].flags == "PA"
-    assert bytes(parsed[TCP].payload) == b"".join(p[ip_len + 32:] for p in pk)
+    assert bytes(parsed[TCP].payload) == b"".join(p[ip_len + 32 :] for p in pk)
     if not v6:  # the IPv4 header checksum must be right: the kernel checks it
         assert offload.ones_sum(merged[:20]) == 0xFFFF
     # The partial checksum, completed as the kernel would, is the true TCP checksum.
@@ -239,15 +267,20 @@ def test_merged_write_cuts_back_into_the_original_segments(v6: bool, last: int) 
 def test_unmergeable_packets_are_written_alone_and_in_order() -> None:
     base = segments(3, 1000, psh_last=False)
     gap = segments(1, 1000, seq=1000 + 3000 + 1)  # a hole in the sequence space
-    other_ack = bytes(IPv6(src=SRC6, dst=DST6) / TCP(sport=40000, dport=5201, seq=9999,
-                                                     ack=778, flags="A", options=TS)
-                      / bytes(1000))
+    other_ack = bytes(
+        IPv6(src=SRC6, dst=DST6)
+        / TCP(sport=40000, dport=5201, seq=9999, ack=778, flags="A", options=TS)
+        / bytes(1000)
+    )
     pure_ack = bytes(IPv6(src=SRC6, dst=DST6) / TCP(sport=40000, dport=5201, flags="A"))
-    fin = bytes(IPv6(src=SRC6, dst=DST6) / TCP(sport=40000, dport=5201, seq=1, flags="FA")
-                / b"x")
+    fin = bytes(IPv6(src=SRC6, dst=DST6) / TCP(sport=40000, dport=5201, seq=1, flags="FA") / b"x")
     udp = bytes(IPv6(src=SRC6, dst=DST6) / UDP(sport=1, dport=2) / bytes(1000))
-    ext = bytes(IPv6(src=SRC6, dst=DST6) / IPv6ExtHdrDestOpt()
-                / TCP(sport=40000, dport=5201, flags="A") / bytes(1000))
+    ext = bytes(
+        IPv6(src=SRC6, dst=DST6)
+        / IPv6ExtHdrDestOpt()
+        / TCP(sport=40000, dport=5201, flags="A")
+        / bytes(1000)
+    )
     # Truncated TCP headers (parse_flow lets them through: it needs only the ports).
     runt6 = bytes(IPv6(src=SRC6, dst=DST6, nh=6) / bytes(10))
     runt4 = bytes(IP(src=SRC4, dst=DST4, proto=6) / bytes(21))
@@ -263,13 +296,23 @@ def test_merging_stops_where_the_kernel_could_not_cut_it_back() -> None:
     # A different TCP timestamp: not the same header, a new write.
     psh_first = segments(1, 1000, seq=1)
     small_then_big = segments(2, 500, seq=1001, psh_last=False) + segments(
-        2, 1000, seq=2001, psh_last=False)
+        2, 1000, seq=2001, psh_last=False
+    )
     assert [(s, e) for s, e, _ in offload.coalesce(psh_first)] == [(0, 1)]
     assert [(s, e) for s, e, _ in offload.coalesce(small_then_big)] == [(0, 2), (2, 4)]
-    other_ts = bytes(IPv6(src=SRC6, dst=DST6) / TCP(
-        sport=40000, dport=5201, seq=1000 + 2000, ack=777, flags="A", window=501,
-        options=[("NOP", None), ("NOP", None), ("Timestamp", (123457, 654321))])
-        / bytes(1000))
+    other_ts = bytes(
+        IPv6(src=SRC6, dst=DST6)
+        / TCP(
+            sport=40000,
+            dport=5201,
+            seq=1000 + 2000,
+            ack=777,
+            flags="A",
+            window=501,
+            options=[("NOP", None), ("NOP", None), ("Timestamp", (123457, 654321))],
+        )
+        / bytes(1000)
+    )
     pk = [*segments(2, 1000, psh_last=False), other_ts]
     assert [(s, e) for s, e, _ in offload.coalesce(pk)] == [(0, 2), (2, 3)]
 
@@ -297,12 +340,18 @@ def test_a_merged_write_stays_within_one_ip_packet() -> None:
 _REAL = segments(4, 600, psh_last=False) + segments(3, 500, v6=False, psh_last=False)
 
 
-@given(st.lists(st.one_of(
-    st.binary(max_size=120),
-    st.tuples(st.sampled_from(_REAL), st.integers(0, 200), st.integers(0, 255)).map(
-        lambda t: t[0][:t[1]] + bytes([t[2]]) + t[0][t[1] + 1:]),  # one byte changed
-    st.tuples(st.sampled_from(_REAL), st.integers(0, 700)).map(lambda t: t[0][:t[1]]),
-), max_size=12))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=120),
+            st.tuples(st.sampled_from(_REAL), st.integers(0, 200), st.integers(0, 255)).map(
+                lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]
+            ),  # one byte changed
+            st.tuples(st.sampled_from(_REAL), st.integers(0, 700)).map(lambda t: t[0][: t[1]]),
+        ),
+        max_size=12,
+    )
+)
 def test_coalesce_never_raises_and_covers_every_packet(packets: list[bytes]) -> None:
     """Whatever an authenticated peer tunnels: no exception escapes, every packet is
     written exactly once and in order, unmerged ones unchanged."""
@@ -313,5 +362,6 @@ def test_coalesce_never_raises_and_covers_every_packet(packets: list[bytes]) -> 
             assert bytes(bufs[0]) == offload.PLAIN_VNET_HDR and bytes(bufs[1]) == packets[s]
         else:
             frame = b"".join(bytes(b) for b in bufs)
-            assert frame[offload.VNET_HDR_LEN + offload.VNET_HDR.unpack_from(frame)[2]:] == \
-                b"".join(p[offload.tcp_segment(p)[2]:] for p in packets[s:e])  # type: ignore[index]
+            assert frame[
+                offload.VNET_HDR_LEN + offload.VNET_HDR.unpack_from(frame)[2] :
+            ] == b"".join(p[offload.tcp_segment(p)[2] :] for p in packets[s:e])  # type: ignore[index]

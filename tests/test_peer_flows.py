@@ -35,8 +35,9 @@ def ipv6(src, dst, proto: int, body: bytes) -> bytes:
 
 
 def tcp(sport: int, dport: int) -> bytes:
-    return ipv6(VPN1, VPN0, 6, struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 2,
-                                           65535, 0, 0))
+    return ipv6(
+        VPN1, VPN0, 6, struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 2, 65535, 0, 0)
+    )
 
 
 def echo() -> bytes:
@@ -45,8 +46,17 @@ def echo() -> bytes:
 
 def pair(policy: tuple, flows: esp.PeerFlows | None) -> tuple[esp.OutboundSa, esp.InboundSa]:
     out = esp.OutboundSa(0x1000, EncrId.AES_GCM_16, 256, IntegId.NONE, KEY + SALT, b"")
-    inb = esp.InboundSa(0x1000, EncrId.AES_GCM_16, 256, IntegId.NONE, KEY + SALT, b"",
-                        local_ts=policy[0], remote_ts=policy[1], peer_flows=flows)
+    inb = esp.InboundSa(
+        0x1000,
+        EncrId.AES_GCM_16,
+        256,
+        IntegId.NONE,
+        KEY + SALT,
+        b"",
+        local_ts=policy[0],
+        remote_ts=policy[1],
+        peer_flows=flows,
+    )
     return out, inb
 
 

@@ -69,13 +69,15 @@ def inner_payloads(sa: IkeSa, t: Transmit) -> list[wire.Payload]:
     msg = wire.parse_message(t.data)
     assert sa.keys is not None and sa.suite is not None
     from pyike import crypto
+
     k, s = sa.keys, sa.suite
     key = (k.sk_ei, k.sk_ai) if sa.initiator else (k.sk_er, k.sk_ar)
     cipher = crypto.SkCipher(s.encr, s.key_bits, s.integ, *key)
     sk = msg.payloads[-1]
     assert isinstance(sk, wire.SkPayload)
-    return wire.parse_payloads(sk.first_inner, cipher.open(t.data[:len(t.data) - len(sk.data)],
-                                                           sk.data))
+    return wire.parse_payloads(
+        sk.first_inner, cipher.open(t.data[: len(t.data) - len(sk.data)], sk.data)
+    )
 
 
 # ----------------------------------------------------------------------------- Child SA rekey
@@ -111,10 +113,15 @@ def test_child_rekey_by_responder_and_repeatedly() -> None:
 
 
 def test_child_rekey_with_pfs_sends_ke_and_changes_keys() -> None:
-    pfs = [Proposal(1, esp_proposal().protocol, b"",
-                    [*esp_proposal().transforms, Transform(TransformType.DH, DhId.ECP_384)])]
-    p = up(home_kw={"child_lifetime": 20.0, "esp": pfs},
-           vm_kw={"esp": pfs})
+    pfs = [
+        Proposal(
+            1,
+            esp_proposal().protocol,
+            b"",
+            [*esp_proposal().transforms, Transform(TransformType.DH, DhId.ECP_384)],
+        )
+    ]
+    p = up(home_kw={"child_lifetime": 20.0, "esp": pfs}, vm_kw={"esp": pfs})
     home = current(p.home.sas)
     home.rekey_child(only_child(home).spi_in, p.now)
     out = p.home.datagrams_to_send()
@@ -181,13 +188,14 @@ def test_rekey_colliding_with_delete() -> None:
 
 def drop_first_create_child(dropped: list[Transmit], *, response: bool):
     """A wire hook that loses the first CREATE_CHILD_SA request (or response)."""
+
     def hook(t: Transmit) -> list[Transmit]:
         h = wire.Header.parse(t.data)
-        if h.exchange == ExchangeType.CREATE_CHILD_SA and h.is_response == response \
-                and not dropped:
+        if h.exchange == ExchangeType.CREATE_CHILD_SA and h.is_response == response and not dropped:
             dropped.append(t)
             return []
         return [t]
+
     return hook
 
 
@@ -212,8 +220,10 @@ def test_lost_rekey_response_gets_cached_copy() -> None:
 
 
 def test_unanswered_rekey_hard_expires_then_ike_sa_closes() -> None:
-    p = up(home_kw={"child_lifetime": 20.0, "dpd_interval": 0.0},
-           vm_kw={"child_lifetime": 1000.0, "dpd_interval": 0.0})
+    p = up(
+        home_kw={"child_lifetime": 20.0, "dpd_interval": 0.0},
+        vm_kw={"child_lifetime": 1000.0, "dpd_interval": 0.0},
+    )
     hc0 = only_child(current(p.home.sas))
     p.hook = lambda t: []
     p.advance(20.5)
@@ -225,11 +235,26 @@ def test_unanswered_rekey_hard_expires_then_ike_sa_closes() -> None:
 
 
 def test_invalid_ke_on_child_rekey_retries_with_peers_group() -> None:
-    home_esp = [Proposal(1, esp_proposal().protocol, b"",
-                         [*esp_proposal().transforms, Transform(TransformType.DH, DhId.CURVE25519),
-                          Transform(TransformType.DH, DhId.ECP_256)])]
-    vm_esp = [Proposal(1, esp_proposal().protocol, b"",
-                       [*esp_proposal().transforms, Transform(TransformType.DH, DhId.ECP_256)])]
+    home_esp = [
+        Proposal(
+            1,
+            esp_proposal().protocol,
+            b"",
+            [
+                *esp_proposal().transforms,
+                Transform(TransformType.DH, DhId.CURVE25519),
+                Transform(TransformType.DH, DhId.ECP_256),
+            ],
+        )
+    ]
+    vm_esp = [
+        Proposal(
+            1,
+            esp_proposal().protocol,
+            b"",
+            [*esp_proposal().transforms, Transform(TransformType.DH, DhId.ECP_256)],
+        )
+    ]
     p = up(home_kw={"esp": home_esp}, vm_kw={"esp": vm_esp})
     home = current(p.home.sas)
     home.rekey_child(only_child(home).spi_in, p.now)
@@ -270,8 +295,7 @@ def test_ike_rekey_by_initiator_moves_children() -> None:
     new_home.rekey_child(hc0.spi_in, p.now)
     p.run()
     assert_pair_matches(p)
-    ids = [wire.Header.parse(t.data).message_id for d, t in p.wire_log[-4:]
-           if d == "home->vm"]
+    ids = [wire.Header.parse(t.data).message_id for d, t in p.wire_log[-4:] if d == "home->vm"]
     assert ids[0] == 0
 
 
@@ -289,8 +313,10 @@ def test_ike_rekey_by_responder_swaps_roles() -> None:
 
 
 def test_ike_rekey_on_lifetime_and_liveness_after() -> None:
-    p = up(home_kw={"ike_lifetime": 60.0, "dpd_interval": 15.0},
-           vm_kw={"ike_lifetime": 600.0, "dpd_interval": 0.0})
+    p = up(
+        home_kw={"ike_lifetime": 60.0, "dpd_interval": 15.0},
+        vm_kw={"ike_lifetime": 600.0, "dpd_interval": 0.0},
+    )
     first = current(p.home.sas)
     p.advance(55.0)
     second = current(p.home.sas)
@@ -314,8 +340,9 @@ def test_simultaneous_ike_rekey_settles_on_one_sa() -> None:
         assert (new_home.spi_i, new_home.spi_r) == (new_vm.spi_i, new_vm.spi_r)
         assert only_child(new_home) is hc0 and only_child(new_vm) is vc0
         assert len(p.home.sas) == len(p.vm.sas) == 1
-        assert not [e for e in p.events("home", IkeSaClosed) + p.events("vm", IkeSaClosed)
-                    if e.error]
+        assert not [
+            e for e in p.events("home", IkeSaClosed) + p.events("vm", IkeSaClosed) if e.error
+        ]
         # The daemon follows IkeSaEstablished.replaces: the last one names the survivor.
         assert p.events("home", IkeSaEstablished)[-1].sa is new_home
 

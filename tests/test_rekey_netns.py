@@ -99,25 +99,37 @@ print(sent, len(got), flush=True)
 
 
 def _conf(path: Path, *, home: bool, child: int, ike: int) -> Path:
-    path.write_text(CONF.format(
-        mode="active" if home else "passive",
-        local=VPN0 if home else VPN1, remote=VPN1 if home else VPN0,
-        peer="peer 192.0.2.2" if home else "peer any",
-        srcid="carinho.lan" if home else "namorar.example.com",
-        dstid="namorar.example.com" if home else "carinho.lan", ike=ike, child=child))
+    path.write_text(
+        CONF.format(
+            mode="active" if home else "passive",
+            local=VPN0 if home else VPN1,
+            remote=VPN1 if home else VPN0,
+            peer="peer 192.0.2.2" if home else "peer any",
+            srcid="carinho.lan" if home else "namorar.example.com",
+            dstid="namorar.example.com" if home else "carinho.lan",
+            ike=ike,
+            child=child,
+        )
+    )
     return path
 
 
-def _start(hosts: TwoHosts, tmp: Path, home_life: tuple[int, int],
-           vm_life: tuple[int, int]) -> tuple[PyikeProc, PyikeProc]:
+def _start(
+    hosts: TwoHosts, tmp: Path, home_life: tuple[int, int], vm_life: tuple[int, int]
+) -> tuple[PyikeProc, PyikeProc]:
     hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
     vm_keys = write_keydir(tmp / "vm-keys", vk, {"carinho.lan": hk.public_key()})
-    vm = PyikeProc(hosts.vm, tmp, _conf(tmp / "vm.conf", home=False, child=vm_life[0],
-                                        ike=vm_life[1]), vm_keys).start()
+    vm = PyikeProc(
+        hosts.vm, tmp, _conf(tmp / "vm.conf", home=False, child=vm_life[0], ike=vm_life[1]), vm_keys
+    ).start()
     vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=20)
-    home = PyikeProc(hosts.home, tmp, _conf(tmp / "home.conf", home=True, child=home_life[0],
-                                            ike=home_life[1]), home_keys).start()
+    home = PyikeProc(
+        hosts.home,
+        tmp,
+        _conf(tmp / "home.conf", home=True, child=home_life[0], ike=home_life[1]),
+        home_keys,
+    ).start()
     return home, vm
 
 
@@ -129,41 +141,65 @@ def _count(log: str, pattern: str) -> int:
     return len(re.findall(pattern, log))
 
 
-def _start_charon(hosts: TwoHosts, tmp: Path, home_life: tuple[int, int],
-                  vm_life: tuple[int, int]) -> tuple[PyikeProc, Charon]:
+def _start_charon(
+    hosts: TwoHosts, tmp: Path, home_life: tuple[int, int], vm_life: tuple[int, int]
+) -> tuple[PyikeProc, Charon]:
     """pyike at home, strongSwan charon (kernel-libipsec) as the VM."""
     hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
     hosts.vm.run(["ip", "-6", "addr", "add", f"{VPN1}/128", "dev", "lo", "nodad"])
     charon = Charon(
-        hosts.vm, tmp / "charon", name="rekey", local_addr="192.0.2.2",
-        remote_addr="192.0.2.1", local_id="namorar.example.com", remote_id="carinho.lan",
+        hosts.vm,
+        tmp / "charon",
+        name="rekey",
+        local_addr="192.0.2.2",
+        remote_addr="192.0.2.1",
+        local_id="namorar.example.com",
+        remote_id="carinho.lan",
         private_key_pem=keys.private_key_pem(vk, pkcs8=True),
         peer_public_pem=keys.public_key_pem(hk.public_key()),
-        ike_proposals="aes256gcm16-prfsha384-x25519", esp_proposals="aes256gcm16",
-        local_ts=f"{VPN1}/128", remote_ts=f"{VPN0}/128",
+        ike_proposals="aes256gcm16-prfsha384-x25519",
+        esp_proposals="aes256gcm16",
+        local_ts=f"{VPN1}/128",
+        remote_ts=f"{VPN0}/128",
         # charon's rekey_time is its soft lifetime; rand_time 0 keeps it exact.
         conn_extra=f"rekey_time = {vm_life[1]}s\n over_time = {vm_life[1]}s\n rand_time = 0",
-        child_extra=f"rekey_time = {vm_life[0]}s\n life_time = {2 * vm_life[0]}s\n"
-                    "rand_time = 0")
+        child_extra=f"rekey_time = {vm_life[0]}s\n life_time = {2 * vm_life[0]}s\nrand_time = 0",
+    )
     charon.start()
     charon.load()
-    home = PyikeProc(hosts.home, tmp, _conf(tmp / "home.conf", home=True, child=home_life[0],
-                                            ike=home_life[1]), home_keys).start()
+    home = PyikeProc(
+        hosts.home,
+        tmp,
+        _conf(tmp / "home.conf", home=True, child=home_life[0], ike=home_life[1]),
+        home_keys,
+    ).start()
     return home, charon
 
 
 CASES = {
     # name: (home child, home ike), (vm child, vm ike) lifetimes in seconds, VM peer
-    "home-rekeys": ((CHILD_LIFETIME, IKE_LIFETIME), (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
-                    "pyike"),
-    "vm-rekeys": ((10 * CHILD_LIFETIME, 10 * IKE_LIFETIME), (CHILD_LIFETIME, IKE_LIFETIME),
-                  "pyike"),
+    "home-rekeys": (
+        (CHILD_LIFETIME, IKE_LIFETIME),
+        (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
+        "pyike",
+    ),
+    "vm-rekeys": (
+        (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
+        (CHILD_LIFETIME, IKE_LIFETIME),
+        "pyike",
+    ),
     "both-rekey": ((CHILD_LIFETIME, IKE_LIFETIME), (CHILD_LIFETIME, IKE_LIFETIME), "pyike"),
-    "pyike-rekeys-charon": ((CHILD_LIFETIME, IKE_LIFETIME),
-                            (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME), "charon"),
-    "charon-rekeys-pyike": ((10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
-                            (CHILD_LIFETIME - 1, IKE_LIFETIME - 4), "charon"),
+    "pyike-rekeys-charon": (
+        (CHILD_LIFETIME, IKE_LIFETIME),
+        (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
+        "charon",
+    ),
+    "charon-rekeys-pyike": (
+        (10 * CHILD_LIFETIME, 10 * IKE_LIFETIME),
+        (CHILD_LIFETIME - 1, IKE_LIFETIME - 4),
+        "charon",
+    ),
 }
 
 
@@ -188,26 +224,34 @@ def test_traffic_survives_rekeys(stale_netns_swept: None, tmp_path: Path) -> Non
                 vm.wait_established(timeout=30)
             else:
                 vm.wait_log(r"created Child SA", timeout=30)
-            server = hosts.home.popen([sys.executable, "-c", _SERVER, VPN0],
-                                      stdout=subprocess.PIPE)
-            streams[name] = (server, hosts.vm.popen(
-                [sys.executable, "-c", _CLIENT, VPN0, str(STREAM_SECONDS)],
-                stdout=subprocess.PIPE), hosts.vm.popen(
-                [sys.executable, "-c", _PINGER, VPN0, str(STREAM_SECONDS)],
-                stdout=subprocess.PIPE))
+            server = hosts.home.popen([sys.executable, "-c", _SERVER, VPN0], stdout=subprocess.PIPE)
+            streams[name] = (
+                server,
+                hosts.vm.popen(
+                    [sys.executable, "-c", _CLIENT, VPN0, str(STREAM_SECONDS)],
+                    stdout=subprocess.PIPE,
+                ),
+                hosts.vm.popen(
+                    [sys.executable, "-c", _PINGER, VPN0, str(STREAM_SECONDS)],
+                    stdout=subprocess.PIPE,
+                ),
+            )
         results = {}
         for name, (server, client, pinger) in streams.items():
             budget = STREAM_SECONDS + 40
-            results[name] = tuple(p.communicate(timeout=budget)[0].decode().split()
-                                  for p in (server, client, pinger))
+            results[name] = tuple(
+                p.communicate(timeout=budget)[0].decode().split() for p in (server, client, pinger)
+            )
         failures = []
         for name, (received, sent, pings) in results.items():
             _hosts, home, vm = runs[name]
             logs = home.log() + _log(vm)
             child_rekeys = _count(home.log(), r"rekeyed Child SA")
             ike_rekeys = _count(home.log(), r"rekeyed IKE SA")
-            summary = (f"{name}: TCP sent {sent} received {received}, pings {pings}, "
-                       f"child rekeys {child_rekeys}, IKE rekeys {ike_rekeys}")
+            summary = (
+                f"{name}: TCP sent {sent} received {received}, pings {pings}, "
+                f"child rekeys {child_rekeys}, IKE rekeys {ike_rekeys}"
+            )
             print(summary)
             if not (received and sent and received[:2] == sent[:2] and received[2] == "1"):
                 failures.append(f"{summary}: TCP stream damaged")
@@ -220,6 +264,11 @@ def test_traffic_survives_rekeys(stale_netns_swept: None, tmp_path: Path) -> Non
                 failures.append(f"{name}: error in a log")
             if "not responding" in logs:
                 failures.append(f"{name}: an IKE SA died")
-        assert not failures, "\n".join(failures) + "\n" + "\n".join(
-            f"--- {n} home\n{r[1].log()[-3000:]}\n--- {n} vm\n{_log(r[2])[-3000:]}"
-            for n, r in runs.items())
+        assert not failures, (
+            "\n".join(failures)
+            + "\n"
+            + "\n".join(
+                f"--- {n} home\n{r[1].log()[-3000:]}\n--- {n} vm\n{_log(r[2])[-3000:]}"
+                for n, r in runs.items()
+            )
+        )

@@ -56,10 +56,6 @@ TIMEOUT_S = 30.0
 _CHARON_CHILD = re.compile(r"CHILD_SA \S+ established with SPIs")
 
 
-
-
-
-
 @dataclass
 class Tunnel:
     keylog: Path  # the pyike end's --keylog directory
@@ -71,21 +67,39 @@ class Tunnel:
         return self.pyike.log() + (self.charon.log_text() if self.charon else "")
 
 
-def _charon(ns: Netns, tmp: Path, *, home: bool, own: ec.EllipticCurvePrivateKey,
-            peer: ec.EllipticCurvePublicKey, ike: str, esp: str) -> Charon:
+def _charon(
+    ns: Netns,
+    tmp: Path,
+    *,
+    home: bool,
+    own: ec.EllipticCurvePrivateKey,
+    peer: ec.EllipticCurvePublicKey,
+    ike: str,
+    esp: str,
+) -> Charon:
     local, remote = (HOME_ADDR, VM_ADDR) if home else (VM_ADDR, HOME_ADDR)
     local_in, remote_in = (VPN0, VPN1) if home else (VPN1, VPN0)
     # libipsec's TUN has no address: the inner address lives on lo.
     ns.run(["ip", "-6", "addr", "add", f"{local_in}/128", "dev", "lo", "nodad"])
-    return Charon(ns, tmp / "charon", name="mail", local_addr=local, remote_addr=remote,
-               local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
-               private_key_pem=keys.private_key_pem(own, pkcs8=True),
-               peer_public_pem=keys.public_key_pem(peer),
-               ike_proposals=ike, esp_proposals=esp, local_ts=f"{local_in}/128",
-               remote_ts=f"{remote_in}/128", encap=True,
-               # charon at home with the guide's policies: one IKE SA, a child per
-               # policy (the first in IKE_AUTH, the others by CREATE_CHILD_SA, 1.3.1).
-               children=GUIDE_CHILDREN if home else None)
+    return Charon(
+        ns,
+        tmp / "charon",
+        name="mail",
+        local_addr=local,
+        remote_addr=remote,
+        local_id=HOME_ID if home else VM_ID,
+        remote_id=VM_ID if home else HOME_ID,
+        private_key_pem=keys.private_key_pem(own, pkcs8=True),
+        peer_public_pem=keys.public_key_pem(peer),
+        ike_proposals=ike,
+        esp_proposals=esp,
+        local_ts=f"{local_in}/128",
+        remote_ts=f"{remote_in}/128",
+        encap=True,
+        # charon at home with the guide's policies: one IKE SA, a child per
+        # policy (the first in IKE_AUTH, the others by CREATE_CHILD_SA, 1.3.1).
+        children=GUIDE_CHILDREN if home else None,
+    )
 
 
 # The guide's three home policies (conf/home-iked.conf) as charon children.
@@ -105,19 +119,32 @@ def tunnel(kind: str, hosts: TwoHosts, tmp: Path) -> Iterator[Tunnel]:
     with ExitStack() as stack:
         if kind == "pyike-pyike":
             vm_keys = write_keydir(tmp / "vm-keys", vk, {HOME_ID: hk.public_key()})
-            vm = PyikeProc(hosts.vm, tmp, CONF / "vm-iked.conf", vm_keys,
-                           ["-D", f"ext={VM_ADDR}"]).start()
+            vm = PyikeProc(
+                hosts.vm, tmp, CONF / "vm-iked.conf", vm_keys, ["-D", f"ext={VM_ADDR}"]
+            ).start()
             stack.callback(vm.stop)
             vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
         elif kind == "pyike-charon":
-            charon = _charon(hosts.vm, tmp, home=False, own=vk, peer=hk.public_key(),
-                             ike="aes256gcm16-prfsha384-x25519", esp="aes256gcm16")
+            charon = _charon(
+                hosts.vm,
+                tmp,
+                home=False,
+                own=vk,
+                peer=hk.public_key(),
+                ike="aes256gcm16-prfsha384-x25519",
+                esp="aes256gcm16",
+            )
             stack.enter_context(charon)
             charon.load()
         if kind in ("pyike-pyike", "pyike-charon"):
             home_keys = write_keydir(tmp / "home-keys", hk, {VM_ID: vk.public_key()})
-            home = PyikeProc(hosts.home, tmp, CONF / "home-iked.conf", home_keys,
-                             ["-D", f"vm_host={VM_ADDR}", "--keylog", str(keylog)]).start()
+            home = PyikeProc(
+                hosts.home,
+                tmp,
+                CONF / "home-iked.conf",
+                home_keys,
+                ["-D", f"vm_host={VM_ADDR}", "--keylog", str(keylog)],
+            ).start()
             stack.callback(home.stop)
             # The guide's three policies: one IKE SA and Child SA each.
             home.wait_log(r"created Child SA", count=3, timeout=TIMEOUT_S)
@@ -128,12 +155,24 @@ def tunnel(kind: str, hosts: TwoHosts, tmp: Path) -> Iterator[Tunnel]:
                 t = Tunnel(keylog, home, charon)
         else:  # charon-pyike: charon initiates from home, pyike answers on the VM
             vm_keys = write_keydir(tmp / "vm-keys", vk, {HOME_ID: hk.public_key()})
-            vm = PyikeProc(hosts.vm, tmp, CONF / "vm-iked.conf", vm_keys,
-                           ["-D", f"ext={VM_ADDR}", "--keylog", str(keylog)]).start()
+            vm = PyikeProc(
+                hosts.vm,
+                tmp,
+                CONF / "vm-iked.conf",
+                vm_keys,
+                ["-D", f"ext={VM_ADDR}", "--keylog", str(keylog)],
+            ).start()
             stack.callback(vm.stop)
             vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
-            charon = _charon(hosts.home, tmp, home=True, own=hk, peer=vk.public_key(),
-                             ike="aes256-sha384-ecp384", esp="aes256-sha256")
+            charon = _charon(
+                hosts.home,
+                tmp,
+                home=True,
+                own=hk,
+                peer=vk.public_key(),
+                ike="aes256-sha384-ecp384",
+                esp="aes256-sha256",
+            )
             stack.enter_context(charon)
             charon.load()
             for child in GUIDE_CHILDREN:
@@ -143,12 +182,16 @@ def tunnel(kind: str, hosts: TwoHosts, tmp: Path) -> Iterator[Tunnel]:
         if t.charon is not None:
             # (swanctl --list-sas --raw with [proto] selectors is beyond parse_list_sas)
             want, c = 3, t.charon
-            wait_until(lambda: len(_CHARON_CHILD.findall(c.log_text())) >= want, TIMEOUT_S,
-                       what=f"{want} CHILD_SA(s) established in charon's log")
+            wait_until(
+                lambda: len(_CHARON_CHILD.findall(c.log_text())) >= want,
+                TIMEOUT_S,
+                what=f"{want} CHILD_SA(s) established in charon's log",
+            )
         yield t
 
 
 # --- the mail ---------------------------------------------------------------------------
+
 
 @dataclass
 class Mail:
@@ -159,22 +202,24 @@ class Mail:
     vm_log: str
 
 
-def _wait_listening(ns: Netns, port: int, proc: subprocess.Popen, inst: mta.SmtpdInstance
-                    ) -> None:
+def _wait_listening(ns: Netns, port: int, proc: subprocess.Popen, inst: mta.SmtpdInstance) -> None:
     def up() -> bool:
         if proc.poll() is not None:
             raise HarnessError(f"smtpd in {ns.name} exited: {inst.log_text()[-2000:]}")
         out = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
         return bool(out.strip())
+
     wait_until(up, 15, interval=0.1, what=f"smtpd listening on port {port} in {ns.name}")
 
 
 def banner_over_tunnel(vm: Netns) -> str:
     """A plain TCP connection from the VM to home's port 25: the server's greeting."""
-    script = ("import socket\n"
-              f"c = socket.create_connection(('{VPN0}', 25), timeout=15)\n"
-              "print(c.recv(512).decode(errors='replace').strip()); c.sendall(b'QUIT\\r\\n')\n"
-              "c.recv(512); c.close()\n")
+    script = (
+        "import socket\n"
+        f"c = socket.create_connection(('{VPN0}', 25), timeout=15)\n"
+        "print(c.recv(512).decode(errors='replace').strip()); c.sendall(b'QUIT\\r\\n')\n"
+        "c.recv(512); c.close()\n"
+    )
     return vm.run(["python3", "-c", script], timeout=30).stdout.strip()
 
 
@@ -185,8 +230,9 @@ def deliver_mail(hosts: TwoHosts, tmp: Path, label: str) -> Mail:
     box_root, aliases = mta.make_mailbox()
     try:
         maildir = box_root / "box" / "Maildir"
-        home_i = mta.SmtpdInstance(tmp / "smtpd-home",
-                                   mta.home_conf(VPN0, VPN1, maildir, aliases)).prepare()
+        home_i = mta.SmtpdInstance(
+            tmp / "smtpd-home", mta.home_conf(VPN0, VPN1, maildir, aliases)
+        ).prepare()
         vm_i = mta.SmtpdInstance(tmp / "smtpd-vm", mta.vm_conf(VPN0)).prepare()
         procs = []
         for ns, inst in ((hosts.home, home_i), (hosts.vm, vm_i)):
@@ -197,19 +243,29 @@ def deliver_mail(hosts: TwoHosts, tmp: Path, label: str) -> Mail:
             _wait_listening(hosts.vm, 25, procs[1], vm_i)
             greeting = banner_over_tunnel(hosts.vm)
             assert greeting.startswith("220 ") and "OpenSMTPD" in greeting, greeting
-            r = hosts.vm.run(mta.swaks_command("127.0.0.1", subject, f"token {token}\n"),
-                             timeout=40)
+            r = hosts.vm.run(
+                mta.swaks_command("127.0.0.1", subject, f"token {token}\n"), timeout=40
+            )
             assert "250 2.0.0" in r.stdout and "Message accepted" in r.stdout, r.stdout
             try:
-                wait_until(lambda: mta.delivered(maildir), TIMEOUT_S, interval=0.1,
-                           what="the mail in home's Maildir")
+                wait_until(
+                    lambda: mta.delivered(maildir),
+                    TIMEOUT_S,
+                    interval=0.1,
+                    what="the mail in home's Maildir",
+                )
             except HarnessError as e:
-                raise HarnessError(f"{e}\nhome smtpd:\n{home_i.log_text()[-2000:]}\n"
-                                   f"vm smtpd:\n{vm_i.log_text()[-2000:]}") from e
+                raise HarnessError(
+                    f"{e}\nhome smtpd:\n{home_i.log_text()[-2000:]}\n"
+                    f"vm smtpd:\n{vm_i.log_text()[-2000:]}"
+                ) from e
             (msg,) = mta.delivered(maildir)
             # The mda line comes with the delivery; the VM's mta line right after the 250.
-            wait_until(lambda: mta.MTA_DELIVERED.search(vm_i.log_text()), 10,
-                       what="the VM's mta delivery line")
+            wait_until(
+                lambda: mta.MTA_DELIVERED.search(vm_i.log_text()),
+                10,
+                what="the VM's mta delivery line",
+            )
         finally:
             for ns, p in zip((hosts.home, hosts.vm), procs, strict=True):
                 ns.stop(p)  # by PID (its process group): SIGTERM, then SIGKILL
@@ -232,6 +288,7 @@ def check_mail(mail: Mail) -> None:
 
 
 # --- the outer link ---------------------------------------------------------------------
+
 
 def check_outer(pcap_path: Path, token: str) -> dict[str, int]:
     """Only IKE and ESP-in-UDP on the outer link; returns counts of what was seen."""
@@ -273,6 +330,7 @@ def check_outer(pcap_path: Path, token: str) -> dict[str, int]:
 
 # --- tshark with pyike's esp_sa ---------------------------------------------------------
 
+
 def tshark_decrypt(pcap_path: Path, keylog: Path, tmp: Path) -> list[list[str]]:
     """tshark with the keylog's esp_sa in a throwaway profile; one row per ESP frame:
     spi, inner source, inner destination, ICMPv6 type, TCP ports, SMTP command, subject."""
@@ -281,32 +339,80 @@ def tshark_decrypt(pcap_path: Path, keylog: Path, tmp: Path) -> list[list[str]]:
     profile = root / "wireshark" / "profiles" / "pyike"
     profile.mkdir(parents=True)
     shutil.copy(keylog / ESP_TABLE_NAME, profile / ESP_TABLE_NAME)
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(root),
-           "XDG_CONFIG_HOME": str(root)}
-    base = [tshark, "-C", "pyike", "-r", str(pcap_path),
-            "-o", "esp.enable_encryption_decode:TRUE",
-            "-o", "esp.enable_authentication_check:TRUE"]
-    r = subprocess.run([*base, "-Y", "esp", "-T", "fields", "-E", "separator=|",
-                        "-e", "esp.spi", "-e", "ipv6.src", "-e", "ipv6.dst",
-                        "-e", "icmpv6.type", "-e", "tcp.srcport", "-e", "tcp.dstport",
-                        "-e", "smtp.req.command", "-e", "imf.subject", "-e", "esp.icv_good"],
-                       capture_output=True, text=True, env=env, timeout=60, check=False)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(root), "XDG_CONFIG_HOME": str(root)}
+    base = [
+        tshark,
+        "-C",
+        "pyike",
+        "-r",
+        str(pcap_path),
+        "-o",
+        "esp.enable_encryption_decode:TRUE",
+        "-o",
+        "esp.enable_authentication_check:TRUE",
+    ]
+    r = subprocess.run(
+        [
+            *base,
+            "-Y",
+            "esp",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "esp.spi",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "icmpv6.type",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "smtp.req.command",
+            "-e",
+            "imf.subject",
+            "-e",
+            "esp.icv_good",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert "Error loading table" not in r.stderr, r.stderr
-    bad = subprocess.run([*base, "-Y", "_ws.malformed || _ws.expert.severity >= error"],
-                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    bad = subprocess.run(
+        [*base, "-Y", "_ws.malformed || _ws.expert.severity >= error"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 0 and bad.stdout.strip() == "", bad.stdout[-3000:]
     return [line.split("|") for line in r.stdout.splitlines()]
 
 
-_CHILD = re.compile(r"created Child SA spi in 0x(?P<i>[0-9a-f]+) out 0x(?P<o>[0-9a-f]+) "
-                    r"\((?P<suite>[^)]*)\)")
+_CHILD = re.compile(
+    r"created Child SA spi in 0x(?P<i>[0-9a-f]+) out 0x(?P<o>[0-9a-f]+) "
+    r"\((?P<suite>[^)]*)\)"
+)
 
 
 def esn_spis(pyike_log: str) -> set[int]:
     """SPIs of the Child SAs that use extended sequence numbers (pyike's log)."""
-    return {int(m[k], 16) for m in _CHILD.finditer(pyike_log) if " esn" in m["suite"]
-            for k in ("i", "o")}
+    return {
+        int(m[k], 16)
+        for m in _CHILD.finditer(pyike_log)
+        if " esn" in m["suite"]
+        for k in ("i", "o")
+    }
 
 
 def check_decrypted(rows: list[list[str]], mail: Mail, esn: set[int]) -> None:
@@ -330,6 +436,7 @@ def check_decrypted(rows: list[list[str]], mail: Mail, esn: set[int]) -> None:
 
 
 # --- the cases --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["pyike-pyike", "pyike-charon", "charon-pyike"])
 def test_mail_over_tunnel(two_hosts: TwoHosts, tmp_path: Path, kind: str) -> None:
@@ -358,7 +465,6 @@ def test_mail_over_tunnel(two_hosts: TwoHosts, tmp_path: Path, kind: str) -> Non
     check_mail(mail)
     seen = check_outer(pcap_path, mail.token)
     assert seen["ike"] >= 4 and seen["esp"] >= 20, seen
-    check_decrypted(tshark_decrypt(pcap_path, t.keylog, tmp_path), mail,
-                    esn_spis(t.pyike.log()))
+    check_decrypted(tshark_decrypt(pcap_path, t.keylog, tmp_path), mail, esn_spis(t.pyike.log()))
     for proc in (t.pyike, t.peer_pyike):
         assert proc is None or "Traceback" not in proc.log()

@@ -26,43 +26,63 @@ VPN0 = "2001:db8:c1da::1"
 VPN1 = "2001:db8:c1da::2"
 
 
-def start_pair(hosts: TwoHosts, tmp: Path, home_args: tuple = (), vm_args: tuple = ()
-               ) -> tuple[PyikeProc, PyikeProc]:
+def start_pair(
+    hosts: TwoHosts, tmp: Path, home_args: tuple = (), vm_args: tuple = ()
+) -> tuple[PyikeProc, PyikeProc]:
     hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
     vm_keys = write_keydir(tmp / "vm-keys", vk, {"carinho.lan": hk.public_key()})
-    vm = PyikeProc(hosts.vm, tmp, CONF / "vm-iked.conf", vm_keys,
-                   ["-D", "ext=192.0.2.2", *vm_args]).start()
+    vm = PyikeProc(
+        hosts.vm, tmp, CONF / "vm-iked.conf", vm_keys, ["-D", "ext=192.0.2.2", *vm_args]
+    ).start()
     vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
-    home = PyikeProc(hosts.home, tmp, CONF / "home-iked.conf", home_keys,
-                     ["-D", "vm_host=192.0.2.2", *home_args]).start()
+    home = PyikeProc(
+        hosts.home, tmp, CONF / "home-iked.conf", home_keys, ["-D", "vm_host=192.0.2.2", *home_args]
+    ).start()
     return home, vm
 
 
-def tcp_roundtrip(hosts: TwoHosts, server_ns, client_ns, addr: str, port: int,
-                  payload: bytes) -> bytes:
+def tcp_roundtrip(
+    hosts: TwoHosts, server_ns, client_ns, addr: str, port: int, payload: bytes
+) -> bytes:
     """Echo ``payload`` through a TCP server in one namespace from the other."""
-    server = server_ns.popen(["python3", "-c", (
-        "import socket\n"
-        f"s=socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-        f"s.bind(('{addr}',{port})); s.listen(1); s.settimeout(20)\n"
-        "c,_=s.accept(); c.settimeout(20); data=b''\n"
-        "while True:\n"
-        "    b=c.recv(65536)\n"
-        "    if not b: break\n"
-        "    data+=b\n"
-        "c.sendall(data); c.close()\n")])
+    server = server_ns.popen(
+        [
+            "python3",
+            "-c",
+            (
+                "import socket\n"
+                "s=socket.socket(socket.AF_INET6)\n"
+                "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                f"s.bind(('{addr}',{port})); s.listen(1); s.settimeout(20)\n"
+                "c,_=s.accept(); c.settimeout(20); data=b''\n"
+                "while True:\n"
+                "    b=c.recv(65536)\n"
+                "    if not b: break\n"
+                "    data+=b\n"
+                "c.sendall(data); c.close()\n"
+            ),
+        ]
+    )
     time.sleep(0.3)
-    client = client_ns.run(["python3", "-c", (
-        "import socket,sys\n"
-        f"c=socket.create_connection(('{addr}',{port}),timeout=20)\n"
-        f"c.sendall(bytes.fromhex('{payload.hex()}')); c.shutdown(socket.SHUT_WR)\n"
-        "data=b''\n"
-        "while True:\n"
-        "    b=c.recv(65536)\n"
-        "    if not b: break\n"
-        "    data+=b\n"
-        "sys.stdout.write(data.hex())\n")], timeout=30)
+    client = client_ns.run(
+        [
+            "python3",
+            "-c",
+            (
+                "import socket,sys\n"
+                f"c=socket.create_connection(('{addr}',{port}),timeout=20)\n"
+                f"c.sendall(bytes.fromhex('{payload.hex()}')); c.shutdown(socket.SHUT_WR)\n"
+                "data=b''\n"
+                "while True:\n"
+                "    b=c.recv(65536)\n"
+                "    if not b: break\n"
+                "    data+=b\n"
+                "sys.stdout.write(data.hex())\n"
+            ),
+        ],
+        timeout=30,
+    )
     server_ns.stop(server, grace=2)
     out = client.stdout
     return bytes.fromhex(out.decode() if isinstance(out, bytes) else out)
@@ -82,8 +102,9 @@ def test_pyike_pair_tunnel(two_hosts: TwoHosts, tmp_path: Path) -> None:
             assert ping(two_hosts.vm, VPN0, count=3) >= 2
             # TCP from the VM to port 25 at home (the guide's smtp-in flow).
             payload = bytes(range(256)) * 200  # 51 KB: many full-size segments
-            assert tcp_roundtrip(two_hosts, two_hosts.home, two_hosts.vm, VPN0, 25,
-                                 payload) == payload
+            assert (
+                tcp_roundtrip(two_hosts, two_hosts.home, two_hosts.vm, VPN0, 25, payload) == payload
+            )
         finally:
             home_rc = home.stop()
             vm.wait_log(r"deleted by peer|IKE SA closed", timeout=10)
@@ -105,11 +126,13 @@ def test_wrong_key_is_refused_by_both_sides(two_hosts: TwoHosts, tmp_path: Path)
     stranger = ec.generate_private_key(ec.SECP384R1())
     home_keys = write_keydir(tmp_path / "home-keys", hk, {"namorar.example.com": vk.public_key()})
     vm_keys = write_keydir(tmp_path / "vm-keys", vk, {"carinho.lan": stranger.public_key()})
-    vm = PyikeProc(two_hosts.vm, tmp_path, CONF / "vm-iked.conf", vm_keys,
-                   ["-D", "ext=192.0.2.2"]).start()
+    vm = PyikeProc(
+        two_hosts.vm, tmp_path, CONF / "vm-iked.conf", vm_keys, ["-D", "ext=192.0.2.2"]
+    ).start()
     vm.wait_log(r"listening on IPv4 UDP port 4500")
-    home = PyikeProc(two_hosts.home, tmp_path, CONF / "home-iked.conf", home_keys,
-                     ["-D", "vm_host=192.0.2.2"]).start()
+    home = PyikeProc(
+        two_hosts.home, tmp_path, CONF / "home-iked.conf", home_keys, ["-D", "vm_host=192.0.2.2"]
+    ).start()
     try:
         vm.wait_log(r"AUTHENTICATION_FAILED: .*signature of fqdn/carinho.lan does not verify")
         home.wait_log(r"IKE_AUTH refused by peer: AUTHENTICATION_FAILED")
@@ -122,10 +145,15 @@ def test_wrong_key_is_refused_by_both_sides(two_hosts: TwoHosts, tmp_path: Path)
 
 def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "iked.conf"
-    bad.write_text('ikev2 "x" active esp from 2001:db8::1 to 2001:db8::2 peer 192.0.2.9 '
-                   "ikesa enc aes-999\n")
-    r = subprocess.run([__import__("sys").executable, "-m", "pyike", "-n", "-f", str(bad)],
-                       capture_output=True, text=True, timeout=30)
+    bad.write_text(
+        'ikev2 "x" active esp from 2001:db8::1 to 2001:db8::2 peer 192.0.2.9 ikesa enc aes-999\n'
+    )
+    r = subprocess.run(
+        [__import__("sys").executable, "-m", "pyike", "-n", "-f", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1
     assert "iked.conf:1:" in r.stderr and "aes-999" in r.stderr
     assert "Traceback" not in r.stderr
@@ -134,10 +162,12 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
 
 def _demo_leftovers(tag: str) -> list[str]:
     """Namespaces of the demo run ``tag`` (its PID) that still exist."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                         timeout=10).stdout
-    return [line.split()[0] for line in out.splitlines() if line.endswith(tag)
-            or f"-{tag} " in line + " "]
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    return [
+        line.split()[0]
+        for line in out.splitlines()
+        if line.endswith(tag) or f"-{tag} " in line + " "
+    ]
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -156,10 +186,15 @@ def test_readme_demo_command(stale_netns_swept: None) -> None:
     """The README's first command: `pyike demo` brings the tunnel up, and OpenSMTPD at
     the VM relays a mail through it to home's OpenSMTPD, which delivers it to a Maildir."""
     import sys
+
     require_binary("smtpd", "opensmtpd")
     require_binary("swaks", "swaks")
-    proc = subprocess.Popen([sys.executable, "-m", "pyike", "demo"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyike", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -168,10 +203,12 @@ def test_readme_demo_command(stale_netns_swept: None) -> None:
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     assert "done: the tunnel carried ICMPv6 and SMTP, OpenSMTPD delivered the mail" in out
     # smtpd's own log lines: the VM relayed over the tunnel, home delivered locally.
-    assert re.search(r'vm: +smtpd: mta delivery .*relay="\[2001:db8:c1da::1\].*result="Ok"',
-                     out), out
-    assert re.search(r"home: smtpd: mda delivery .*user=nobody .*result=Ok stat=Delivered",
-                     out), out
+    assert re.search(r'vm: +smtpd: mta delivery .*relay="\[2001:db8:c1da::1\].*result="Ok"', out), (
+        out
+    )
+    assert re.search(r"home: smtpd: mda delivery .*user=nobody .*result=Ok stat=Delivered", out), (
+        out
+    )
     m = re.search(r"home: in the Maildir: (\S+/Maildir/new/\S+)", out)
     assert m, out
     assert re.search(r"\| Subject: delivered through pyike \([0-9a-f]{16}\)", out), out
@@ -186,10 +223,15 @@ def test_demo_ctrl_c_tears_everything_down(stale_netns_swept: None) -> None:
     """SIGINT while both smtpds run: exit 130, no namespace, no process, no mailbox left."""
     import signal
     import sys
+
     require_binary("smtpd", "opensmtpd")
     require_binary("swaks", "swaks")
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "pyike", "demo"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pyike", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -220,6 +262,7 @@ def test_demo_ctrl_c_tears_everything_down(stale_netns_swept: None) -> None:
     assert _processes_mentioning(work[1]) == []  # no smtpd (or pyike) survived
     assert not Path(maildir[1]).parent.parent.exists()  # the mailbox under /tmp
     import shutil
+
     shutil.rmtree(work[1], ignore_errors=True)
 
 
@@ -230,9 +273,9 @@ def _catches(pid: int, sig: int) -> bool:
     return False
 
 
-def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
-                                                      tmp_path: Path) -> None:
+def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts, tmp_path: Path) -> None:
     import signal
+
     vk = ec.generate_private_key(ec.SECP384R1())
     keys_dir = write_keydir(tmp_path / "vm-keys", vk, {})
     conf = tmp_path / "iked.conf"
@@ -244,10 +287,11 @@ def test_sighup_reloads_and_keeps_old_config_on_error(two_hosts: TwoHosts,
         # "loaded" is logged before the event loop installs its SIGHUP handler (after the
         # TUN set-up): until then SIGHUP would kill it. Wait until the kernel says the
         # process catches SIGHUP (SigCgt in /proc/PID/status).
-        wait_until(lambda: _catches(vm.proc.pid, signal.SIGHUP), 20,
-                   what="pyike to catch SIGHUP")
-        conf.write_text(conf.read_text() + '\nikev2 "second" passive esp from 2001:db8:c1da::2 '
-                        "to 2001:db8:c1da::3 peer any srcid namorar.example.com ecdsa384\n")
+        wait_until(lambda: _catches(vm.proc.pid, signal.SIGHUP), 20, what="pyike to catch SIGHUP")
+        conf.write_text(
+            conf.read_text() + '\nikev2 "second" passive esp from 2001:db8:c1da::2 '
+            "to 2001:db8:c1da::3 peer any srcid namorar.example.com ecdsa384\n"
+        )
         vm.proc.send_signal(signal.SIGHUP)
         vm.wait_log(r"loaded 2 policies")
         conf.write_text("ikev2 esp from nonsense\n")

@@ -916,8 +916,11 @@ def _fuzz(share: float) -> settings:
     raw = os.environ.get("PYIKE_FUZZ_EXAMPLES")
     # Set (CI): at least 100k in total, more if asked for. Unset: a quick dev run.
     total = 3000 if raw is None else max(100_000, int(raw) if raw.isdigit() else 0)
-    return settings(max_examples=max(1, round(total * share)), deadline=None,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=max(1, round(total * share)),
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 def _parse_total(data: bytes) -> None:

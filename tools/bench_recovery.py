@@ -40,8 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.recovery import Tunnel
 
 PYIKE: tuple[str, ...] = ()
-IKED_TIMERS = ("--dpd", "60", "--retransmit-cap", "0", "--no-netwatch", "--replace-after", "0",
-               "--no-invalid-spi")
+IKED_TIMERS = (
+    "--dpd",
+    "60",
+    "--retransmit-cap",
+    "0",
+    "--no-netwatch",
+    "--replace-after",
+    "0",
+    "--no-invalid-spi",
+)
 FAULTS = ("loss", "link", "addr", "restart", "blackhole", "restart-silent")
 
 
@@ -65,8 +73,9 @@ def measure(tunnel: Tunnel, fault: str, args: argparse.Namespace) -> float | Non
     return tunnel.recovery(ended, args.limit)
 
 
-def run_config(label: str, extra: tuple[str, ...], runs: int, args: argparse.Namespace,
-               faults: list[str]) -> dict[str, list[float | None]]:
+def run_config(
+    label: str, extra: tuple[str, ...], runs: int, args: argparse.Namespace, faults: list[str]
+) -> dict[str, list[float | None]]:
     """Every run in a fresh tunnel, so that no run inherits the after-effects of
     another (SAs that die a minute after an outage, say); each fault comes at a
     random point of the probe cycle, after the tunnel has been idle a while."""
@@ -74,16 +83,19 @@ def run_config(label: str, extra: tuple[str, ...], runs: int, args: argparse.Nam
     rng = random.Random(args.seed)
     for fault in faults:
         for i in range(runs):
-            with tempfile.TemporaryDirectory(prefix="pyike-bench-recovery-") as tmp, \
-                    Tunnel(Path(tmp), home_args=extra, vm_args=extra) as tunnel:
+            with (
+                tempfile.TemporaryDirectory(prefix="pyike-bench-recovery-") as tmp,
+                Tunnel(Path(tmp), home_args=extra, vm_args=extra) as tunnel,
+            ):
                 time.sleep(args.settle + rng.uniform(0, 5))
                 took = measure(tunnel, fault, args)
                 method = tunnel.loss_method
             out[fault].append(took)
             shown = f"{took:.2f} s" if took is not None else f"> {args.limit:.0f} s"
             how = f" ({method})" if method else ""
-            print(f"  [{label}] {fault} run {i + 1}/{runs}: {shown}{how}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  [{label}] {fault} run {i + 1}/{runs}: {shown}{how}", file=sys.stderr, flush=True
+            )
     return out
 
 
@@ -103,38 +115,55 @@ def summary(values: list[float | None], limit: float) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="runs per fault with pyike's defaults")
-    p.add_argument("--ref-runs", type=int, default=1,
-                   help="runs per fault with iked's timers (0 = no reference)")
+    p.add_argument(
+        "--ref-runs",
+        type=int,
+        default=1,
+        help="runs per fault with iked's timers (0 = no reference)",
+    )
     p.add_argument("--loss-seconds", type=float, default=60.0)
     p.add_argument("--down-seconds", type=float, default=120.0)
-    p.add_argument("--limit", type=float, default=150.0,
-                   help="give up on one recovery after this many seconds")
-    p.add_argument("--settle", type=float, default=10.0,
-                   help="idle seconds (plus 0-5 s at random) before each fault")
+    p.add_argument(
+        "--limit", type=float, default=150.0, help="give up on one recovery after this many seconds"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="idle seconds (plus 0-5 s at random) before each fault",
+    )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--faults", default=",".join(FAULTS[:4]),
-                   help=f"comma-separated, from {','.join(FAULTS)} (default: the first four)")
+    p.add_argument(
+        "--faults",
+        default=",".join(FAULTS[:4]),
+        help=f"comma-separated, from {','.join(FAULTS)} (default: the first four)",
+    )
     args = p.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     if not set(faults) <= set(FAULTS):
         p.error(f"faults are {', '.join(FAULTS)}")
-    names = {"loss": f"30% loss both ways, {args.loss_seconds:.0f} s",
-             "link": f"home link down {args.down_seconds:.0f} s",
-             "addr": "home outer address changed",
-             "restart": "VM daemon SIGKILLed, back 2 s later",
-             "blackhole": f"all packets dropped {args.down_seconds:.0f} s (path)",
-             "restart-silent": "VM restarted, no INVALID_IKE_SPI (as iked)"}
+    names = {
+        "loss": f"30% loss both ways, {args.loss_seconds:.0f} s",
+        "link": f"home link down {args.down_seconds:.0f} s",
+        "addr": "home outer address changed",
+        "restart": "VM daemon SIGKILLed, back 2 s later",
+        "blackhole": f"all packets dropped {args.down_seconds:.0f} s (path)",
+        "restart-silent": "VM restarted, no INVALID_IKE_SPI (as iked)",
+    }
     print("pyike defaults:", file=sys.stderr)
     ours = run_config("pyike", PYIKE, args.runs, args, faults)
     ref: dict[str, list[float | None]] = {}
     if args.ref_runs > 0:
         print("reference, pyike with iked's timers:", file=sys.stderr)
         ref = run_config("iked timers", IKED_TIMERS, args.ref_runs, args, faults)
-    print(f"\nrecovery: fault end -> first echo through the tunnel (no traffic during "
-          f"the fault)\n{'fault':44} {'pyike defaults':28} iked's timers (reference)")
+    print(
+        f"\nrecovery: fault end -> first echo through the tunnel (no traffic during "
+        f"the fault)\n{'fault':44} {'pyike defaults':28} iked's timers (reference)"
+    )
     for f in faults:
-        print(f"{names[f]:44} {summary(ours[f], args.limit):28} "
-              f"{summary(ref.get(f, []), args.limit)}")
+        print(
+            f"{names[f]:44} {summary(ours[f], args.limit):28} {summary(ref.get(f, []), args.limit)}"
+        )
     return 0
 
 

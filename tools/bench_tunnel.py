@@ -85,8 +85,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("pyike", "strongswan", "veth", "baseline")
 
 # The same suites on both tunnels: the data plane is AES-256-GCM-16 either way.
-PYIKE_SUITES = ("ikesa enc aes-256-gcm prf hmac-sha2-384 group curve25519 "
-                "childsa enc aes-256-gcm noesn")
+PYIKE_SUITES = (
+    "ikesa enc aes-256-gcm prf hmac-sha2-384 group curve25519 childsa enc aes-256-gcm noesn"
+)
 CHARON_IKE = "aes256gcm16-prfsha384-x25519"
 CHARON_ESP = "aes256gcm16"
 
@@ -97,10 +98,11 @@ class BenchError(RuntimeError):
 
 # --- measurements ---------------------------------------------------------------------
 
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process, all its threads (fields 14 and 15 of /proc/pid/stat)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rfind(")") + 2:].split()  # the name (field 2) may hold spaces
+    fields = stat[stat.rfind(")") + 2 :].split()  # the name (field 2) may hold spaces
     return int(fields[11]) + int(fields[12])
 
 
@@ -124,8 +126,11 @@ def tcp_segments(ns: Netns) -> int:
     out and the ACKs back. Home counts OutSegs per segment, even for TSO skbs, and
     its ACKs arrive one by one; the vm's InSegs would count a merged GSO write (or a
     GRO skb) once, and so would the TUN device counters."""
-    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-             if ln.startswith("Tcp:")]
+    lines = [
+        ln.split()
+        for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+        if ln.startswith("Tcp:")
+    ]
     row = dict(zip(lines[0][1:], lines[1][1:], strict=True))
     return int(row["InSegs"]) + int(row["OutSegs"])
 
@@ -143,8 +148,9 @@ def drop_counters(ns: Netns, side: str) -> dict[str, int]:
         text = ns.run(["cat", path]).stdout.splitlines()
         if prefix == "Udp:":
             rows = [ln.split() for ln in text if ln.startswith("Udp:")]
-            out[f"{side} udp rcvbuf err"] = int(dict(zip(rows[0], rows[1], strict=True))
-                                                ["RcvbufErrors"])
+            out[f"{side} udp rcvbuf err"] = int(
+                dict(zip(rows[0], rows[1], strict=True))["RcvbufErrors"]
+            )
         else:
             for ln in text:
                 if ln.startswith(prefix):
@@ -169,16 +175,17 @@ def tunnel_packets(ns: Netns) -> int:
 
 def machine_busy(interval: float = 1.0) -> float:
     """Busy share of all cores over ``interval`` (from /proc/stat), in % of one core."""
+
     def snap() -> tuple[int, int]:
         vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
     (t0, i0), _ = snap(), time.sleep(interval)
     t1, i1 = snap()
     return 100.0 * os.cpu_count() * (1 - (i1 - i0) / max(1, t1 - t0))  # type: ignore[operator]
 
 
-def with_cpu(s: Setup, measure: Callable[[], Sample],
-             packets: Callable[[Netns], int]) -> Sample:
+def with_cpu(s: Setup, measure: Callable[[], Sample], packets: Callable[[Netns], int]) -> Sample:
     """Run ``measure``; attach each daemon's CPU % meanwhile and its CPU time per packet
     it moved (``packets`` counts them in its namespace)."""
     nss = {"home": s.home, "vm": s.home if packets is tcp_segments else s.vm}
@@ -200,8 +207,19 @@ def with_cpu(s: Setup, measure: Callable[[], Sample],
 
 def iperf(ns: Netns, args: list[str], seconds: int) -> dict:
     """One iperf3 client run in ``ns`` (bounded), its JSON report."""
-    argv = ["iperf3", "-c", VM_INNER, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
-            "--connect-timeout", "5000", *args]
+    argv = [
+        "iperf3",
+        "-c",
+        VM_INNER,
+        "-p",
+        str(IPERF_PORT),
+        "-t",
+        str(seconds),
+        "-J",
+        "--connect-timeout",
+        "5000",
+        *args,
+    ]
     r = ns.run(argv, check=False, timeout=seconds + 30)
     try:
         report = json.loads(r.stdout)
@@ -214,8 +232,10 @@ def iperf(ns: Netns, args: list[str], seconds: int) -> dict:
 
 def iperf_tcp(ns: Netns, seconds: int) -> Sample:
     end = iperf(ns, [], seconds)["end"]
-    return Sample(mbps=end["sum_received"]["bits_per_second"] / 1e6,
-                  retransmits=int(end["sum_sent"].get("retransmits", 0)))
+    return Sample(
+        mbps=end["sum_received"]["bits_per_second"] / 1e6,
+        retransmits=int(end["sum_sent"].get("retransmits", 0)),
+    )
 
 
 def iperf_udp(ns: Netns, seconds: int, rate: str) -> Sample:
@@ -224,11 +244,13 @@ def iperf_udp(ns: Netns, seconds: int, rate: str) -> Sample:
     s = report["end"]["sum"]
     received = s["packets"] - s["lost_packets"]
     secs = s["seconds"] or seconds
-    return Sample(mbps=received * UDP_LEN * 8 / secs / 1e6, pps=received / secs,
-                  loss_pct=s["lost_percent"])
+    return Sample(
+        mbps=received * UDP_LEN * 8 / secs / 1e6, pps=received / secs, loss_pct=s["lost_percent"]
+    )
 
 
 # --- set-ups --------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class Setup:
@@ -253,8 +275,10 @@ def two_hosts() -> Iterator[tuple[Netns, Netns]]:
             for ns in (home, vm):
                 r = ns.run(["ethtool", "-K", "eth0", "gro", "on"], check=False)
                 if r.returncode != 0:
-                    raise BenchError(f"ethtool -K eth0 gro on: {r.stderr.strip()} "
-                                     "(apt-get install ethtool, or --no-veth-gro)")
+                    raise BenchError(
+                        f"ethtool -K eth0 gro on: {r.stderr.strip()} "
+                        "(apt-get install ethtool, or --no-veth-gro)"
+                    )
         yield home, vm
 
 
@@ -270,12 +294,21 @@ class QuietPyike(PyikeProc):
 
     def start(self) -> QuietPyike:
         self.log_path = self.workdir / f"pyike-{self.ns.name}.log"
-        cmd = [sys.executable, "-m", "pyike", "-f", str(self.conf), "--keydir",
-               str(self.keydir), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pyike",
+            "-f",
+            str(self.conf),
+            "--keydir",
+            str(self.keydir),
+            *self.args,
+        ]
         env = {**os.environ, "PYTHONPATH": str(self.src)}
         with self.log_path.open("wb") as log:
-            self.proc = self.ns.popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      cwd=str(self.src), env=env)
+            self.proc = self.ns.popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(self.src), env=env
+            )
         return self
 
 
@@ -288,12 +321,16 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
     home_keys = write_keydir(work / "home-keys", hk, {VM_ID: vk.public_key()})
     vm_keys = write_keydir(work / "vm-keys", vk, {HOME_ID: hk.public_key()})
     home_conf, vm_conf = work / "home-bench.conf", work / "vm-bench.conf"
-    home_conf.write_text(f'ikev2 "bench" active esp from {HOME_INNER} to {VM_INNER} '
-                         f"peer {VM_ADDR} {PYIKE_SUITES} "
-                         f"srcid {HOME_ID} dstid {VM_ID} ecdsa384\n")
-    vm_conf.write_text(f'ikev2 "bench" passive esp from {VM_INNER} to {HOME_INNER} '
-                       f"local {VM_ADDR} peer any {PYIKE_SUITES} "
-                       f"srcid {VM_ID} dstid {HOME_ID} ecdsa384\n")
+    home_conf.write_text(
+        f'ikev2 "bench" active esp from {HOME_INNER} to {VM_INNER} '
+        f"peer {VM_ADDR} {PYIKE_SUITES} "
+        f"srcid {HOME_ID} dstid {VM_ID} ecdsa384\n"
+    )
+    vm_conf.write_text(
+        f'ikev2 "bench" passive esp from {VM_INNER} to {HOME_INNER} '
+        f"local {VM_ADDR} peer any {PYIKE_SUITES} "
+        f"srcid {VM_ID} dstid {HOME_ID} ecdsa384\n"
+    )
     for conf in (home_conf, vm_conf):
         conf.chmod(0o600)  # as iked wants (pyike warns otherwise)
     with two_hosts() as (home, vm):
@@ -312,8 +349,12 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
             vm_p.wait_log(r"created Child SA", timeout=SETUP_TIMEOUT_S)
             child = home_p.wait_log(r"created Child SA")[0].split("created Child SA", 1)[1]
             assert home_p.proc is not None and vm_p.proc is not None
-            yield Setup(home, vm, {"home": home_p.proc.pid, "vm": vm_p.proc.pid},
-                        note=f"{src}: child SA{child}")
+            yield Setup(
+                home,
+                vm,
+                {"home": home_p.proc.pid, "vm": vm_p.proc.pid},
+                note=f"{src}: child SA{child}",
+            )
         except AssertionError as e:
             raise BenchError(str(e)) from e
         finally:
@@ -322,28 +363,42 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
                     p.stop()
 
 
-
-
-
-
-def _charon(ns: Netns, work: Path, *, home: bool, own: ec.EllipticCurvePrivateKey,
-            peer: ec.EllipticCurvePublicKey) -> Charon:
+def _charon(
+    ns: Netns,
+    work: Path,
+    *,
+    home: bool,
+    own: ec.EllipticCurvePrivateKey,
+    peer: ec.EllipticCurvePublicKey,
+) -> Charon:
     local, remote = (HOME_ADDR, VM_ADDR) if home else (VM_ADDR, HOME_ADDR)
     local_in, remote_in = (HOME_INNER, VM_INNER) if home else (VM_INNER, HOME_INNER)
     # Level-4 key dumps only happen at SA set-up: they cost nothing during the test.
-    return Charon(ns, work, name="bench", local_addr=local, remote_addr=remote,
-                  local_id=HOME_ID if home else VM_ID, remote_id=VM_ID if home else HOME_ID,
-                  private_key_pem=keys.private_key_pem(own, pkcs8=True),
-                  peer_public_pem=keys.public_key_pem(peer),
-                  ike_proposals=CHARON_IKE, esp_proposals=CHARON_ESP,
-                  local_ts=f"{local_in}/128", remote_ts=f"{remote_in}/128", encap=True)
+    return Charon(
+        ns,
+        work,
+        name="bench",
+        local_addr=local,
+        remote_addr=remote,
+        local_id=HOME_ID if home else VM_ID,
+        remote_id=VM_ID if home else HOME_ID,
+        private_key_pem=keys.private_key_pem(own, pkcs8=True),
+        peer_public_pem=keys.public_key_pem(peer),
+        ike_proposals=CHARON_IKE,
+        esp_proposals=CHARON_ESP,
+        local_ts=f"{local_in}/128",
+        remote_ts=f"{remote_in}/128",
+        encap=True,
+    )
 
 
 @contextlib.contextmanager
 def strongswan_setup(work: Path) -> Iterator[Setup]:
     if shutil.which(CHARON_BIN) is None and not os.access(CHARON_BIN, os.X_OK):
-        raise BenchError(f"{CHARON_BIN} missing: apt-get install strongswan-charon "
-                         "strongswan-swanctl libcharon-extra-plugins")
+        raise BenchError(
+            f"{CHARON_BIN} missing: apt-get install strongswan-charon "
+            "strongswan-swanctl libcharon-extra-plugins"
+        )
     hk, vk = _keys()
     with two_hosts() as (home, vm):
         # libipsec's TUN has no address: the inner addresses live on lo.
@@ -361,9 +416,13 @@ def strongswan_setup(work: Path) -> Iterator[Setup]:
                 assert c_home.proc is not None and c_vm.proc is not None
                 (sa,) = c_home.list_sas()
                 (child,) = sa["child-sas"].values()
-                yield Setup(home, vm, {"home": c_home.proc.pid, "vm": c_vm.proc.pid},
-                            note=f"charon child SA {child.get('encr-alg')}-"
-                                 f"{child.get('encr-keysize')} encap={child.get('encap')}")
+                yield Setup(
+                    home,
+                    vm,
+                    {"home": c_home.proc.pid, "vm": c_vm.proc.pid},
+                    note=f"charon child SA {child.get('encr-alg')}-"
+                    f"{child.get('encr-keysize')} encap={child.get('encap')}",
+                )
         except CharonError as e:
             raise BenchError(str(e)) from e
 
@@ -383,25 +442,34 @@ def baseline_setup(work: Path) -> Iterator[Setup]:
         yield s
 
 
-SETUPS = {"pyike": pyike_setup, "strongswan": strongswan_setup, "veth": veth_setup,
-          "baseline": baseline_setup}
+SETUPS = {
+    "pyike": pyike_setup,
+    "strongswan": strongswan_setup,
+    "veth": veth_setup,
+    "baseline": baseline_setup,
+}
 
 
 # --- one scenario ---------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def iperf_server(vm: Netns) -> Iterator[None]:
     proc = vm.popen(["iperf3", "-s", "-B", VM_INNER, "-p", str(IPERF_PORT)])
     try:
-        wait_until(lambda: f":{IPERF_PORT} " in vm.run(["ss", "-Htln"]).stdout, 10,
-                   what="iperf3 server to listen")
+        wait_until(
+            lambda: f":{IPERF_PORT} " in vm.run(["ss", "-Htln"]).stdout,
+            10,
+            what="iperf3 server to listen",
+        )
         yield
     finally:
         vm.stop(proc, grace=3)
 
 
-def measure(name: str, work: Path, seconds: int, udp_rate: str,
-            profile_s: int) -> tuple[Sample, Sample, str, str]:
+def measure(
+    name: str, work: Path, seconds: int, udp_rate: str, profile_s: int
+) -> tuple[Sample, Sample, str, str]:
     """Bring ``name`` up, run TCP then UDP, tear it down: (tcp, udp, note, profile)."""
     work.mkdir(parents=True, exist_ok=True)
     with SETUPS[name](work) as s:
@@ -418,6 +486,7 @@ def measure(name: str, work: Path, seconds: int, udp_rate: str,
 
 # --- profile hint ---------------------------------------------------------------------
 
+
 def profile(s: Setup, work: Path, seconds: int, top: int = 10) -> str:
     """py-spy both daemons during an extra TCP test; top functions per daemon."""
     spy = shutil.which("py-spy")
@@ -426,11 +495,29 @@ def profile(s: Setup, work: Path, seconds: int, top: int = 10) -> str:
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     for label, pid in s.daemons.items():
         out = work / f"pyspy-{label}.txt"
-        procs[label] = (subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
-             "--format", "raw", "--output", str(out), "--nonblocking"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
-            out)
+        procs[label] = (
+            subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                    "--nonblocking",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            ),
+            out,
+        )
     try:
         iperf_tcp(s.home, seconds + 1)
     finally:
@@ -486,10 +573,11 @@ def collapsed_top(text: str, top: int) -> list[str]:
             total[f] += c
     if not n:
         return ["  (no busy samples)"]
-    out = [f"  busy {n} samples, idle (epoll wait) {idle}; % of busy samples",
-           f"  {'own %':>6} {'total %':>7}  function"]
-    out += [f"  {100 * c / n:6.1f} {100 * total[f] / n:7.1f}  {f}"
-            for f, c in own.most_common(top)]
+    out = [
+        f"  busy {n} samples, idle (epoll wait) {idle}; % of busy samples",
+        f"  {'own %':>6} {'total %':>7}  function",
+    ]
+    out += [f"  {100 * c / n:6.1f} {100 * total[f] / n:7.1f}  {f}" for f, c in own.most_common(top)]
     out.append("  by total, pyike functions:")
     inner = [(f, c) for f, c in total.most_common() if not any(x in f for x in FRAMEWORK)]
     out += [f"  {100 * own[f] / n:6.1f} {100 * c / n:7.1f}  {f}" for f, c in inner[:top]]
@@ -512,43 +600,59 @@ def _short(frame: str, keep_line: bool = False) -> str:
 
 # --- report ---------------------------------------------------------------------------
 
+
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def table(results: dict[str, list[tuple[Sample, Sample]]], seconds: int, runs: int,
-          udp_rate: str) -> str:
-    head = (f"{'set-up':<11} {'TCP Mbit/s':>10} {'retr':>5} {'cpu home/vm %':>14} "
-            f"{'us/pkt h/vm':>12} "
-            f"{'UDP rx Mbit/s':>13} {'rx kpps':>8} {'loss %':>7} {'cpu home/vm %':>14} "
-            f"{'us/pkt enc/dec':>14}")
-    lines = [f"iperf3 home -> vm, {seconds} s per test, TCP 1 stream, UDP {UDP_LEN} B "
-             f"-b {udp_rate}; median of {runs} run(s); veth GRO "
-             f"{'on' if VETH_GRO else 'off'}", head, "-" * len(head)]
+def table(
+    results: dict[str, list[tuple[Sample, Sample]]], seconds: int, runs: int, udp_rate: str
+) -> str:
+    head = (
+        f"{'set-up':<11} {'TCP Mbit/s':>10} {'retr':>5} {'cpu home/vm %':>14} "
+        f"{'us/pkt h/vm':>12} "
+        f"{'UDP rx Mbit/s':>13} {'rx kpps':>8} {'loss %':>7} {'cpu home/vm %':>14} "
+        f"{'us/pkt enc/dec':>14}"
+    )
+    lines = [
+        f"iperf3 home -> vm, {seconds} s per test, TCP 1 stream, UDP {UDP_LEN} B "
+        f"-b {udp_rate}; median of {runs} run(s); veth GRO "
+        f"{'on' if VETH_GRO else 'off'}",
+        head,
+        "-" * len(head),
+    ]
 
     def per_daemon(samples: list[Sample], attr: str, fmt: str) -> str:
         if not samples or not getattr(samples[0], attr):
             return "-"
-        return "/".join(format(med([getattr(s, attr)[k] for s in samples]), fmt)
-                        for k in getattr(samples[0], attr))
+        return "/".join(
+            format(med([getattr(s, attr)[k] for s in samples]), fmt)
+            for k in getattr(samples[0], attr)
+        )
 
     figures: dict[str, dict[str, float]] = {}
     for name, pairs in results.items():
         tcps, udps = [t for t, _ in pairs], [u for _, u in pairs]
-        f = figures[name] = {"tcp": med([t.mbps for t in tcps]),
-                             "udp": med([u.mbps for u in udps]),
-                             "pps": med([u.pps for u in udps]),
-                             "loss": med([u.loss_pct for u in udps]),
-                             "retr": med([t.retransmits for t in tcps])}
-        lines.append(f"{name:<11} {f['tcp']:>10.0f} {f['retr']:>5.0f} "
-                     f"{per_daemon(tcps, 'cpu', '.0f'):>14} "
-                     f"{per_daemon(tcps, 'us_per_pkt', '.1f'):>12} {f['udp']:>13.0f} "
-                     f"{f['pps'] / 1e3:>8.1f} {f['loss']:>7.1f} "
-                     f"{per_daemon(udps, 'cpu', '.0f'):>14} "
-                     f"{per_daemon(udps, 'us_per_pkt', '.1f'):>14}")
-    lines.append("retr: TCP retransmits; cpu: daemon % of one core; us/pkt: daemon CPU time "
-                 "per packet it moved (TCP: data + ACKs; UDP: home only encrypts, vm only "
-                 "decrypts)")
+        f = figures[name] = {
+            "tcp": med([t.mbps for t in tcps]),
+            "udp": med([u.mbps for u in udps]),
+            "pps": med([u.pps for u in udps]),
+            "loss": med([u.loss_pct for u in udps]),
+            "retr": med([t.retransmits for t in tcps]),
+        }
+        lines.append(
+            f"{name:<11} {f['tcp']:>10.0f} {f['retr']:>5.0f} "
+            f"{per_daemon(tcps, 'cpu', '.0f'):>14} "
+            f"{per_daemon(tcps, 'us_per_pkt', '.1f'):>12} {f['udp']:>13.0f} "
+            f"{f['pps'] / 1e3:>8.1f} {f['loss']:>7.1f} "
+            f"{per_daemon(udps, 'cpu', '.0f'):>14} "
+            f"{per_daemon(udps, 'us_per_pkt', '.1f'):>14}"
+        )
+    lines.append(
+        "retr: TCP retransmits; cpu: daemon % of one core; us/pkt: daemon CPU time "
+        "per packet it moved (TCP: data + ACKs; UDP: home only encrypts, vm only "
+        "decrypts)"
+    )
     for other in ("strongswan", "baseline"):
         if "pyike" in figures and other in figures:
             p, c = figures["pyike"], figures[other]
@@ -556,8 +660,9 @@ def table(results: dict[str, list[tuple[Sample, Sample]]], seconds: int, runs: i
             def ratio(k: str, c: dict[str, float] = c, p: dict[str, float] = p) -> str:
                 return f"{p[k] / c[k]:.2f}" if c[k] else "n/a"
 
-            lines.append(f"pyike/{other}: TCP {ratio('tcp')}  UDP rx {ratio('udp')}  "
-                         f"pps {ratio('pps')}")
+            lines.append(
+                f"pyike/{other}: TCP {ratio('tcp')}  UDP rx {ratio('udp')}  pps {ratio('pps')}"
+            )
     return "\n".join(lines)
 
 
@@ -565,17 +670,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10, help="length of each iperf3 test")
     ap.add_argument("--runs", type=int, default=1, help="runs per set-up; medians reported")
-    ap.add_argument("--only", choices=SCENARIOS, action="append",
-                    help="only this set-up (repeatable)")
+    ap.add_argument(
+        "--only", choices=SCENARIOS, action="append", help="only this set-up (repeatable)"
+    )
     ap.add_argument("--udp-rate", default="0", help="iperf3 -b for UDP (0 = unlimited)")
-    ap.add_argument("--profile", type=int, default=0, metavar="S",
-                    help="py-spy both pyike daemons for S s in an extra TCP test")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="S",
+        help="py-spy both pyike daemons for S s in an extra TCP test",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
-    ap.add_argument("--baseline", type=Path, metavar="DIR",
-                    help="also run the pyike of another source tree (e.g. an older commit's "
-                         "`git archive`) as set-up 'baseline'")
-    ap.add_argument("--no-veth-gro", action="store_true",
-                    help="leave GRO off on the veth (the kernel default for veth)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the pyike of another source tree (e.g. an older commit's "
+        "`git archive`) as set-up 'baseline'",
+    )
+    ap.add_argument(
+        "--no-veth-gro",
+        action="store_true",
+        help="leave GRO off on the veth (the kernel default for veth)",
+    )
     args = ap.parse_args(argv)
     global BASELINE_SRC, VETH_GRO
     BASELINE_SRC = args.baseline.resolve() if args.baseline else None
@@ -598,11 +716,16 @@ def main(argv: list[str] | None = None) -> int:
     sweep_stale()
     busy = machine_busy()
     if busy > 20:
-        print(f"bench_tunnel: warning: the machine is already busy ({busy:.0f} % of one core "
-              f"of {os.cpu_count()}) before the benchmark: figures will be low",
-              file=sys.stderr)
-    names = [n for n in SCENARIOS if (not args.only or n in args.only)
-             and (n != "baseline" or BASELINE_SRC is not None)]
+        print(
+            f"bench_tunnel: warning: the machine is already busy ({busy:.0f} % of one core "
+            f"of {os.cpu_count()}) before the benchmark: figures will be low",
+            file=sys.stderr,
+        )
+    names = [
+        n
+        for n in SCENARIOS
+        if (not args.only or n in args.only) and (n != "baseline" or BASELINE_SRC is not None)
+    ]
     work = Path(tempfile.mkdtemp(prefix="pyike-bench-"))
     results: dict[str, list[tuple[Sample, Sample]]] = {n: [] for n in names}
     notes: dict[str, str] = {}
@@ -613,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
                 prof_s = args.profile if name == "pyike" and run == args.runs - 1 else 0
                 print(f"run {run + 1}/{args.runs}: {name} ...", file=sys.stderr, flush=True)
                 tcp, udp, notes[name], prof = measure(
-                    name, work / f"{name}-{run}", args.seconds, args.udp_rate, prof_s)
+                    name, work / f"{name}-{run}", args.seconds, args.udp_rate, prof_s
+                )
                 results[name].append((tcp, udp))
                 if prof:
                     profiles.append(prof)
@@ -624,8 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench_tunnel: interrupted; cleaned up", file=sys.stderr)
         return 130
-    print(table({k: v for k, v in results.items() if v}, args.seconds, args.runs,
-                args.udp_rate))
+    print(table({k: v for k, v in results.items() if v}, args.seconds, args.runs, args.udp_rate))
     for name, note in notes.items():
         print(f"  {name}: {note}")
     print(f"  machine load before start: {busy:.0f} % of one core ({os.cpu_count()} cores)")

@@ -67,13 +67,30 @@ PF_KEY_V2 = 2
 CHUNK = 8  # every length in PF_KEY is in 64-bit words (RFC 2367 section 2.1)
 
 MSG_TYPES = {
-    1: "SADB_GETSPI", 2: "SADB_UPDATE", 3: "SADB_ADD", 4: "SADB_DELETE", 5: "SADB_GET",
-    6: "SADB_ACQUIRE", 7: "SADB_REGISTER", 8: "SADB_EXPIRE", 9: "SADB_FLUSH",
-    10: "SADB_DUMP", 11: "SADB_X_PROMISC", 12: "SADB_X_PCHANGE", 13: "SADB_X_SPDUPDATE",
-    14: "SADB_X_SPDADD", 15: "SADB_X_SPDDELETE", 16: "SADB_X_SPDGET",
-    17: "SADB_X_SPDACQUIRE", 18: "SADB_X_SPDDUMP", 19: "SADB_X_SPDFLUSH",
-    20: "SADB_X_SPDSETIDX", 21: "SADB_X_SPDEXPIRE", 22: "SADB_X_SPDDELETE2",
-    23: "SADB_X_NAT_T_NEW_MAPPING", 24: "SADB_X_MIGRATE",
+    1: "SADB_GETSPI",
+    2: "SADB_UPDATE",
+    3: "SADB_ADD",
+    4: "SADB_DELETE",
+    5: "SADB_GET",
+    6: "SADB_ACQUIRE",
+    7: "SADB_REGISTER",
+    8: "SADB_EXPIRE",
+    9: "SADB_FLUSH",
+    10: "SADB_DUMP",
+    11: "SADB_X_PROMISC",
+    12: "SADB_X_PCHANGE",
+    13: "SADB_X_SPDUPDATE",
+    14: "SADB_X_SPDADD",
+    15: "SADB_X_SPDDELETE",
+    16: "SADB_X_SPDGET",
+    17: "SADB_X_SPDACQUIRE",
+    18: "SADB_X_SPDDUMP",
+    19: "SADB_X_SPDFLUSH",
+    20: "SADB_X_SPDSETIDX",
+    21: "SADB_X_SPDEXPIRE",
+    22: "SADB_X_SPDDELETE2",
+    23: "SADB_X_NAT_T_NEW_MAPPING",
+    24: "SADB_X_MIGRATE",
 }
 T = {name: num for num, name in MSG_TYPES.items()}
 
@@ -106,19 +123,51 @@ SASTATE_DYING = 2
 SASTATE_DEAD = 3
 
 # sadb_sa_auth / sadb_sa_encrypt values (Linux numbering)
-AUTH_ALGS = {0: "none", 2: "hmac-md5", 3: "hmac-sha1", 5: "hmac-sha2-256",
-             6: "hmac-sha2-384", 7: "hmac-sha2-512", 8: "hmac-ripemd160",
-             9: "aes-xcbc-mac", 251: "null"}
-ENC_ALGS = {0: "none", 2: "des-cbc", 3: "3des-cbc", 6: "cast-cbc", 7: "blowfish-cbc",
-            11: "null", 12: "aes-cbc", 13: "aes-ctr", 14: "aes-ccm-8", 15: "aes-ccm-12",
-            16: "aes-ccm-16", 18: "aes-gcm-8", 19: "aes-gcm-12", 20: "aes-gcm-16",
-            22: "camellia-cbc", 23: "null-aes-gmac"}
+AUTH_ALGS = {
+    0: "none",
+    2: "hmac-md5",
+    3: "hmac-sha1",
+    5: "hmac-sha2-256",
+    6: "hmac-sha2-384",
+    7: "hmac-sha2-512",
+    8: "hmac-ripemd160",
+    9: "aes-xcbc-mac",
+    251: "null",
+}
+ENC_ALGS = {
+    0: "none",
+    2: "des-cbc",
+    3: "3des-cbc",
+    6: "cast-cbc",
+    7: "blowfish-cbc",
+    11: "null",
+    12: "aes-cbc",
+    13: "aes-ctr",
+    14: "aes-ccm-8",
+    15: "aes-ccm-12",
+    16: "aes-ccm-16",
+    18: "aes-gcm-8",
+    19: "aes-gcm-12",
+    20: "aes-gcm-16",
+    22: "camellia-cbc",
+    23: "null-aes-gmac",
+}
 # What SADB_REGISTER answers (id, ivlen, minbits, maxbits), as a Linux kernel with
 # the usual crypto modules would. iked ignores it, other PF_KEY users may not.
-SUPPORTED_AUTH = [(2, 0, 128, 128), (3, 0, 160, 160), (5, 0, 256, 256),
-                  (6, 0, 384, 384), (7, 0, 512, 512)]
-SUPPORTED_ENC = [(3, 8, 192, 192), (11, 0, 0, 0), (12, 16, 128, 256), (13, 8, 160, 288),
-                 (20, 8, 160, 288)]
+SUPPORTED_AUTH = [
+    (2, 0, 128, 128),
+    (3, 0, 160, 160),
+    (5, 0, 256, 256),
+    (6, 0, 384, 384),
+    (7, 0, 512, 512),
+]
+SUPPORTED_ENC = [
+    (3, 8, 192, 192),
+    (11, 0, 0, 0),
+    (12, 16, 128, 256),
+    (13, 8, 160, 288),
+    (20, 8, 160, 288),
+]
 
 MODES = {0: "any", 1: "transport", 2: "tunnel", 3: "beet"}
 POLICY_DIRS = {0: "any", 1: "in", 2: "out", 3: "fwd"}
@@ -131,21 +180,21 @@ ULPROTO_ANY = 255
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
 
-_MSG = struct.Struct("=BBBBHHII")          # struct sadb_msg (16 bytes)
-_EXT = struct.Struct("=HH")                # struct sadb_ext
-_SA = struct.Struct("=HH4sBBBBI")          # struct sadb_sa, SPI in network order
-_LIFETIME = struct.Struct("=HHIQQQ")       # struct sadb_lifetime (32)
-_ADDRESS = struct.Struct("=HHBBH")         # struct sadb_address (8) + sockaddr
-_KEY = struct.Struct("=HHHH")              # struct sadb_key (8) + key bits
-_SPIRANGE = struct.Struct("=HHIII")        # struct sadb_spirange (16), host order
-_POLICY = struct.Struct("=HHHBBII")        # struct sadb_x_policy (16)
-_IPSECREQ = struct.Struct("=HHBBHII")      # struct sadb_x_ipsecrequest (16)
-_SA2 = struct.Struct("=HHBBHII")           # struct sadb_x_sa2 (16)
-_NATT_TYPE = struct.Struct("=HHB3x")       # struct sadb_x_nat_t_type (8)
-_NATT_PORT = struct.Struct("=HH2sH")       # struct sadb_x_nat_t_port (8), port big-endian
-_IDENT = struct.Struct("=HHHHQ")           # struct sadb_ident (16) + string
-_SUPPORTED = struct.Struct("=HHI")         # struct sadb_supported (8) + sadb_alg[]
-_ALG = struct.Struct("=BBHHH")             # struct sadb_alg (8)
+_MSG = struct.Struct("=BBBBHHII")  # struct sadb_msg (16 bytes)
+_EXT = struct.Struct("=HH")  # struct sadb_ext
+_SA = struct.Struct("=HH4sBBBBI")  # struct sadb_sa, SPI in network order
+_LIFETIME = struct.Struct("=HHIQQQ")  # struct sadb_lifetime (32)
+_ADDRESS = struct.Struct("=HHBBH")  # struct sadb_address (8) + sockaddr
+_KEY = struct.Struct("=HHHH")  # struct sadb_key (8) + key bits
+_SPIRANGE = struct.Struct("=HHIII")  # struct sadb_spirange (16), host order
+_POLICY = struct.Struct("=HHHBBII")  # struct sadb_x_policy (16)
+_IPSECREQ = struct.Struct("=HHBBHII")  # struct sadb_x_ipsecrequest (16)
+_SA2 = struct.Struct("=HHBBHII")  # struct sadb_x_sa2 (16)
+_NATT_TYPE = struct.Struct("=HHB3x")  # struct sadb_x_nat_t_type (8)
+_NATT_PORT = struct.Struct("=HH2sH")  # struct sadb_x_nat_t_port (8), port big-endian
+_IDENT = struct.Struct("=HHHHQ")  # struct sadb_ident (16) + string
+_SUPPORTED = struct.Struct("=HHI")  # struct sadb_supported (8) + sadb_alg[]
+_ALG = struct.Struct("=BBHHH")  # struct sadb_alg (8)
 
 
 class PfkeyError(ValueError):
@@ -153,6 +202,7 @@ class PfkeyError(ValueError):
 
 
 # --- parsing ------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class SadbMsg:
@@ -187,7 +237,7 @@ def parse_msg(data: bytes) -> SadbMsg:
         elen, etype = _EXT.unpack_from(data, pos)
         if elen == 0 or pos + elen * CHUNK > len(data):
             raise PfkeyError(f"extension type {etype} at {pos} has bad length {elen}")
-        msg.exts.append((etype, data[pos:pos + elen * CHUNK]))
+        msg.exts.append((etype, data[pos : pos + elen * CHUNK]))
         pos += elen * CHUNK
     return msg
 
@@ -218,20 +268,23 @@ def sockaddr_len(data: bytes) -> int:
 
 def parse_address(ext: bytes) -> dict[str, Any]:
     _len, _t, proto, prefixlen, _r = _unpack(_ADDRESS, ext, "sadb_address")
-    addr, port = parse_sockaddr(ext[_ADDRESS.size:])
-    return {"addr": addr, "port": port, "prefixlen": prefixlen,
-            "proto": None if proto in (0, ULPROTO_ANY) else proto}
+    addr, port = parse_sockaddr(ext[_ADDRESS.size :])
+    return {
+        "addr": addr,
+        "port": port,
+        "prefixlen": prefixlen,
+        "proto": None if proto in (0, ULPROTO_ANY) else proto,
+    }
 
 
 def parse_lifetime(ext: bytes) -> dict[str, int]:
     _len, _t, allocations, nbytes, addtime, usetime = _unpack(_LIFETIME, ext, "sadb_lifetime")
-    return {"allocations": allocations, "bytes": nbytes, "addtime": addtime,
-            "usetime": usetime}
+    return {"allocations": allocations, "bytes": nbytes, "addtime": addtime, "usetime": usetime}
 
 
 def parse_key(ext: bytes) -> bytes:
     _len, _t, bits, _r = _unpack(_KEY, ext, "sadb_key")
-    key = ext[_KEY.size:_KEY.size + (bits + 7) // 8]
+    key = ext[_KEY.size : _KEY.size + (bits + 7) // 8]
     if len(key) * 8 < bits:
         raise PfkeyError(f"sadb_key says {bits} bits, carries {len(key)} bytes")
     return key
@@ -248,19 +301,24 @@ def parse_policy(ext: bytes) -> dict[str, Any]:
             break  # trailing padding, not a request
         req: dict[str, Any] = {
             "proto": {IPPROTO_ESP: "esp", IPPROTO_AH: "ah"}.get(proto, proto),
-            "mode": MODES.get(mode, mode), "level": LEVELS.get(level, level),
+            "mode": MODES.get(mode, mode),
+            "level": LEVELS.get(level, level),
             "reqid": reqid,
         }
-        tail = ext[pos + _IPSECREQ.size:pos + rlen]
+        tail = ext[pos + _IPSECREQ.size : pos + rlen]
         if tail and (n := sockaddr_len(tail)) and len(tail) >= n:
             req["tunnel_src"] = parse_sockaddr(tail[:n])[0]
             if (m := sockaddr_len(tail[n:])) and len(tail) >= n + m:
-                req["tunnel_dst"] = parse_sockaddr(tail[n:n + m])[0]
+                req["tunnel_dst"] = parse_sockaddr(tail[n : n + m])[0]
         requests.append(req)
         pos += rlen
-    return {"policy_type": POLICY_TYPES.get(ptype, ptype),
-            "policy_dir": POLICY_DIRS.get(pdir, pdir), "policy_id": pid,
-            "priority": priority, "requests": requests}
+    return {
+        "policy_type": POLICY_TYPES.get(ptype, ptype),
+        "policy_dir": POLICY_DIRS.get(pdir, pdir),
+        "policy_id": pid,
+        "priority": priority,
+        "requests": requests,
+    }
 
 
 def decode(msg: SadbMsg) -> dict[str, Any]:
@@ -269,16 +327,27 @@ def decode(msg: SadbMsg) -> dict[str, Any]:
     for etype, ext in msg.exts:
         if etype == EXT_SA:
             _l, _t, spi, replay, state, auth, enc, flags = _unpack(_SA, ext, "sadb_sa")
-            out.update(spi=int.from_bytes(spi, "big"), replay=replay, state=state,
-                       auth_alg=AUTH_ALGS.get(auth, auth), auth_alg_id=auth,
-                       enc_alg=ENC_ALGS.get(enc, enc), enc_alg_id=enc, flags=flags)
+            out.update(
+                spi=int.from_bytes(spi, "big"),
+                replay=replay,
+                state=state,
+                auth_alg=AUTH_ALGS.get(auth, auth),
+                auth_alg_id=auth,
+                enc_alg=ENC_ALGS.get(enc, enc),
+                enc_alg_id=enc,
+                flags=flags,
+            )
         elif etype in (EXT_LIFETIME_CURRENT, EXT_LIFETIME_HARD, EXT_LIFETIME_SOFT):
-            name = {EXT_LIFETIME_CURRENT: "current", EXT_LIFETIME_HARD: "hard",
-                    EXT_LIFETIME_SOFT: "soft"}[etype]
+            name = {
+                EXT_LIFETIME_CURRENT: "current",
+                EXT_LIFETIME_HARD: "hard",
+                EXT_LIFETIME_SOFT: "soft",
+            }[etype]
             out[f"lifetime_{name}"] = parse_lifetime(ext)
         elif etype in (EXT_ADDRESS_SRC, EXT_ADDRESS_DST, EXT_ADDRESS_PROXY):
-            name = {EXT_ADDRESS_SRC: "src", EXT_ADDRESS_DST: "dst",
-                    EXT_ADDRESS_PROXY: "proxy"}[etype]
+            name = {EXT_ADDRESS_SRC: "src", EXT_ADDRESS_DST: "dst", EXT_ADDRESS_PROXY: "proxy"}[
+                etype
+            ]
             a = parse_address(ext)
             out[name] = a["addr"]
             out[f"{name}_port"] = a["port"]
@@ -291,7 +360,7 @@ def decode(msg: SadbMsg) -> dict[str, Any]:
         elif etype in (EXT_IDENTITY_SRC, EXT_IDENTITY_DST):
             _l, _t, _itype, _r, _id = _unpack(_IDENT, ext, "sadb_ident")
             name = "identity_src" if etype == EXT_IDENTITY_SRC else "identity_dst"
-            out[name] = ext[_IDENT.size:].split(b"\0", 1)[0].decode(errors="replace")
+            out[name] = ext[_IDENT.size :].split(b"\0", 1)[0].decode(errors="replace")
         elif etype == EXT_SPIRANGE:
             _l, _t, lo, hi, _r = _unpack(_SPIRANGE, ext, "sadb_spirange")
             out["spirange"] = [lo, hi]
@@ -312,41 +381,51 @@ def decode(msg: SadbMsg) -> dict[str, Any]:
 
 # --- building replies ---------------------------------------------------------------
 
-def build_msg(mtype: int, satype: int, seq: int, pid: int, exts: list[bytes],
-              err: int = 0) -> bytes:
+
+def build_msg(
+    mtype: int, satype: int, seq: int, pid: int, exts: list[bytes], err: int = 0
+) -> bytes:
     body = b"".join(exts)
     if len(body) % CHUNK:
         raise PfkeyError("extensions must be multiples of 8 bytes")
-    return _MSG.pack(PF_KEY_V2, mtype, err, satype, (_MSG.size + len(body)) // CHUNK, 0,
-                     seq, pid) + body
+    return (
+        _MSG.pack(PF_KEY_V2, mtype, err, satype, (_MSG.size + len(body)) // CHUNK, 0, seq, pid)
+        + body
+    )
 
 
-def sa_ext(spi: int, state: int = SASTATE_MATURE, auth: int = 0, enc: int = 0,
-           replay: int = 0, flags: int = 0) -> bytes:
-    return _SA.pack(_SA.size // CHUNK, EXT_SA, spi.to_bytes(4, "big"), replay, state, auth,
-                    enc, flags)
+def sa_ext(
+    spi: int,
+    state: int = SASTATE_MATURE,
+    auth: int = 0,
+    enc: int = 0,
+    replay: int = 0,
+    flags: int = 0,
+) -> bytes:
+    return _SA.pack(
+        _SA.size // CHUNK, EXT_SA, spi.to_bytes(4, "big"), replay, state, auth, enc, flags
+    )
 
 
-def lifetime_ext(exttype: int, allocations: int = 0, nbytes: int = 0, addtime: int = 0,
-                 usetime: int = 0) -> bytes:
-    return _LIFETIME.pack(_LIFETIME.size // CHUNK, exttype, allocations, nbytes, addtime,
-                          usetime)
+def lifetime_ext(
+    exttype: int, allocations: int = 0, nbytes: int = 0, addtime: int = 0, usetime: int = 0
+) -> bytes:
+    return _LIFETIME.pack(_LIFETIME.size // CHUNK, exttype, allocations, nbytes, addtime, usetime)
 
 
 def sockaddr(addr: str, port: int = 0) -> bytes:
     ip = ipaddress.ip_address(addr)
     if ip.version == 4:
         return struct.pack("=H", AF_INET) + struct.pack("!H", port) + ip.packed + bytes(8)
-    return (struct.pack("=H", AF_INET6) + struct.pack("!HI", port, 0) + ip.packed
-            + bytes(4))
+    return struct.pack("=H", AF_INET6) + struct.pack("!HI", port, 0) + ip.packed + bytes(4)
 
 
-def address_ext(exttype: int, addr: str, port: int = 0, prefixlen: int = 0,
-                proto: int = 0) -> bytes:
+def address_ext(
+    exttype: int, addr: str, port: int = 0, prefixlen: int = 0, proto: int = 0
+) -> bytes:
     sa = sockaddr(addr, port)
     sa += bytes(-len(sa) % CHUNK)
-    return _ADDRESS.pack((_ADDRESS.size + len(sa)) // CHUNK, exttype, proto, prefixlen,
-                         0) + sa
+    return _ADDRESS.pack((_ADDRESS.size + len(sa)) // CHUNK, exttype, proto, prefixlen, 0) + sa
 
 
 def supported_ext(exttype: int, algs: list[tuple[int, int, int, int]]) -> bytes:
@@ -355,6 +434,7 @@ def supported_ext(exttype: int, algs: list[tuple[int, int, int, int]]) -> bytes:
 
 
 # --- the SAD and SPD ----------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class SaEntry:
@@ -372,17 +452,29 @@ class SaEntry:
     enc: int = 0
 
     def public(self) -> dict[str, Any]:
-        return {"satype": SATYPES.get(self.satype, self.satype), "spi": self.spi,
-                "src": self.src, "dst": self.dst, "larval": self.larval,
-                "state": self.state, **{k: v for k, v in self.info.items()
-                                        if k not in ("spi", "src", "dst", "state")}}
+        return {
+            "satype": SATYPES.get(self.satype, self.satype),
+            "spi": self.spi,
+            "src": self.src,
+            "dst": self.dst,
+            "larval": self.larval,
+            "state": self.state,
+            **{k: v for k, v in self.info.items() if k not in ("spi", "src", "dst", "state")},
+        }
 
 
 def policy_key(info: dict[str, Any]) -> tuple[Any, ...]:
     """What identifies a Linux policy: direction and selector (not the templates)."""
-    return (info.get("policy_dir"), info.get("src"), info.get("src_prefixlen"),
-            info.get("src_port"), info.get("dst"), info.get("dst_prefixlen"),
-            info.get("dst_port"), info.get("proto"))
+    return (
+        info.get("policy_dir"),
+        info.get("src"),
+        info.get("src_prefixlen"),
+        info.get("src_port"),
+        info.get("dst"),
+        info.get("dst_prefixlen"),
+        info.get("dst_port"),
+        info.get("proto"),
+    )
 
 
 @dataclass(eq=False)
@@ -402,33 +494,40 @@ class Kernel:
         self.timers: list[tuple[float, int, bool, tuple[int, str, int]]] = []
 
     # each handler returns (errno, reply extensions)
-    def handle(self, msg: SadbMsg, info: dict[str, Any], now: float,
-               conn: Conn) -> tuple[int, list[bytes]]:
+    def handle(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         name = MSG_TYPES.get(msg.type, str(msg.type))
         handler = getattr(self, "_on_" + name.removeprefix("SADB_").lower(), None)
         if handler is None:
             return errno.EOPNOTSUPP, []
         return handler(msg, info, now, conn)
 
-    def _on_register(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                     conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_register(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         conn.registered.add(msg.satype)
-        return 0, [supported_ext(EXT_SUPPORTED_AUTH, SUPPORTED_AUTH),
-                   supported_ext(EXT_SUPPORTED_ENCRYPT, SUPPORTED_ENC)]
+        return 0, [
+            supported_ext(EXT_SUPPORTED_AUTH, SUPPORTED_AUTH),
+            supported_ext(EXT_SUPPORTED_ENCRYPT, SUPPORTED_ENC),
+        ]
 
-    def _on_flush(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                  conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_flush(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         for key in [k for k in self.sad if msg.satype in (0, k[0])]:
             del self.sad[key]
         return 0, []
 
-    def _on_x_spdflush(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                       conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_x_spdflush(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         self.spd.clear()
         return 0, []
 
-    def _on_getspi(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                   conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_getspi(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         lo, hi = info.get("spirange", [0x100, 0xFFFFFFFF])
         if "src" not in info or "dst" not in info or lo > hi:
             return errno.EINVAL, []
@@ -439,13 +538,18 @@ class Kernel:
         else:
             return errno.EAGAIN, []
         self.sad[(msg.satype, info["dst"], spi)] = SaEntry(
-            msg.satype, spi, info["src"], info["dst"], larval=True, added=now)
+            msg.satype, spi, info["src"], info["dst"], larval=True, added=now
+        )
         info["spi"] = spi  # recorded: the SPI we handed out
-        return 0, [sa_ext(spi, state=0), address_ext(EXT_ADDRESS_SRC, info["src"]),
-                   address_ext(EXT_ADDRESS_DST, info["dst"])]
+        return 0, [
+            sa_ext(spi, state=0),
+            address_ext(EXT_ADDRESS_SRC, info["src"]),
+            address_ext(EXT_ADDRESS_DST, info["dst"]),
+        ]
 
-    def _store(self, msg: SadbMsg, info: dict[str, Any], now: float,
-               update: bool) -> tuple[int, list[bytes]]:
+    def _store(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, update: bool
+    ) -> tuple[int, list[bytes]]:
         if "spi" not in info or "dst" not in info or "src" not in info:
             return errno.EINVAL, []
         key = (msg.satype, info["dst"], info["spi"])
@@ -454,9 +558,16 @@ class Kernel:
             return errno.ESRCH, []  # RFC 2367 2.3.3.2: UPDATE needs an existing SA
         if not update and old is not None:
             return errno.EEXIST, []
-        entry = SaEntry(msg.satype, info["spi"], info["src"], info["dst"],
-                        info=dict(info), added=now, auth=info.get("auth_alg_id", 0),
-                        enc=info.get("enc_alg_id", 0))
+        entry = SaEntry(
+            msg.satype,
+            info["spi"],
+            info["src"],
+            info["dst"],
+            info=dict(info),
+            added=now,
+            auth=info.get("auth_alg_id", 0),
+            enc=info.get("enc_alg_id", 0),
+        )
         self.sad[key] = entry
         if self.auto_expire:
             for hard in (False, True):
@@ -466,47 +577,55 @@ class Kernel:
         # The reply echoes the SA without its keys (RFC 2367 section 2.3.3.2/2.3.3.3).
         return 0, [ext for t, ext in msg.exts if t not in (EXT_KEY_AUTH, EXT_KEY_ENCRYPT)]
 
-    def _on_update(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                   conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_update(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         return self._store(msg, info, now, update=True)
 
-    def _on_add(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_add(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         return self._store(msg, info, now, update=False)
 
-    def _on_delete(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                   conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_delete(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         key = (msg.satype, info.get("dst"), info.get("spi"))
         if self.sad.pop(key, None) is None:  # type: ignore[arg-type]
             return errno.ESRCH, []
-        return 0, [ext for t, ext in msg.exts if t in (EXT_SA, EXT_ADDRESS_SRC,
-                                                        EXT_ADDRESS_DST)]
+        return 0, [ext for t, ext in msg.exts if t in (EXT_SA, EXT_ADDRESS_SRC, EXT_ADDRESS_DST)]
 
-    def _on_get(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_get(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         entry = self.sad.get((msg.satype, info.get("dst"), info.get("spi")))  # type: ignore[arg-type]
         if entry is None or entry.larval:
             return errno.ESRCH, []
-        return 0, [sa_ext(entry.spi, entry.state, entry.auth, entry.enc),
-                   lifetime_ext(EXT_LIFETIME_CURRENT, addtime=int(entry.added)),
-                   address_ext(EXT_ADDRESS_SRC, entry.src),
-                   address_ext(EXT_ADDRESS_DST, entry.dst)]
+        return 0, [
+            sa_ext(entry.spi, entry.state, entry.auth, entry.enc),
+            lifetime_ext(EXT_LIFETIME_CURRENT, addtime=int(entry.added)),
+            address_ext(EXT_ADDRESS_SRC, entry.src),
+            address_ext(EXT_ADDRESS_DST, entry.dst),
+        ]
 
-    def _on_x_spdadd(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                     conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_x_spdadd(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         key = policy_key(info)
         if key in self.spd:
             return errno.EEXIST, []
         self.spd[key] = dict(info)
         return 0, [ext for _t, ext in msg.exts]
 
-    def _on_x_spdupdate(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                        conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_x_spdupdate(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         self.spd[policy_key(info)] = dict(info)
         return 0, [ext for _t, ext in msg.exts]
 
-    def _on_x_spddelete(self, msg: SadbMsg, info: dict[str, Any], now: float,
-                        conn: Conn) -> tuple[int, list[bytes]]:
+    def _on_x_spddelete(
+        self, msg: SadbMsg, info: dict[str, Any], now: float, conn: Conn
+    ) -> tuple[int, list[bytes]]:
         if self.spd.pop(policy_key(info), None) is None:
             return errno.ENOENT, []
         return 0, [ext for _t, ext in msg.exts]
@@ -525,16 +644,25 @@ class Kernel:
             del self.sad[key]
         else:
             entry.state = SASTATE_DYING
-        return build_msg(T["SADB_EXPIRE"], entry.satype, 0, 0, [
-            sa_ext(entry.spi, SASTATE_DEAD if hard else SASTATE_DYING, entry.auth,
-                   entry.enc),
-            lifetime_ext(EXT_LIFETIME_HARD if hard else EXT_LIFETIME_SOFT,
-                         lt.get("allocations", 0), lt.get("bytes", 0),
-                         lt.get("addtime", 0), lt.get("usetime", 0)),
-            lifetime_ext(EXT_LIFETIME_CURRENT, addtime=int(entry.added),
-                         usetime=int(now)),
-            address_ext(EXT_ADDRESS_SRC, entry.src),
-            address_ext(EXT_ADDRESS_DST, entry.dst)])
+        return build_msg(
+            T["SADB_EXPIRE"],
+            entry.satype,
+            0,
+            0,
+            [
+                sa_ext(entry.spi, SASTATE_DEAD if hard else SASTATE_DYING, entry.auth, entry.enc),
+                lifetime_ext(
+                    EXT_LIFETIME_HARD if hard else EXT_LIFETIME_SOFT,
+                    lt.get("allocations", 0),
+                    lt.get("bytes", 0),
+                    lt.get("addtime", 0),
+                    lt.get("usetime", 0),
+                ),
+                lifetime_ext(EXT_LIFETIME_CURRENT, addtime=int(entry.added), usetime=int(now)),
+                address_ext(EXT_ADDRESS_SRC, entry.src),
+                address_ext(EXT_ADDRESS_DST, entry.dst),
+            ],
+        )
 
     def find_spi(self, spi: int, dst: str | None = None) -> tuple[int, str, int] | None:
         for key, entry in self.sad.items():
@@ -545,11 +673,19 @@ class Kernel:
 
 # --- the server ---------------------------------------------------------------------
 
+
 class Server:
     """The event loop: PF_KEY connections, control connections, expiry timers."""
 
-    def __init__(self, sock_path: str, ctl_path: str, log_path: str,
-                 kernel: Kernel, raw: bool = False, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        sock_path: str,
+        ctl_path: str,
+        log_path: str,
+        kernel: Kernel,
+        raw: bool = False,
+        delay: float = 0.0,
+    ) -> None:
         self.kernel = kernel
         self.raw = raw
         self.delay = delay  # seconds before each reply (tests iked's patience)
@@ -635,15 +771,19 @@ class Server:
             return  # the kernel drops what it cannot parse; iked times out
         err, exts = self.kernel.handle(msg, info, now, conn)
         # Reply first (iked is waiting), then write the record.
-        reply = build_msg(msg.type, msg.satype, msg.seq, msg.pid, exts if err == 0 else [],
-                          err)
+        reply = build_msg(msg.type, msg.satype, msg.seq, msg.pid, exts if err == 0 else [], err)
         if self.delay:
             time.sleep(self.delay)
         with contextlib.suppress(OSError):
             conn.sock.send(reply)
-        rec.update(type=MSG_TYPES.get(msg.type, msg.type),
-                   satype=SATYPES.get(msg.satype, msg.satype), seq=msg.seq, pid=msg.pid,
-                   errno=err, **info)
+        rec.update(
+            type=MSG_TYPES.get(msg.type, msg.type),
+            satype=SATYPES.get(msg.satype, msg.satype),
+            seq=msg.seq,
+            pid=msg.pid,
+            errno=err,
+            **info,
+        )
         if self.raw:
             rec["raw"] = data.hex()
         self.record(rec)
@@ -659,10 +799,20 @@ class Server:
                 with contextlib.suppress(OSError):
                     conn.sock.send(data)
                     sent += 1
-        self.record({"time": time.time(), "dir": "to_iked", "type": "SADB_EXPIRE",
-                     "satype": SATYPES.get(key[0], key[0]), "spi": entry.spi,
-                     "src": entry.src, "dst": entry.dst, "hard": hard, "why": why,
-                     "sent": sent})
+        self.record(
+            {
+                "time": time.time(),
+                "dir": "to_iked",
+                "type": "SADB_EXPIRE",
+                "satype": SATYPES.get(key[0], key[0]),
+                "spi": entry.spi,
+                "src": entry.src,
+                "dst": entry.dst,
+                "hard": hard,
+                "why": why,
+                "sent": sent,
+            }
+        )
         return sent
 
     def _run_timers(self) -> None:
@@ -702,8 +852,11 @@ class Server:
             if key is None:
                 return {"ok": False, "error": f"no SA with SPI {int(cmd['spi']):#010x}"}
             sent = self.send_expire(key, bool(cmd.get("hard", False)), "control")
-            return {"ok": sent > 0, "sent": sent,
-                    **({} if sent else {"error": "no registered PF_KEY socket"})}
+            return {
+                "ok": sent > 0,
+                "sent": sent,
+                **({} if sent else {"error": "no registered PF_KEY socket"}),
+            }
         if name == "sad":
             return {"ok": True, "sas": [e.public() for e in self.kernel.sad.values()]}
         if name == "spd":
@@ -716,14 +869,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sock", required=True, help="PF_KEY socket path (PYIKE_PFKEY_SOCK)")
     p.add_argument("--ctl", required=True, help="control socket path")
     p.add_argument("--log", required=True, help="JSON-lines record of every message")
-    p.add_argument("--no-auto-expire", action="store_true",
-                   help="never send SADB_EXPIRE on our own (only on a control command)")
+    p.add_argument(
+        "--no-auto-expire",
+        action="store_true",
+        help="never send SADB_EXPIRE on our own (only on a control command)",
+    )
     p.add_argument("--raw", action="store_true", help="also record each message in hex")
-    p.add_argument("--delay-ms", type=float, default=0.0,
-                   help="wait this long before each reply (a slow kernel, for tests)")
+    p.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="wait this long before each reply (a slow kernel, for tests)",
+    )
     args = p.parse_args(argv)
-    server = Server(args.sock, args.ctl, args.log, Kernel(not args.no_auto_expire), args.raw,
-                    args.delay_ms / 1000)
+    server = Server(
+        args.sock,
+        args.ctl,
+        args.log,
+        Kernel(not args.no_auto_expire),
+        args.raw,
+        args.delay_ms / 1000,
+    )
 
     def stop(signum: int, frame: object) -> None:
         # Raising interrupts select() (which PEP 475 would otherwise resume).

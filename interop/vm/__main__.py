@@ -14,15 +14,29 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m interop.vm", description=(
-        "pyike (home) <-> OpenIKED in a qemu VM with the guest kernel's ESP: "
-        "ping6 and TCP 25 through ESP-in-UDP (see docs/iked-vm.md)"))
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="where logs, console and capture go (default: a new temp dir)")
-    p.add_argument("--outer4", action="store_true", help=(
-        "IPv4 outer addresses (the guide's 203.0.113.2): shows the Linux PF_KEY limit"))
-    p.add_argument("--guide-home", action="store_true", help=(
-        "pyike with conf/home-iked.conf as it is (three policies): TCP replies fail"))
+    p = argparse.ArgumentParser(
+        prog="python -m interop.vm",
+        description=(
+            "pyike (home) <-> OpenIKED in a qemu VM with the guest kernel's ESP: "
+            "ping6 and TCP 25 through ESP-in-UDP (see docs/iked-vm.md)"
+        ),
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where logs, console and capture go (default: a new temp dir)",
+    )
+    p.add_argument(
+        "--outer4",
+        action="store_true",
+        help=("IPv4 outer addresses (the guide's 203.0.113.2): shows the Linux PF_KEY limit"),
+    )
+    p.add_argument(
+        "--guide-home",
+        action="store_true",
+        help=("pyike with conf/home-iked.conf as it is (three policies): TCP replies fail"),
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no diagnostics on failure")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -33,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, repo)  # tests.netns, tests.pyike_proc
     from interop.vm.case import run_case
 
-    result = run_case(args.workdir, verbose=not args.quiet, outer4=args.outer4,
-                      guide_home=args.guide_home)
+    result = run_case(
+        args.workdir, verbose=not args.quiet, outer4=args.outer4, guide_home=args.guide_home
+    )
     print(result.table())
     return 0 if result.passed else 1
 

@@ -174,14 +174,17 @@ class Result:
         width = max([len(c.name) for c in self.checks] + [5])
         lines = [f"{'check':<{width}}  result  secs  detail"]
         for c in self.checks:
-            lines.append(f"{c.name:<{width}}  {'PASS' if c.ok else 'FAIL':<6}  "
-                         f"{c.seconds:4.1f}  {c.detail}")
+            lines.append(
+                f"{c.name:<{width}}  {'PASS' if c.ok else 'FAIL':<6}  {c.seconds:4.1f}  {c.detail}"
+            )
         if self.error:
             lines.append(f"error: {self.error}")
         verdict = "PASS" if self.passed else "FAIL"
-        lines.append(f"iked-vm: {verdict} in {self.total_seconds:.1f} s "
-                     f"(image {'built' if self.image_built else 'cached'}; "
-                     f"logs in {self.workdir})")
+        lines.append(
+            f"iked-vm: {verdict} in {self.total_seconds:.1f} s "
+            f"(image {'built' if self.image_built else 'cached'}; "
+            f"logs in {self.workdir})"
+        )
         return "\n".join(lines)
 
 
@@ -190,6 +193,7 @@ class CaseFailed(Exception):
 
 
 # --- the outer capture --------------------------------------------------------------
+
 
 def classify_frames(pcap: Path, home: str, vm: str) -> Counter[str]:
     """Count every Ethernet frame of a (microsecond, little-endian) tcpdump pcap.
@@ -208,8 +212,8 @@ def classify_frames(pcap: Path, home: str, vm: str) -> Counter[str]:
     bo = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
     off = 24
     while off + 16 <= len(data):
-        _, _, incl, _ = struct.unpack(bo + "IIII", data[off:off + 16])
-        frame = data[off + 16:off + 16 + incl]
+        _, _, incl, _ = struct.unpack(bo + "IIII", data[off : off + 16])
+        frame = data[off + 16 : off + 16 + incl]
         off += 16 + incl
         counts[_classify(frame, {ip_address(home), ip_address(vm)})] += 1
     return counts
@@ -258,9 +262,6 @@ def _classify(frame: bytes, outer: set[IPv4Address | IPv6Address]) -> str:
 # --- the case -----------------------------------------------------------------------
 
 
-
-
-
 class _Runner:
     def __init__(self, result: Result) -> None:
         self.result = result
@@ -293,9 +294,15 @@ def _packets(block: str) -> int:
     return int(m.group(2)) if m else 0
 
 
-GUEST_STATE_COMMANDS = ("ip-full -s xfrm state", "ip-full xfrm policy", "ip-full addr",
-                        "ip-full -6 route", "cat /proc/net/xfrm_stat", "netstat -ltnu",
-                        "dmesg | tail -30")
+GUEST_STATE_COMMANDS = (
+    "ip-full -s xfrm state",
+    "ip-full xfrm policy",
+    "ip-full addr",
+    "ip-full -6 route",
+    "cat /proc/net/xfrm_stat",
+    "netstat -ltnu",
+    "dmesg | tail -30",
+)
 
 
 def _save_guest_state(vm: IkedVM, path: Path) -> None:
@@ -311,48 +318,80 @@ def _save_guest_state(vm: IkedVM, path: Path) -> None:
 
 def _bulk_both_ways(ns: Netns, ok: Callable[[bool, str], None]) -> None:
     """1 MiB from home to the guest's port 26 and 1 MiB back from its port 27."""
-    out = ns.run([sys.executable, "-c", _BULK_SCRIPT, VM_INNER,
-                  str(BULK_BYTES), BULK_PATTERN.decode().strip(), "30"],
-                 timeout=90, check=False)
+    out = ns.run(
+        [
+            sys.executable,
+            "-c",
+            _BULK_SCRIPT,
+            VM_INNER,
+            str(BULK_BYTES),
+            BULK_PATTERN.decode().strip(),
+            "30",
+        ],
+        timeout=90,
+        check=False,
+    )
     fields = out.stdout.split()
     if len(fields) != 5:
-        ok(False, f"client failed: "
-                  f"{(out.stderr.strip().splitlines() or [''])[-1][:120]}")
+        ok(False, f"client failed: {(out.stderr.strip().splitlines() or [''])[-1][:120]}")
     else:
         up_ok, down_ok = fields[0] == "1", fields[1] == "1"
         kib = BULK_BYTES // 1024
-        ok(up_ok and down_ok,
-           f"{kib} KiB up (SHA-256 {'matches' if up_ok else 'DIFFERS'}) in "
-           f"{fields[2]} s, {kib} KiB down "
-           f"({'intact' if down_ok else 'CORRUPT, ' + fields[4] + ' B'}) "
-           f"in {fields[3]} s")
+        ok(
+            up_ok and down_ok,
+            f"{kib} KiB up (SHA-256 {'matches' if up_ok else 'DIFFERS'}) in "
+            f"{fields[2]} s, {kib} KiB down "
+            f"({'intact' if down_ok else 'CORRUPT, ' + fields[4] + ' B'}) "
+            f"in {fields[3]} s",
+        )
 
 
 def _bulk_to_home(ns: Netns, vm: IkedVM, ok: Callable[[bool, str], None]) -> None:
     """The guide's mail direction: the guest connects to home's port 25 (policy
     smtp-in) and sends 1 MiB; home checks every byte."""
-    sink = ns.popen([sys.executable, "-c", _SINK25_SCRIPT, HOME_INNER, BULK_PATTERN.decode()
-                     .strip(), str(BULK_BYTES), "60"], stdout=subprocess.PIPE)
+    sink = ns.popen(
+        [
+            sys.executable,
+            "-c",
+            _SINK25_SCRIPT,
+            HOME_INNER,
+            BULK_PATTERN.decode().strip(),
+            str(BULK_BYTES),
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         assert sink.stdout is not None
         if sink.stdout.readline().strip() != b"listening":
             ok(False, "home's port 25 sink did not start")
             return
         t0 = time.monotonic()
-        vm.run(f"yes '{BULK_PATTERN.decode().strip()}' | head -c {BULK_BYTES} | "
-               f"nc -w 10 {HOME_INNER} 25", timeout=90)
+        vm.run(
+            f"yes '{BULK_PATTERN.decode().strip()}' | head -c {BULK_BYTES} | "
+            f"nc -w 10 {HOME_INNER} 25",
+            timeout=90,
+        )
         out = sink.communicate(timeout=60)[0].split()
         secs = time.monotonic() - t0
     finally:
         if sink.poll() is None:
             ns.stop(sink)
     good = len(out) == 2 and out[0] == str(BULK_BYTES).encode() and out[1] == b"1"
-    ok(good, f"{BULK_BYTES // 1024} KiB from the guest to [{HOME_INNER}]:25 intact in "
-             f"{secs:.2f} s" if good else f"home received {out!r}")
+    ok(
+        good,
+        f"{BULK_BYTES // 1024} KiB from the guest to [{HOME_INNER}]:25 intact in {secs:.2f} s"
+        if good
+        else f"home received {out!r}",
+    )
 
 
-def run_case(workdir: Path | None = None, verbose: bool = False,
-             outer4: bool = False, guide_home: bool = False) -> Result:
+def run_case(
+    workdir: Path | None = None,
+    verbose: bool = False,
+    outer4: bool = False,
+    guide_home: bool = False,
+) -> Result:
     """Run the whole case; never raises for a failed check (see ``Result``).
 
     ``outer4`` puts IPv4 outer addresses on the link (the guide's 203.0.113.2): IKE
@@ -371,9 +410,11 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
     r = _Runner(result)
     home_key = ec.generate_private_key(ec.SECP384R1())
     vm_key = ec.generate_private_key(ec.SECP384R1())
-    vm_keys = {"etc/iked/private/local.key": keys.private_key_pem(vm_key),
-               "etc/iked/local.pub": keys.public_key_pem(vm_key.public_key()),
-               f"etc/iked/pubkeys/fqdn/{HOME_ID}": keys.public_key_pem(home_key.public_key())}
+    vm_keys = {
+        "etc/iked/private/local.key": keys.private_key_pem(vm_key),
+        "etc/iked/local.pub": keys.public_key_pem(vm_key.public_key()),
+        f"etc/iked/pubkeys/fqdn/{HOME_ID}": keys.public_key_pem(home_key.public_key()),
+    }
     # A reused --workdir: fresh keys every run, and write_keydir never overwrites.
     shutil.rmtree(workdir / "home-keys", ignore_errors=True)
     home_keys = write_keydir(workdir / "home-keys", home_key, {VM_ID: vm_key.public_key()})
@@ -388,47 +429,79 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
     pyike = None
     try:
         with Netns("ikedvm") as ns:
-            vm = IkedVM(ns, workdir / "vm", (CONF / "vm-iked.conf").read_text(), vm_keys,
-                        host_addr=f"{home_addr}/{plen}", vm_addr=f"{vm_addr}/{plen}",
-                        vm_inner=VM_INNER, home_inner=HOME_INNER)
+            vm = IkedVM(
+                ns,
+                workdir / "vm",
+                (CONF / "vm-iked.conf").read_text(),
+                vm_keys,
+                host_addr=f"{home_addr}/{plen}",
+                vm_addr=f"{vm_addr}/{plen}",
+                vm_inner=VM_INNER,
+                home_inner=HOME_INNER,
+            )
             try:
                 with r.check("boot") as ok:
                     vm.start()
                     result.image_built = bool(vm.base and vm.base.built)
-                    ok(True, f"kernel {vm.base.kernel.version if vm.base else '?'}, image "
-                             f"{'built' if result.image_built else 'cached'} in "
-                             f"{vm.build_seconds:.1f} s, iked up {vm.boot_seconds:.1f} s "
-                             "after qemu start")
+                    ok(
+                        True,
+                        f"kernel {vm.base.kernel.version if vm.base else '?'}, image "
+                        f"{'built' if result.image_built else 'cached'} in "
+                        f"{vm.build_seconds:.1f} s, iked up {vm.boot_seconds:.1f} s "
+                        "after qemu start",
+                    )
                 with r.check("kernel esp") as ok:
                     mods = vm.run("lsmod").split()
                     need = {"esp4", "esp6", "af_key"}
-                    ok(need <= set(mods), f"guest modules loaded: {' '.join(sorted(need))}"
-                       if need <= set(mods) else f"missing {need - set(mods)}")
+                    ok(
+                        need <= set(mods),
+                        f"guest modules loaded: {' '.join(sorted(need))}"
+                        if need <= set(mods)
+                        else f"missing {need - set(mods)}",
+                    )
                 with capture(ns, vm.tap, pcap):
-                    pyike = PyikeProc(ns, workdir, home_conf, home_keys,
-                                      ["-D", f"vm_host={vm_addr}", "-t"]).start()
+                    pyike = PyikeProc(
+                        ns, workdir, home_conf, home_keys, ["-D", f"vm_host={vm_addr}", "-t"]
+                    ).start()
                     with r.check("ike sa") as ok:
                         line = pyike.wait_log(r"established peer", timeout=IKE_TIMEOUT_S)[0]
-                        vm.wait_console(r"established peer", IKE_TIMEOUT_S,
-                                        "iked to log the IKE SA")
+                        vm.wait_console(
+                            r"established peer", IKE_TIMEOUT_S, "iked to log the IKE SA"
+                        )
                         ok(True, re.sub(r"^.*?established", "established", line)[:110])
                     with r.check("child sas") as ok:
-                        lines = pyike.wait_log(r"created Child SA", timeout=IKE_TIMEOUT_S,
-                                               count=n_children)
+                        lines = pyike.wait_log(
+                            r"created Child SA", timeout=IKE_TIMEOUT_S, count=n_children
+                        )
                         # iked.conf(5) names AES-CBC "aes-256" (GCM is "aes-256-gcm").
-                        cbc = [ln for ln in lines
-                               if re.search(r"\(enc aes-\d+ auth hmac-sha2-\d+\)", ln)]
-                        ok(len(cbc) == len(lines),
-                           f"{len(lines)} Child SAs, {len(cbc)} AES-CBC: "
-                           + re.sub(r"^.*created Child SA", "", lines[0])[:90])
+                        cbc = [
+                            ln
+                            for ln in lines
+                            if re.search(r"\(enc aes-\d+ auth hmac-sha2-\d+\)", ln)
+                        ]
+                        ok(
+                            len(cbc) == len(lines),
+                            f"{len(lines)} Child SAs, {len(cbc)} AES-CBC: "
+                            + re.sub(r"^.*created Child SA", "", lines[0])[:90],
+                        )
                     with r.check("xfrm state") as ok:
                         states = _xfrm_states(vm.run("ip-full -s xfrm state"))
-                        good = [s for s in states if "proto esp" in s and "mode tunnel" in s
-                                and "cbc(aes)" in s and "hmac(sha" in s
-                                and "encap type espinudp sport 4500 dport 4500" in s]
-                        ok(len(good) == len(states) == 2 * n_children,
-                           f"{len(states)} kernel ESP SAs: tunnel, cbc(aes), hmac(sha2), "
-                           "espinudp 4500" if good else f"states: {states}")
+                        good = [
+                            s
+                            for s in states
+                            if "proto esp" in s
+                            and "mode tunnel" in s
+                            and "cbc(aes)" in s
+                            and "hmac(sha" in s
+                            and "encap type espinudp sport 4500 dport 4500" in s
+                        ]
+                        ok(
+                            len(good) == len(states) == 2 * n_children,
+                            f"{len(states)} kernel ESP SAs: tunnel, cbc(aes), hmac(sha2), "
+                            "espinudp 4500"
+                            if good
+                            else f"states: {states}",
+                        )
                     with r.check("ping6") as ok:
                         got = ping(ns, VM_INNER, count=3, timeout=3.0)
                         ok(got >= 2, f"{got}/3 echo replies from {VM_INNER}")
@@ -438,17 +511,31 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
                         out = vm.run(f"ping -6 -c 3 -W 3 {HOME_INNER}", timeout=30)
                         m = re.search(r"(\d+) packets received", out)
                         got = int(m.group(1)) if m else 0
-                        ok(got >= 2, f"{got}/3 echo replies from {HOME_INNER}"
-                           if m else f"busybox ping said {out[-200:]!r}")
+                        ok(
+                            got >= 2,
+                            f"{got}/3 echo replies from {HOME_INNER}"
+                            if m
+                            else f"busybox ping said {out[-200:]!r}",
+                        )
                     with r.check("tcp 25") as ok:
-                        out = ns.run([sys.executable, "-c", _TCP_SCRIPT, VM_INNER, SMTP_LINE,
-                                      "15"], timeout=30, check=False)
+                        out = ns.run(
+                            [sys.executable, "-c", _TCP_SCRIPT, VM_INNER, SMTP_LINE, "15"],
+                            timeout=30,
+                            check=False,
+                        )
                         lines = out.stdout.splitlines()
-                        good = (len(lines) == 2 and lines[0].startswith("220 ")
-                                and lines[1] == f"250 got: {SMTP_LINE}")
-                        ok(good, f"[{VM_INNER}]:25 said {lines[0]!r}, echoed the line"
-                           if good else f"no reply: stdout {out.stdout.strip()!r}, "
-                           f"{(out.stderr.strip().splitlines() or [''])[-1][:120]}")
+                        good = (
+                            len(lines) == 2
+                            and lines[0].startswith("220 ")
+                            and lines[1] == f"250 got: {SMTP_LINE}"
+                        )
+                        ok(
+                            good,
+                            f"[{VM_INNER}]:25 said {lines[0]!r}, echoed the line"
+                            if good
+                            else f"no reply: stdout {out.stdout.strip()!r}, "
+                            f"{(out.stderr.strip().splitlines() or [''])[-1][:120]}",
+                        )
                     with r.check("tcp bulk to 25" if guide_home else "tcp bulk") as ok:
                         if guide_home:
                             _bulk_to_home(ns, vm, ok)
@@ -456,21 +543,31 @@ def run_case(workdir: Path | None = None, verbose: bool = False,
                             _bulk_both_ways(ns, ok)
                     with r.check("esp counters") as ok:
                         states = _xfrm_states(vm.run("ip-full -s xfrm state"))
-                        inbound = sum(_packets(s) for s in states
-                                      if s.startswith(f"src {home_addr} dst {vm_addr}\n"))
-                        outbound = sum(_packets(s) for s in states
-                                       if s.startswith(f"src {vm_addr} dst {home_addr}\n"))
+                        inbound = sum(
+                            _packets(s)
+                            for s in states
+                            if s.startswith(f"src {home_addr} dst {vm_addr}\n")
+                        )
+                        outbound = sum(
+                            _packets(s)
+                            for s in states
+                            if s.startswith(f"src {vm_addr} dst {home_addr}\n")
+                        )
                         # 1 MiB is >= 790 full segments (1330 B of payload); in the guide's
                         # mode it only goes VM -> home, and home sends back ACKs.
                         least_in = 100 if guide_home else 790
-                        ok(inbound >= least_in and outbound >= 790,
-                           f"guest kernel ESP packets: {inbound} in, {outbound} out")
+                        ok(
+                            inbound >= least_in and outbound >= 790,
+                            f"guest kernel ESP packets: {inbound} in, {outbound} out",
+                        )
                     pyike.stop()
                 with r.check("capture") as ok:
                     counts = classify_frames(pcap, home_addr, vm_addr)
                     bad = counts["cleartext-inner"] + counts["other"]
-                    ok(bad == 0 and counts["esp-in-udp"] >= 8 and counts["ike"] >= 4,
-                       ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+                    ok(
+                        bad == 0 and counts["esp-in-udp"] >= 8 and counts["ike"] >= 4,
+                        ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                    )
             finally:
                 if not result.passed and vm.proc is not None and vm.proc.poll() is None:
                     _save_guest_state(vm, workdir / "guest-state.txt")

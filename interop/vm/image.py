@@ -47,15 +47,21 @@ DEBIAN_PACKAGES = "qemu-system-x86 busybox-static openiked iproute2"
 # sha256, hmac, cbc, aes, xfrm tunnel mode and ESP-in-UDP (inside esp4/esp6) are
 # built into Debian's kernel; the rest are modules.
 ROOT_MODULES = (
-    "virtio_pci", "virtio_net",  # the NIC qemu gives us
+    "virtio_pci",
+    "virtio_net",  # the NIC qemu gives us
     "af_key",  # PF_KEY v2 (RFC 2367): how iked installs SAs and flows on Linux
     "xfrm_user",  # netlink XFRM, for `ip xfrm state` counters in the guest
-    "esp4", "esp6",  # the ESP data plane (RFC 4303); UDP encapsulation (RFC 3948)
-    "authenc", "echainiv", "seqiv", "sha512_generic",  # cbc(aes)+hmac(sha2) AEAD glue
+    "esp4",
+    "esp6",  # the ESP data plane (RFC 4303); UDP encapsulation (RFC 3948)
+    "authenc",
+    "echainiv",
+    "seqiv",
+    "sha512_generic",  # cbc(aes)+hmac(sha2) AEAD glue
     # echainiv (the IV generator ESP wraps around authenc) takes its salt from the
     # default "stdrng"; without a DRBG the SA add fails with ENOENT ("Kernel was
     # unable to initialize cryptographic operations").
-    "ctr", "drbg",
+    "ctr",
+    "drbg",
 )
 
 
@@ -91,8 +97,15 @@ def cache_lock(cache: Path | None = None, timeout: float = 300.0) -> Iterator[Pa
 
 def _run(args: list[str], *, cwd: Path | None = None, timeout: float = 300) -> str:
     try:
-        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=False)
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         raise ImageError(f"timed out after {timeout}s: {' '.join(args)}") from exc
     if proc.returncode != 0:
@@ -101,6 +114,7 @@ def _run(args: list[str], *, cwd: Path | None = None, timeout: float = 300) -> s
 
 
 # --- the kernel ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Kernel:
@@ -167,8 +181,7 @@ def _prune_kernel_tree(root: Path, version: str) -> None:
     for path in sorted(kernel.rglob("*"), key=lambda p: len(p.parts)):
         if not path.is_dir() or not path.exists():
             continue
-        if path in keep or any(k.is_relative_to(path) or path.is_relative_to(k)
-                               for k in keep):
+        if path in keep or any(k.is_relative_to(path) or path.is_relative_to(k) for k in keep):
             continue
         shutil.rmtree(path)
     for d in DROP_MODULE_DIRS:
@@ -195,8 +208,10 @@ def module_closure(kernel: Kernel, roots: Iterable[str]) -> list[Path]:
     index: dict[str, Path] = {}
     for ko in kernel.modules.rglob("*.ko"):
         index[ko.stem.replace("-", "_")] = ko
-    builtin = {Path(line).stem.replace("-", "_") for line in
-               (kernel.modules / "modules.builtin").read_text().split()}
+    builtin = {
+        Path(line).stem.replace("-", "_")
+        for line in (kernel.modules / "modules.builtin").read_text().split()
+    }
     order: list[Path] = []
     seen: set[str] = set()
 
@@ -220,10 +235,10 @@ def module_closure(kernel: Kernel, roots: Iterable[str]) -> list[Path]:
 
 # --- shared libraries ---------------------------------------------------------------
 
+
 def shared_libraries(binary: str) -> list[Path]:
     """Absolute paths ``ldd`` resolves for ``binary`` (including the loader)."""
-    proc = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30,
-                          check=False)
+    proc = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30, check=False)
     if "not a dynamic executable" in proc.stdout + proc.stderr:
         return []  # busybox-static
     if proc.returncode != 0:
@@ -238,6 +253,7 @@ def shared_libraries(binary: str) -> list[Path]:
 
 
 # --- cpio (newc, what the kernel's initramfs unpacker reads) -----------------------
+
 
 class Cpio:
     """A minimal writer of the "newc" cpio format (070701 headers, 4-byte aligned)."""
@@ -288,6 +304,7 @@ class Cpio:
 
 # --- the images ---------------------------------------------------------------------
 
+
 def _binaries() -> dict[str, str]:
     found = {}
     for name, path in (("iked", IKED_BIN), ("busybox", BUSYBOX_BIN), ("ip", IP_BIN)):
@@ -320,15 +337,31 @@ def base_image(cache: Path | None = None) -> BaseImage:
     kernel = fetch_kernel(cache)
     bins = _binaries()
     libs = sorted({lib for b in bins.values() for lib in shared_libraries(b)})
-    key = _digest([*bins.values(), *libs, *EXTRA_FILES, INIT_SCRIPT, Path(__file__)],
-                  f"{kernel.version} {' '.join(ROOT_MODULES)}")
+    key = _digest(
+        [*bins.values(), *libs, *EXTRA_FILES, INIT_SCRIPT, Path(__file__)],
+        f"{kernel.version} {' '.join(ROOT_MODULES)}",
+    )
     out = cache / f"initrd-{kernel.version}-{key}.cpio.gz"
     if out.exists():
         return BaseImage(kernel, out, built=False)
     cpio = Cpio()
-    for d in ("dev", "proc", "sys", "tmp", "run", "var/run", "etc/iked/private",
-              "etc/iked/pubkeys/fqdn", "etc/iked/ca", "etc/iked/certs", "etc/iked/crls",
-              "var/lib/openiked/empty", "usr/sbin", "usr/bin", "sbin"):
+    for d in (
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "var/run",
+        "etc/iked/private",
+        "etc/iked/pubkeys/fqdn",
+        "etc/iked/ca",
+        "etc/iked/certs",
+        "etc/iked/crls",
+        "var/lib/openiked/empty",
+        "usr/sbin",
+        "usr/bin",
+        "sbin",
+    ):
         cpio.mkdir(d)
     cpio.mkdir("root", 0o700)
     cpio.copy(Path(bins["busybox"]), "bin/busybox")
@@ -345,8 +378,11 @@ def base_image(cache: Path | None = None) -> BaseImage:
         cpio.copy(ko, f"modules/{ko.name}")
     cpio.file("modules/order", "".join(f"{ko.name}\n" for ko in mods).encode())
     # iked drops privileges to _iked and chroots to its home (privsep).
-    cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
-              b"_iked:x:102:105:OpenIKED:/var/lib/openiked/empty:/bin/false\n")
+    cpio.file(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n"
+        b"_iked:x:102:105:OpenIKED:/var/lib/openiked/empty:/bin/false\n",
+    )
     cpio.file("etc/group", b"root:x:0:\n_iked:x:105:\n")
     cpio.file("etc/hosts", b"127.0.0.1 localhost\n")
     cpio.copy(INIT_SCRIPT, "init")

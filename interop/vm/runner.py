@@ -83,12 +83,16 @@ class IkedVM:
         return self.vm_addr.split("/", 1)[0]
 
     def overlay_files(self) -> dict[str, tuple[bytes, int]]:
-        env = (f"VM_ADDR={self.vm_addr}\nVM_INNER={self.vm_inner}\n"
-               f"HOME_INNER={self.home_inner}\nBULK_BYTES={self.bulk_bytes}\n"
-               # conf/vm-iked.conf names its public address $ext: point it at ours.
-               f"IKED_ARGS='{self.iked_args} -D ext={self.vm_host}'\n")
-        files = {"etc/pyike-vm.env": (env.encode(), 0o644),
-                 "etc/iked.conf": (self.iked_conf.encode(), 0o600)}
+        env = (
+            f"VM_ADDR={self.vm_addr}\nVM_INNER={self.vm_inner}\n"
+            f"HOME_INNER={self.home_inner}\nBULK_BYTES={self.bulk_bytes}\n"
+            # conf/vm-iked.conf names its public address $ext: point it at ours.
+            f"IKED_ARGS='{self.iked_args} -D ext={self.vm_host}'\n"
+        )
+        files = {
+            "etc/pyike-vm.env": (env.encode(), 0o644),
+            "etc/iked.conf": (self.iked_conf.encode(), 0o600),
+        }
         for path, pem in self.keys.items():
             files[path] = (pem, 0o600 if "private" in path else 0o644)
         return files
@@ -96,16 +100,34 @@ class IkedVM:
     def argv(self, initrd: Path) -> list[str]:
         assert self.base is not None
         return [
-            QEMU_BIN, "-accel", "tcg", "-m", str(self.memory_mb), "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(self.base.kernel.vmlinuz), "-initrd", str(initrd),
+            QEMU_BIN,
+            "-accel",
+            "tcg",
+            "-m",
+            str(self.memory_mb),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(self.base.kernel.vmlinuz),
+            "-initrd",
+            str(initrd),
             # panic=-1 with -no-reboot: a guest panic ends qemu instead of hanging.
-            "-append", "console=ttyS0 panic=-1 loglevel=4 ipv6.disable=0",
-            "-serial", f"file:{self.console_path}",
-            "-serial", f"unix:{self.ctl_path},server=on,wait=off",
-            "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=4 ipv6.disable=0",
+            "-serial",
+            f"file:{self.console_path}",
+            "-serial",
+            f"unix:{self.ctl_path},server=on,wait=off",
+            "-netdev",
+            f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
             # romfile= skips the iPXE option ROM: we boot with -kernel, not from the NIC.
-            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
         ]
 
     def start(self, timeout: float = BOOT_TIMEOUT_S) -> IkedVM:
@@ -115,8 +137,7 @@ class IkedVM:
         t0 = time.monotonic()
         with image.cache_lock():
             self.base = image.base_image()
-            initrd = image.boot_initrd(self.base, self.overlay_files(),
-                                       self.workdir / "initrd.gz")
+            initrd = image.boot_initrd(self.base, self.overlay_files(), self.workdir / "initrd.gz")
         self.build_seconds = time.monotonic() - t0
         self.ns.run(["ip", "tuntap", "add", "dev", self.tap, "mode", "tap"])
         nodad = ["nodad"] if ":" in self.host_addr else []
@@ -161,8 +182,9 @@ class IkedVM:
         except FileNotFoundError:
             return ""
 
-    def wait_console(self, pattern: re.Pattern[str] | str, timeout: float,
-                     what: str) -> re.Match[str]:
+    def wait_console(
+        self, pattern: re.Pattern[str] | str, timeout: float, what: str
+    ) -> re.Match[str]:
         """Bounded wait for ``pattern`` on the console; fail early if qemu or iked died."""
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
@@ -173,18 +195,22 @@ class IkedVM:
                 return m
             bad = GUEST_FAILED.search(text)
             if bad and not rx.search(bad.group(0)):
-                raise VMError(f"guest failed ({bad.group(0)}) waiting for {what}:\n"
-                              f"{self.diagnostics()}")
+                raise VMError(
+                    f"guest failed ({bad.group(0)}) waiting for {what}:\n{self.diagnostics()}"
+                )
             if self.proc is not None and self.proc.poll() is not None:
-                raise VMError(f"qemu exited ({self.proc.returncode}) waiting for {what}:\n"
-                              f"{self.diagnostics()}")
+                raise VMError(
+                    f"qemu exited ({self.proc.returncode}) waiting for {what}:\n"
+                    f"{self.diagnostics()}"
+                )
             if time.monotonic() >= deadline:
-                raise VMError(f"timed out after {timeout:.0f}s waiting for {what}:\n"
-                              f"{self.diagnostics()}")
+                raise VMError(
+                    f"timed out after {timeout:.0f}s waiting for {what}:\n{self.diagnostics()}"
+                )
             time.sleep(0.1)
 
     def diagnostics(self, lines: int = 40) -> str:
-        qemu = (self.workdir / "qemu.log")
+        qemu = self.workdir / "qemu.log"
         qtext = qemu.read_text(errors="replace") if qemu.exists() else ""
         tail = "\n".join(self.console().splitlines()[-lines:])
         return f"--- console (last {lines} lines) ---\n{tail}\n--- qemu ---\n{qtext[-2000:]}"
@@ -200,8 +226,10 @@ class IkedVM:
         begin, end = f"__PYIKE_VM_BEGIN_{n}__", f"__PYIKE_VM_END_{n}__"
         # The markers are printed by `echo` from quoted text, so an echo of the command
         # itself could never match them; `{ }` keeps the command's output between them.
-        self._ctl.sendall(f'echo __PYIKE_VM_BEGIN_"{n}"__; {{ {command}; }} 2>&1; '
-                          f'echo __PYIKE_VM_END_"{n}"__\n'.encode())
+        self._ctl.sendall(
+            f'echo __PYIKE_VM_BEGIN_"{n}"__; {{ {command}; }} 2>&1; '
+            f'echo __PYIKE_VM_END_"{n}"__\n'.encode()
+        )
         deadline = time.monotonic() + timeout
         while end.encode() not in self._ctl_buf:
             left = deadline - time.monotonic()
