@@ -138,6 +138,18 @@ def _daemon_parser() -> argparse.ArgumentParser:
         help="negotiate a replacement for an IKE SA whose liveness probe is "
         "unanswered this long (default 4; 0 = never)",
     )
+    p.add_argument(
+        "--user",
+        default=None,
+        metavar="NAME",
+        help="run the network process as this user (default: _pyike if it exists, "
+        "else nobody); a small root process keeps only route, socket and key work",
+    )
+    p.add_argument(
+        "--no-privsep",
+        action="store_true",
+        help="run as one root process (no privilege separation; for comparisons)",
+    )
     p.add_argument("--no-invalid-spi", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"pyike {__version__}")
@@ -216,12 +228,18 @@ def run_daemon(argv: list[str]) -> int:
         invalid_spi=not args.no_invalid_spi,
     )
     from pyike.dataplane import attach_dataplane
+    from pyike.privsep.drop import PrivsepError
 
     daemon = Daemon(options)
     attach_dataplane(daemon)
     try:
-        asyncio.run(daemon.run())
-    except DaemonError as e:
+        if args.no_privsep:
+            asyncio.run(daemon.run())
+        else:
+            from pyike.privsep.start import run_separated
+
+            return run_separated(daemon, args.user)
+    except (DaemonError, PrivsepError) as e:
         print(f"pyike: {e}", file=sys.stderr)
         return 1
     except PermissionError as e:

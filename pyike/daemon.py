@@ -255,14 +255,27 @@ class Daemon:
         self._replacing: dict[str, IkeSa] = {}  # policy name -> replacement in flight
         self.netwatch: object | None = None
         self._netwatch_task: asyncio.Task | None = None
+        # pyike.privsep: start-up done as root before the drop (prepare()), and what
+        # the unprivileged process does after a reload or a network change.
+        self.prepared = False
+        self.after_reload: list[Callable[[], None]] = []
+        self.after_network_change: list[Callable[[], None]] = []
         if not options.invalid_spi:
             self.endpoint.invalid_spi_burst = 0
 
     # ------------------------------------------------------------------ config
 
+    def read_config(self) -> cfg.Config:
+        """The parsed configuration file (privsep: read by the parent instead)."""
+        return cfg.load_config(self.options.config_file, self.options.macros)
+
+    def key_store(self) -> keys.KeyStore:
+        """Where keys come from (privsep: through the parent once unprivileged)."""
+        return keys.KeyStore(self.options.keydir)
+
     def load(self) -> None:
         try:
-            self.config = cfg.load_config(self.options.config_file, self.options.macros)
+            self.config = self.read_config()
         except cfg.ConfigError as e:
             raise DaemonError(str(e)) from e
         except OSError as e:
@@ -271,7 +284,7 @@ class Daemon:
             log.warning("%s", warning)
         for note in cfg.check_policies(self.config):  # `pyike -n` shows these as warnings
             log.info("note: %s", note)
-        store = keys.KeyStore(self.options.keydir)
+        store = self.key_store()
         table = {}
         for p in self.config.policies:
             if self.options.force_active:
@@ -297,6 +310,8 @@ class Daemon:
         for name, sa in list(self._active_sa.items()):
             if name not in self.policies:
                 sa.delete(now, "policy removed by reload")
+        for hook in self.after_reload:
+            hook()
         self.start_active()
         self.driver.pump()
 
@@ -652,6 +667,8 @@ class Daemon:
                 sa.check_alive(now)  # probe (or retransmit) now: is the path back?
         for peer_id in moved:
             self.reestablish(peer_id, "local address changed")
+        for hook in self.after_network_change:
+            hook()
         self._retry_now()
 
     async def _start_netwatch(self) -> None:
@@ -691,14 +708,40 @@ class Daemon:
 
     # ------------------------------------------------------------------ run
 
+    def tun_plan(self) -> tuple[list, list, int]:
+        """The TUN device's addresses, routes and the outer address family."""
+        from pyike.dataplane import local_addresses_and_routes
+
+        assert self.config is not None
+        local, remote = local_addresses_and_routes(self.config.policies)
+        policies = self.config.policies
+        v6 = any(p.peer is not None and ip_network(p.peer).version == 6 for p in policies)
+        return local, remote, socket.AF_INET6 if v6 else socket.AF_INET
+
+    def prepare(self) -> None:
+        """Start-up that needs root, done before pyike.privsep drops privileges:
+        configuration and keys, the UDP sockets, the TUN device and its routes."""
+        from pyike.dataplane import DataPlaneError
+
+        self.load()
+        self.driver.open()
+        dp = getattr(self, "dataplane", None)
+        if dp is not None:
+            try:
+                dp.open(*self.tun_plan())  # no event loop runs yet: no thread needed
+            except DataPlaneError as e:
+                raise DaemonError(str(e)) from e
+        self.prepared = True
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # A SIGHUP during start-up (TUN set-up takes a moment) is kept for when the
         # driver runs, instead of killing the daemon (SIGHUP's default action).
         early_hup: list[bool] = []
         loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
-        self.load()
-        self.driver.open()
+        if not self.prepared:
+            self.load()
+            self.driver.open()
         dp = getattr(self, "dataplane", None)
 
         def started() -> None:  # the driver's signal handlers are in place now
@@ -709,19 +752,8 @@ class Daemon:
                 self._netwatch_task = loop.create_task(self._start_netwatch())
 
         try:
-            if dp is not None:
-                from pyike.dataplane import local_addresses_and_routes
-
-                assert self.config is not None
-                local, remote = local_addresses_and_routes(self.config.policies)
-                family = (
-                    socket.AF_INET6
-                    if any(
-                        p.peer is not None and ip_network(p.peer).version == 6
-                        for p in self.config.policies
-                    )
-                    else socket.AF_INET
-                )
+            if dp is not None and not self.prepared:
+                local, remote, family = self.tun_plan()
                 from pyike.dataplane import DataPlaneError
 
                 try:
@@ -729,6 +761,7 @@ class Daemon:
                     await asyncio.to_thread(dp.open, local, remote, family)
                 except DataPlaneError as e:
                     raise DaemonError(str(e)) from e
+            if dp is not None:
                 dp.start(asyncio.get_running_loop())
             asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
             if self.options.natt_keepalive > 0:

@@ -1,0 +1,166 @@
+"""Start-up with privilege separation: prepare as root, fork, drop, run.
+
+1. As root, the daemon does what needs privilege once (Daemon.prepare): reads
+   the configuration and keys, binds UDP 500/4500, creates the TUN device with
+   its addresses and routes. Other root-only handles (the control socket, bound
+   root-owned 0600 by the service code) are passed in ``handover``.
+2. A SOCK_SEQPACKET socketpair; fork.
+3. The child closes the parent's end, drops to the unprivileged user (checked:
+   no capability left, not able to read the private key file), points the
+   daemon's key store and configuration reads at the parent, and runs the event
+   loop: it owns the TUN fd and the UDP sockets (inherited), so packets never
+   cross a process boundary.
+4. The parent closes everything the child owns (sockets, TUN, handover) and
+   serves the child's requests until it exits (pyike.privsep.parent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pyike import keys
+from pyike.privsep import drop
+from pyike.privsep.child import PrivClient, RemoteKeyStore, SwitchableKeyStore, sync_tun
+from pyike.privsep.drop import PrivsepError
+from pyike.privsep.parent import Parent, policy_for
+
+log = logging.getLogger("pyike.privsep")
+
+PARENT_SNDBUF = 8 * 1024 * 1024  # a RELOAD answer is one SEQPACKET message
+
+
+def _fileno(x: socket.socket | int) -> int:
+    return x if isinstance(x, int) else x.fileno()
+
+
+def _key_readable(path: Path) -> bool:
+    try:
+        with path.open("rb"):
+            return True
+    except OSError:
+        return False
+
+
+def run_separated(
+    daemon: object,
+    user_name: str | None = None,
+    *,
+    handover: Sequence[socket.socket | int] = (),
+    child_setup: Callable[[PrivClient], None] | None = None,
+) -> int:
+    """Run ``daemon`` (a pyike.daemon.Daemon) privilege-separated; its exit status.
+
+    ``handover``: descriptors opened by root before the drop that the unprivileged
+    process keeps (the parent closes its copies). ``child_setup`` runs in the child
+    after the drop, before its event loop starts (to hook those descriptors in).
+    Raises PrivsepError (not root, no such user) or the daemon's start-up errors.
+    """
+    if os.geteuid() != 0:
+        raise PrivsepError(
+            "must be started as root: it binds UDP 500/4500 and creates the TUN device, "
+            "then runs its network process as an unprivileged user"
+        )
+    user = drop.find_user(user_name)
+    options = daemon.options  # type: ignore[attr-defined]
+    store = SwitchableKeyStore(keys.KeyStore(options.keydir))
+    daemon.key_store = lambda: store  # type: ignore[attr-defined]
+    early_hup: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _f: early_hup.append(signum))
+    daemon.prepare()  # type: ignore[attr-defined]
+    dp = getattr(daemon, "dataplane", None)
+    ifname = dp.tun_name if dp is not None else ""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with contextlib.suppress(OSError):
+        parent_sock.setsockopt(socket.SOL_SOCKET, 32, PARENT_SNDBUF)  # SO_SNDBUFFORCE
+    parent_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        parent_sock.close()
+        early_hup.clear()  # the parent forwards those
+        return _child(daemon, user, parent_pid, child_sock, store, early_hup, child_setup)
+    child_sock.close()
+    # The child owns these now; the parent keeps no handle on the network.
+    for s in daemon.driver.sockets.values():  # type: ignore[attr-defined]
+        s.sock.close()
+    if dp is not None and dp.tun is not None:
+        dp.tun.close()  # the device stays: the child holds its own descriptor
+        dp.tun, dp.fd = None, -1
+    for h in handover:
+        with contextlib.suppress(OSError):
+            os.close(_fileno(h))
+    log.info("privsep: network process %d runs as %s (uid %d)", pid, user.name, user.uid)
+    parent = Parent(
+        parent_sock,
+        policy_for(daemon.config, ifname, tuple(options.ports)),  # type: ignore[attr-defined]
+        keydir=options.keydir,
+        config_file=options.config_file,
+        macros=dict(options.macros),
+    )
+    if early_hup:
+        os.kill(pid, signal.SIGHUP)
+    return parent.serve(pid)
+
+
+def _child(
+    daemon: object,
+    user: drop.RunAs,
+    parent_pid: int,
+    sock: socket.socket,
+    store: SwitchableKeyStore,
+    early_hup: list[int],
+    child_setup: Callable[[PrivClient], None] | None,
+) -> int:
+    from pyike.daemon import DaemonError
+
+    options = daemon.options  # type: ignore[attr-defined]
+    drop.drop_privileges(user, parent_pid)
+    private = keys.KeyStore(options.keydir).private_key_path
+    if _key_readable(private):
+        raise PrivsepError(
+            f"{private} is readable by user {user.name!r}: the network process must not "
+            f"be able to read the private key (chmod 600, owned by root, under a 0700 "
+            f"directory)"
+        )
+    client = PrivClient(sock)
+    remote = RemoteKeyStore(client)
+    store.backend = remote
+
+    def read_config() -> object:
+        result = client.reload()
+        remote.private_pem, remote.private_error = result.key_pem, result.key_error
+        if result.config is None:
+            raise DaemonError(result.config_error or "configuration not read")
+        return result.config
+
+    daemon.read_config = read_config  # type: ignore[attr-defined]
+    dp = getattr(daemon, "dataplane", None)
+
+    def tun_follows_config() -> None:
+        if dp is None or daemon.config is None:  # type: ignore[attr-defined]
+            return
+        local, remote_nets, _family = daemon.tun_plan()  # type: ignore[attr-defined]
+        for problem in sync_tun(client, dp, local, remote_nets):
+            log.warning("TUN %s: %s", dp.tun_name, problem)
+
+    daemon.after_reload.append(tun_follows_config)  # type: ignore[attr-defined]
+    daemon.after_network_change.append(tun_follows_config)  # type: ignore[attr-defined]
+    if child_setup is not None:
+        child_setup(client)
+    log.info(
+        "privsep: running as %s (uid %d, gid %d), no capabilities", user.name, user.uid, user.gid
+    )
+
+    async def main() -> None:
+        if early_hup:  # a SIGHUP between fork and the loop's handler
+            asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGHUP)
+        await daemon.run()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+    return 0
