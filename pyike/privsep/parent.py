@@ -27,6 +27,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,8 +228,9 @@ class Parent:
                 for fd in fds:
                     os.close(fd)
 
-    def serve(self, child_pid: int) -> int:
-        """Forward signals to the child and serve it until it exits; its exit status."""
+    def serve(self, child_pid: int, pending_hup: Callable[[], bool] | None = None) -> int:
+        """Forward signals to the child and serve it until it exits; its exit status.
+        ``pending_hup``: whether a SIGHUP came before forwarding was in place."""
         forward = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
         def pass_on(signum: int, _frame: object) -> None:
@@ -237,6 +239,8 @@ class Parent:
 
         for sig in forward:
             signal.signal(sig, pass_on)
+        if pending_hup is not None and pending_hup():
+            pass_on(signal.SIGHUP, None)
         try:
             self.serve_requests()
         finally:

@@ -71,6 +71,10 @@ def run_separated(
     options = daemon.options  # type: ignore[attr-defined]
     store = SwitchableKeyStore(keys.KeyStore(options.keydir))
     daemon.key_store = lambda: store  # type: ignore[attr-defined]
+    nl_log = logging.getLogger("pyroute2")
+    if nl_log.level == logging.NOTSET:  # its import resets it; -vv would show every message
+        nl_log.setLevel(logging.INFO)
+    # A SIGHUP during start-up is kept for when the daemon runs (its default kills).
     early_hup: list[int] = []
     signal.signal(signal.SIGHUP, lambda signum, _f: early_hup.append(signum))
     daemon.prepare()  # type: ignore[attr-defined]
@@ -80,10 +84,10 @@ def run_separated(
     with contextlib.suppress(OSError):
         parent_sock.setsockopt(socket.SOL_SOCKET, 32, PARENT_SNDBUF)  # SO_SNDBUFFORCE
     parent_pid = os.getpid()
+    before_fork = len(early_hup)
     pid = os.fork()
-    if pid == 0:
+    if pid == 0:  # the child's copy holds the SIGHUPs before the fork, and its own
         parent_sock.close()
-        early_hup.clear()  # the parent forwards those
         return _child(daemon, user, parent_pid, child_sock, store, early_hup, child_setup)
     child_sock.close()
     # The child owns these now; the parent keeps no handle on the network.
@@ -103,9 +107,8 @@ def run_separated(
         config_file=options.config_file,
         macros=dict(options.macros),
     )
-    if early_hup:
-        os.kill(pid, signal.SIGHUP)
-    return parent.serve(pid)
+    # SIGHUPs that came to the parent after the fork, before it forwards them.
+    return parent.serve(pid, pending_hup=lambda: len(early_hup) > before_fork)
 
 
 def _child(
@@ -157,9 +160,13 @@ def _child(
         "privsep: running as %s (uid %d, gid %d), no capabilities", user.name, user.uid, user.gid
     )
 
+    def replay_early_hup() -> None:
+        if early_hup:  # before the loop's handler was in place: reload now
+            os.kill(os.getpid(), signal.SIGHUP)
+
     async def main() -> None:
-        if early_hup:  # a SIGHUP between fork and the loop's handler
-            asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGHUP)
+        # Runs once daemon.run() first waits, i.e. with its signal handlers installed.
+        asyncio.get_running_loop().call_soon(replay_early_hup)
         await daemon.run()  # type: ignore[attr-defined]
 
     asyncio.run(main())
