@@ -113,10 +113,8 @@ def _ike_authenticated() -> OneInput:
         home, vm, pair = state.home_sa, state.vm_sa, state.pair
         exchange = exchanges[data[0] % len(exchanges)]
         response = bool(data[0] & 0x80)
-        if response:
-            message_id = max(0, home._peer_next_id - 1)  # answer the VM's last request
-        else:
-            message_id = vm._peer_next_id
+        # A response answers the VM's last request; a request takes the ID the VM expects.
+        message_id = max(0, home._peer_next_id - 1) if response else vm._peer_next_id
         out = home._out
         assert out is not None
         inner = data[2:]
