@@ -27,19 +27,19 @@ def _sa_life() -> tuple[list[bytes], list[bytes]]:
         ExchangeType.IKE_AUTH: 2,
     }
     inner: list[bytes] = []
-    original = IkeSa._unprotect
+    original = IkeSa.unprotect
 
     def recording(sa: IkeSa, data: bytes, msg: object) -> list:
         payloads = original(sa, data, msg)  # type: ignore[arg-type]
         if sa.endpoint is pair.vm and msg.exchange in selector:  # type: ignore[attr-defined]
             sk = msg.payloads[-1]  # type: ignore[attr-defined]
-            plain = sa._in.open(data[: len(data) - len(sk.data)], sk.data)  # deterministic
+            plain = sa.cipher_in.open(data[: len(data) - len(sk.data)], sk.data)  # deterministic
             first = selector[msg.exchange] | (0x80 if msg.is_response else 0)  # type: ignore[attr-defined]
             inner.append(bytes([first, sk.first_inner]) + plain)
         return payloads
 
     pair = default_pair()
-    IkeSa._unprotect = recording  # type: ignore[method-assign]
+    IkeSa.unprotect = recording  # type: ignore[method-assign]
     try:
         pair.connect()
         pair.run()
@@ -57,7 +57,7 @@ def _sa_life() -> tuple[list[bytes], list[bytes]]:
         home.delete(pair.now)
         pair.run()
     finally:
-        IkeSa._unprotect = original  # type: ignore[method-assign]
+        IkeSa.unprotect = original  # type: ignore[method-assign]
     return [t.data for _, t in pair.wire_log], inner
 
 

@@ -114,8 +114,8 @@ def _ike_authenticated() -> OneInput:
         exchange = exchanges[data[0] % len(exchanges)]
         response = bool(data[0] & 0x80)
         # A response answers the VM's last request; a request takes the ID the VM expects.
-        message_id = max(0, home._peer_next_id - 1) if response else vm._peer_next_id
-        out = home._out
+        message_id = max(0, home.peer_next_id - 1) if response else vm.peer_next_id
+        out = home.cipher_out
         assert out is not None
         inner = data[2:]
         body_len = out.sealed_length(len(inner))
@@ -156,7 +156,7 @@ def _ike_sk_unprotect() -> OneInput:
         header = (
             home.spi_i
             + home.spi_r
-            + struct.pack("!BBBBII", PayloadType.SK, 0x20, exchange, 0x08, vm._peer_next_id, length)
+            + struct.pack("!BBBBII", PayloadType.SK, 0x20, exchange, 0x08, vm.peer_next_id, length)
         )
         first = data[0] if data else 0
         datagram = header + struct.pack("!BBH", first, 0, 4 + len(body)) + body

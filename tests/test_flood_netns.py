@@ -65,8 +65,9 @@ class Setup:
 def _start(two_hosts: TwoHosts, tmp_path: Path) -> Setup:
     require_binary(CHARON_BIN, DEBIAN_PACKAGES)
     home, vm = two_hosts
-    home_key, vm_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(
-        ec.SECP384R1()
+    home_key, vm_key = (
+        ec.generate_private_key(ec.SECP384R1()),
+        ec.generate_private_key(ec.SECP384R1()),
     )
     home.run(["ip", "-6", "addr", "add", f"{HOME_INNER}/128", "dev", "lo", "nodad"])
     vm.run(["ip", "route", "add", SPOOFED, "via", HOME_ADDR])
