@@ -287,7 +287,11 @@ def format_step(step: Step, width: int = DEFAULT_WIDTH) -> list[str]:
         " " * RESPONDER_ARROW_COLUMN + f"{RIGHT}  ",
         pad + " " * CONTINUATION,
     )
-    return [pad + heading, *body]
+    # The heading goes over the responder's column, moved left if it would not fit.
+    indent = RESPONDER_TEXT_COLUMN
+    if width > 0:
+        indent = max(0, min(indent, width - len(heading)))
+    return [" " * indent + heading, *body]
 
 
 def format_header(left: str, right: str) -> list[str]:
@@ -298,9 +302,7 @@ def format_header(left: str, right: str) -> list[str]:
     return [line, "-" * max(len(line), 67)]
 
 
-def render_text(
-    items: Iterable[decode.Decoded], width: int = DEFAULT_WIDTH
-) -> Iterator[str]:
+def render_text(items: Iterable[decode.Decoded], width: int = DEFAULT_WIDTH) -> Iterator[str]:
     """The whole ladder as lines, produced as the messages come (so a pipe into
     ``head`` sees output at once). A new header starts when the host pair changes."""
     builder = LadderBuilder()

@@ -73,7 +73,9 @@ def _colour(step: Step) -> str:
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: object) -> ET.Element:
-    el = ET.SubElement(parent, tag, {k.rstrip("_").replace("_", "-"): str(v) for k, v in attrs.items()})
+    el = ET.SubElement(
+        parent, tag, {k.rstrip("_").replace("_", "-"): str(v) for k, v in attrs.items()}
+    )
     if text is not None:
         el.text = text
     return el
@@ -253,6 +255,7 @@ document.querySelectorAll('button[data-open]').forEach(function (b) {
     document.querySelectorAll('.messages details').forEach(function (d) { d.open = open; });
   });
 });
+document.body.setAttribute('data-ready', '1');  // the tests check the script ran
 """
 
 
