@@ -303,6 +303,9 @@ def run_decode(argv: list[str]) -> int:
         metavar="OUT",
         help="write the ladder as an HTML page with expandable payload trees",
     )
+    p.add_argument(
+        "--title", default=None, help="heading of the --svg/--html drawing (default: the file name)"
+    )
     args = p.parse_args(argv)
     from pyike import decode, keylog, ladder, pcap
 
@@ -345,10 +348,11 @@ def run_decode(argv: list[str]) -> int:
             from pyike import ladder_svg
 
             steps = ladder_svg.steps_of(decoded)
+            title = args.file.name if args.title is None else args.title
             if args.svg is not None:
-                args.svg.write_text(ladder_svg.render_svg(steps, title=args.file.name))
+                args.svg.write_text(ladder_svg.render_svg(steps, title=title))
             if args.html is not None:
-                args.html.write_text(ladder_svg.render_html(steps, title=args.file.name))
+                args.html.write_text(ladder_svg.render_html(steps, title=title))
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (``pyike decode x | head``): stop quietly, as cat does.

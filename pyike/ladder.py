@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pyike import crypto, decode, wire
-from pyike.registry import CfgType, ExchangeType, NotifyType, PayloadType
+from pyike.registry import CfgType, ExchangeType, NotifyType, PayloadType, ProtocolId
 
 LEFT = "-->"  # from the left lifeline (initiator) to the right one
 RIGHT = "<--"
@@ -108,6 +108,16 @@ def _join(labels: list[str], optional: frozenset[str]) -> str:
     return "".join(out)
 
 
+def _rekeys_ike_sa(payloads: list[wire.Payload]) -> bool:
+    """A CREATE_CHILD_SA whose SA proposes protocol IKE creates a new IKE SA (1.3.2)."""
+    return any(
+        prop.protocol == ProtocolId.IKE
+        for p in payloads
+        if isinstance(p, wire.SaPayload)
+        for prop in p.proposals
+    )
+
+
 def notation(
     msg: wire.Message, inner: list[wire.Payload] | None = None, *, fragment_note: str = ""
 ) -> str:
@@ -117,6 +127,10 @@ def notation(
     fragments); without it an encrypted payload reads ``SK {encrypted}``.
     """
     optional = _OPTIONAL.get((msg.exchange, msg.is_response), frozenset())
+    if msg.exchange == ExchangeType.CREATE_CHILD_SA and _rekeys_ike_sa(
+        [*msg.payloads, *(inner or [])]
+    ):
+        optional = frozenset()  # 1.3.2: "HDR, SK {SA, Ni, KEi}": KE is required for an IKE SA
     labels = ["HDR"]
     for p in msg.payloads:
         if isinstance(p, wire.SkPayload | wire.SkfPayload):
@@ -152,18 +166,55 @@ class Step:
     dst: str = ""
     size: int = 0
     error: str = ""  # not decodable / not decryptable: why
+    purpose: str = ""  # what the exchange does, when the payloads say: "rekey Child SA"
 
     @property
     def title(self) -> str:
-        """``IKE_AUTH request, message ID 1`` (plus marks)."""
+        """``CREATE_CHILD_SA request, message ID 2: rekey Child SA`` (plus marks)."""
         if self.message_id is None:
             text = "not an IKE message"
         else:
             kind = "response" if self.response else "request"
             text = f"{self.exchange} {kind}, message ID {self.message_id}"
+        if self.purpose:
+            text += f": {self.purpose}"
         if self.marks:
             text += " (" + "; ".join(self.marks) + ")"
         return text
+
+
+# Notify types below 16384 are errors (RFC 7296 3.10.1).
+_LAST_ERROR_NOTIFY = 16383
+
+
+def purpose(msg: wire.Message, inner: list[wire.Payload] | None) -> str:
+    """What a request asks for, or what an answer refuses, in a few words; "" when the
+    payloads do not say (or are encrypted without a key)."""
+    payloads = [*msg.payloads, *(inner or [])]
+    for p in payloads:
+        if isinstance(p, wire.NotifyPayload) and p.type <= _LAST_ERROR_NOTIFY:
+            return NotifyType.name_of(p.type)
+        if isinstance(p, wire.NotifyPayload) and p.type == NotifyType.COOKIE:
+            return "cookie" if msg.is_response else "with cookie"  # 2.6
+    encrypted = any(isinstance(p, wire.SkPayload | wire.SkfPayload) for p in msg.payloads)
+    if encrypted and inner is None:
+        return ""
+    if msg.exchange == ExchangeType.CREATE_CHILD_SA and not msg.is_response:
+        if _rekeys_ike_sa(payloads):
+            return "rekey IKE SA"  # 1.3.2
+        if any(
+            isinstance(p, wire.NotifyPayload) and p.type == NotifyType.REKEY_SA for p in payloads
+        ):
+            return "rekey Child SA"  # 1.3.3
+        return "new Child SA"  # 1.3.1
+    if msg.exchange == ExchangeType.INFORMATIONAL:
+        deletes = [p for p in payloads if isinstance(p, wire.DeletePayload)]
+        if deletes:
+            ike = any(d.protocol == ProtocolId.IKE for d in deletes)
+            return "delete IKE SA" if ike else "delete Child SA"  # 1.4.1
+        if not msg.is_response and not inner:
+            return "liveness check"  # 2.4: an empty INFORMATIONAL request
+    return ""
 
 
 class LadderBuilder:
@@ -178,6 +229,7 @@ class LadderBuilder:
         self._t0: float | None = None
         self._sides: dict[frozenset[str], tuple[str, str]] = {}
         self._seen: dict[bytes, int] = {}
+        self._purposes: dict[tuple[bytes, int, int], str] = {}
 
     def add(self, item: decode.Decoded) -> Step:
         self._count += 1
@@ -210,6 +262,14 @@ class LadderBuilder:
             marks.append(f"retransmission of #{first}")
         step = _step(n, time, arrow, left, right, item, marks)
         step.src, step.dst = src, dst
+        if msg is not None:
+            # A response answers its request: it inherits the request's purpose
+            # unless it says something of its own (an error notify).
+            key = (msg.spi_i, msg.message_id, msg.exchange)
+            if not msg.is_response:
+                self._purposes[key] = step.purpose
+            elif not step.purpose:
+                step.purpose = self._purposes.get(key, "")
         return step
 
 
@@ -252,6 +312,7 @@ def _step(
         tree,
         size=len(item.data),
         error=item.error,
+        purpose=purpose(msg, item.inner),
     )
 
 

@@ -53,11 +53,14 @@ text { font-family: 'DejaVu Sans', 'Helvetica Neue', Arial, sans-serif; font-siz
 .addr { font-size: 12px; fill: #333; }
 .meta { font-size: 11px; }
 .time { font-size: 11px; fill: #444; }
-.life { stroke: #888; stroke-width: 1.5; stroke-dasharray: 6 4; }
+.life { stroke: #888; stroke-width: 1.5; stroke-dasharray: 6 4; pointer-events: none; }
 .axis { stroke: #444; stroke-width: 1; }
-.msg:hover .band { fill: #fff6d5; fill-opacity: 1; }
 .msg .band { fill: #ffffff; fill-opacity: 0; }
+.msg .band.shade { fill: #f3f5f9; fill-opacity: 1; }
+.msg:hover .band { fill: #fff3c4; fill-opacity: 1; }
+.gap { font-size: 11px; font-style: italic; fill: #666; }
 """
+GAP_S = 1.0  # a pause this long between two messages is written out
 
 
 def steps_of(items: Iterable[decode.Decoded]) -> list[Step]:
@@ -123,7 +126,7 @@ def _header(svg: ET.Element, y: float, step: Step) -> float:
     return y + HEAD_H
 
 
-def _row(svg: ET.Element, y: float, step: Step, link: str | None) -> float:
+def _row(svg: ET.Element, y: float, step: Step, link: str | None, shade: bool) -> float:
     """One message: its labels, its arrow, its time tick. Returns the next row's y."""
     colour = _colour(step)
     parent: ET.Element = svg
@@ -136,8 +139,10 @@ def _row(svg: ET.Element, y: float, step: Step, link: str | None) -> float:
         break_on_hyphens=False,
     ) or [""]  # fmt: skip
     height = LINE_H * (len(lines) + 1) + 12
-    _sub(g, "rect", x=AXIS_X + 6, y=y - 4, width=WIDTH - AXIS_X - 16, height=height + 6,
-         class_="band", rx=4)  # fmt: skip
+    # The band behind a row reaches the next row's, so an exchange (a request and
+    # its response) reads as one shaded block; alternate exchanges are unshaded.
+    _sub(g, "rect", x=AXIS_X + 6, y=y - 8, width=WIDTH - AXIS_X - 16, height=height + ROW_GAP,
+         class_="band shade" if shade else "band")  # fmt: skip
     meta = f"#{step.number}  {step.title}"
     if step.src:
         meta += f"  \u00b7  {step.src} \u2192 {step.dst}, {step.size} bytes"
@@ -186,6 +191,8 @@ def build_svg(steps: list[Step], title: str = "", link_prefix: str | None = None
     pair: tuple[str, str] | None = None
     section_top = y
     axis_top = y
+    exchanges = 0
+    last_time: float | None = None
     for step in steps:
         if (step.left, step.right) != pair:
             if pair is not None:
@@ -196,8 +203,17 @@ def build_svg(steps: list[Step], title: str = "", link_prefix: str | None = None
             y = _header(svg, y, step) + 6
             if axis_top == TOP:
                 axis_top = y - 6
+        if not step.response:
+            exchanges += 1
+        if step.time is not None and last_time is not None and step.time - last_time >= GAP_S:
+            _sub(svg, "text", f"\u22ef  {step.time - last_time:.3f} s later  \u22ef",
+                 x=(LEFT_X + RIGHT_X) / 2, y=y + 6, text_anchor="middle", class_="gap")  # fmt: skip
+            _sub(svg, "path", d=f"M {AXIS_X - 6} {y + 2} l 12 -4 M {AXIS_X - 6} {y + 7} l 12 -4",
+                 class_="axis")  # fmt: skip
+            y += 22
+        last_time = step.time
         link = f"#{link_prefix}{step.number}" if link_prefix is not None else None
-        y = _row(svg, y, step, link)
+        y = _row(svg, y, step, link, shade=exchanges % 2 == 1)
     if pair is not None:
         _lifelines(svg, section_top, y)
     _sub(svg, "line", x1=AXIS_X, y1=axis_top, x2=AXIS_X, y2=y, class_="axis")
@@ -211,17 +227,11 @@ def build_svg(steps: list[Step], title: str = "", link_prefix: str | None = None
     svg.set("width", str(WIDTH))
     svg.set("height", str(height))
     svg.set("viewBox", f"0 0 {WIDTH} {height}")
-    # Lifelines go under the arrows: move them to just after the background.
-    lifelines = [el for el in svg if el.get("class") == "life"]
-    for el in lifelines:
-        svg.remove(el)
-    at = list(svg).index(background) + 1
-    for i, el in enumerate(lifelines):
-        svg.insert(at + i, el)
     return svg
 
 
 def _lifelines(svg: ET.Element, top: float, bottom: float) -> None:
+    """Drawn after the rows, so the exchanges' shading does not hide them."""
     for x in (LEFT_X, RIGHT_X):
         _sub(svg, "line", x1=x, y1=top, x2=x, y2=bottom, class_="life")
 

@@ -129,8 +129,8 @@ def test_ladder_matches_rfc_notation(case: str, decrypted: bool, tmp_path: Path)
         "IKE_SA_INIT response, message ID 0",
         "IKE_AUTH request, message ID 1",
         "IKE_AUTH response, message ID 1",
-        "INFORMATIONAL request, message ID 2",
-        "INFORMATIONAL response, message ID 2",
+        "INFORMATIONAL request, message ID 2" + (": delete IKE SA" if decrypted else ""),
+        "INFORMATIONAL response, message ID 2" + (": delete IKE SA" if decrypted else ""),
     ]
     # Time offsets from the first message, increasing.
     times = [float(h.split()[1].lstrip("+").rstrip("s")) for h in heads]
