@@ -364,6 +364,9 @@ def run_decode(argv: list[str]) -> int:
     except (OSError, pcap.CaptureError, pcap.HexError, keylog.KeylogError) as e:
         print(f"pyike decode: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # a bug: one line, never a traceback (the output so far stands)
+        print(f"pyike decode: internal error: {e!r}", file=sys.stderr)
+        return 70
     if count == 0:
         print("pyike decode: no IKE messages found", file=sys.stderr)
         return 1

@@ -265,12 +265,19 @@ document.querySelectorAll('button[data-open]').forEach(function (b) {
     document.querySelectorAll('.messages details').forEach(function (d) { d.open = open; });
   });
 });
+function openTarget() {  // an arrow's link opens that message's payloads
+  var d = document.getElementById(location.hash.slice(1));
+  if (d && d.tagName === 'DETAILS') { d.open = true; }
+}
+window.addEventListener('hashchange', openTarget);
+openTarget();
 document.body.setAttribute('data-ready', '1');  // the tests check the script ran
 """
 
 
-def _tree(parent: ET.Element, lines: list[str]) -> None:
-    """Indented text (two spaces a level) as nested <details>, leaves as <div>."""
+def _tree(parent: ET.Element, lines: list[str], depth: int = 0) -> None:
+    """Indented text (two spaces a level) as nested <details>, leaves as <div>. The
+    message header and the SK payload start open: the payload list shows at once."""
     i = 0
     while i < len(lines):
         depth = len(lines[i]) - len(lines[i].lstrip(" "))
@@ -278,9 +285,12 @@ def _tree(parent: ET.Element, lines: list[str]) -> None:
         while j < len(lines) and len(lines[j]) - len(lines[j].lstrip(" ")) > depth:
             j += 1
         if j > i + 1:
+            summary = lines[i].strip()
             d = _sub(parent, "details")
-            _sub(d, "summary", lines[i].strip())
-            _tree(d, lines[i + 1 : j])
+            if depth == 0 or summary.startswith(("SK ", "SKF ")):
+                d.set("open", "open")
+            _sub(d, "summary", summary)
+            _tree(d, lines[i + 1 : j], depth + 1)
         else:
             _sub(parent, "div", lines[i].strip(), class_="leaf")
         i = j

@@ -12,6 +12,7 @@ the drawing (non-white pixels, the exchange colours), the HTML page's script mus
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -42,6 +43,46 @@ AUTH_REQ_TAIL = (
     "N(MOBIKE_SUPPORTED), N(ADDITIONAL_IP6_ADDRESS), N(MULTIPLE_AUTH_SUPPORTED), "
     "N(EAP_ONLY_AUTHENTICATION), N(IKEV2_MESSAGE_ID_SYNC_SUPPORTED)"
 )
+
+
+REKEY_SAMPLE = Path(__file__).parent / "data" / "pyike-charon-rekey"
+R = " " * 32 + "<--  "
+# The pyike <-> charon run of tests/test_ladder_netns.py (Child SA and IKE SA rekeys, DELETEs),
+# stored in REKEY_SAMPLE: RFC 7296 1.2 + the notifies pyike and charon send.
+EXPECTED = [
+    "HDR, SAi1, KEi, Ni, N(NAT_DETECTION_SOURCE_IP), N(NAT_DETECTION_DESTINATION_IP), "
+    "N(SIGNATURE_HASH_ALGORITHMS)  -->",
+    R + "HDR, SAr1, KEr, Nr, N(NAT_DETECTION_SOURCE_IP), N(NAT_DETECTION_DESTINATION_IP), "
+    "N(SIGNATURE_HASH_ALGORITHMS), N(CHILDLESS_IKEV2_SUPPORTED), N(MULTIPLE_AUTH_SUPPORTED)",
+    # 1.2: HDR, SK {IDi, [CERT,] [CERTREQ,] [IDr,] AUTH, SAi2, TSi, TSr}
+    "HDR, SK {IDi, N(INITIAL_CONTACT), [IDr,] AUTH, SAi2, TSi, TSr}  -->",
+    # 1.2: HDR, SK {IDr, [CERT,] AUTH, SAr2, TSi, TSr}
+    R + "HDR, SK {IDr, AUTH, SAr2, TSi, TSr}",
+    # 1.3.3: HDR, SK {N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr}
+    "HDR, SK {N(REKEY_SA), SA, Ni, TSi, TSr}  -->",
+    R + "HDR, SK {SA, Nr, TSi, TSr}",
+    # 1.4.1: the old Child SA's DELETE, answered by the other direction's.
+    "HDR, SK {D}  -->",
+    R + "HDR, SK {D}",
+    # 1.3.2: HDR, SK {SA, Ni, KEi}
+    "HDR, SK {SA, Ni, KEi}  -->",
+    R + "HDR, SK {SA, Nr, KEr}",
+    # 1.4.1: deleting an IKE SA; the answer is empty. First the old one, then at
+    # SIGTERM the new one.
+    "HDR, SK {D}  -->",
+    R + "HDR, SK {}",
+    "HDR, SK {D}  -->",
+    R + "HDR, SK {}",
+]
+EXCHANGES = [
+    ("IKE_SA_INIT", 0, ""),
+    ("IKE_AUTH", 1, ""),
+    ("CREATE_CHILD_SA", 2, ": rekey Child SA"),
+    ("INFORMATIONAL", 3, ": delete Child SA"),
+    ("CREATE_CHILD_SA", 4, ": rekey IKE SA"),
+    ("INFORMATIONAL", 5, ": delete IKE SA"),  # on the old IKE SA
+    ("INFORMATIONAL", 0, ": delete IKE SA"),  # the new SA's message IDs restart at 0 (2.18)
+]
 
 
 def expected_ladder(case: str, decrypted: bool) -> list[str]:
@@ -494,3 +535,36 @@ def test_html_opens_without_errors(tmp_path: Path) -> None:
     for n in range(1, 7):
         assert f'<details id="m{n}"' in dom and f'href="#m{n}"' in dom
     assert "<svg" in dom and 'IDi ID_FQDN "carinho.lan"' in dom.replace("&quot;", '"')
+    assert not re.search(r'<details id="m3"[^>]*open', dom)
+    # Following an arrow's link (#m3) opens that message's payload tree.
+    r = chromium(tmp_path, "--dump-dom", html.as_uri() + "#m3")
+    assert re.search(r'<details id="m3"[^>]*open', r.stdout), r.stdout[:2000]
+
+
+@pytest.mark.parametrize("decrypted", [True, False], ids=["keylog", "no-keys"])
+def test_stored_rekey_capture(decrypted: bool) -> None:
+    """pyike <-> charon with a Child SA rekey, an IKE SA rekey and three DELETEs: every
+    message in RFC 7296 notation (1.2, 1.3.2, 1.3.3, 1.4), with its exchange's purpose."""
+    args = ["--ladder", "--width", "0", str(REKEY_SAMPLE / "ike.pcap")]
+    if decrypted:
+        args += ["--keylog", str(REKEY_SAMPLE / keylog.IKE_TABLE_NAME)]
+    r = run_decode(*args)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    if decrypted:
+        assert arrow_lines(r.stdout) == EXPECTED, r.stdout
+    else:
+        assert (
+            arrow_lines(r.stdout)
+            == EXPECTED[:2]
+            + [
+                "HDR, SK {encrypted}  -->",
+                R + "HDR, SK {encrypted}",
+            ]
+            * 6
+        )
+    heads = [h.split("  ", 2)[2] for h in headings(r.stdout)]
+    expected = []
+    for exchange, mid, what in EXCHANGES:
+        for kind in ("request", "response"):
+            expected.append(f"{exchange} {kind}, message ID {mid}{what if decrypted else ''}")
+    assert heads == expected, r.stdout
