@@ -228,7 +228,7 @@ class LadderBuilder:
         self._count = 0
         self._t0: float | None = None
         self._sides: dict[frozenset[str], tuple[str, str]] = {}
-        self._seen: dict[bytes, int] = {}
+        self._seen: dict[tuple[str, str, bytes], int] = {}
         self._purposes: dict[tuple[bytes, int, int], str] = {}
 
     def add(self, item: decode.Decoded) -> Step:
@@ -257,7 +257,11 @@ class LadderBuilder:
             left, right = "Initiator", "Responder"
             arrow = LEFT if msg is None or msg.is_initiator else RIGHT
         marks = []
-        first = self._seen.setdefault(item.data, n)
+        # The same bytes between the same hosts (RFC 7296 2.1: a retransmission
+        # is the message unchanged; ports may differ after a move to 4500).
+        first = self._seen.setdefault(
+            (src.rpartition(":")[0], dst.rpartition(":")[0], item.data), n
+        )
         if first != n:
             marks.append(f"retransmission of #{first}")
         step = _step(n, time, arrow, left, right, item, marks)

@@ -568,3 +568,44 @@ def test_stored_rekey_capture(decrypted: bool) -> None:
         for kind in ("request", "response"):
             expected.append(f"{exchange} {kind}, message ID {mid}{what if decrypted else ''}")
     assert heads == expected, r.stdout
+
+
+def test_two_host_pairs_get_their_own_lifelines(tmp_path: Path) -> None:
+    """A capture with two tunnels (other hosts, started by the other side): each pair
+    of hosts gets its own heading, initiator on the left as its first message says."""
+    from ipaddress import ip_address
+
+    grams = list(pcap.read_capture(SAMPLES / "aesgcm" / "ike.pcap"))
+    # The second tunnel: 198.51.100.2 initiates to 198.51.100.1 (addresses swapped).
+    a, b = ip_address("198.51.100.1"), ip_address("198.51.100.2")
+    other = [
+        replace(
+            d, src=b if str(d.src) == "192.0.2.1" else a, dst=b if str(d.dst) == "192.0.2.1" else a
+        )
+        for d in grams[:2]
+    ]
+    path = tmp_path / "two.pcap"
+    pcap.write_pcap(path, [grams[0], other[0], other[1], grams[1]])
+    r = run_decode("--ladder", "--width", "0", str(path), "--svg", str(tmp_path / "two.svg"))
+    assert r.returncode == 0, r.stderr
+    headers = [line.split() for line in r.stdout.splitlines() if line.startswith("Initiator")]
+    assert headers == [
+        ["Initiator", "192.0.2.1", "Responder", "192.0.2.2"],
+        ["Initiator", "198.51.100.2", "Responder", "198.51.100.1"],
+        ["Initiator", "192.0.2.1", "Responder", "192.0.2.2"],
+    ]
+    assert [line.endswith("-->") for line in arrow_lines(r.stdout)] == [True, True, False, False]
+    assert "retransmission" not in r.stdout  # the same bytes, but between other hosts
+    root = ET.parse(tmp_path / "two.svg").getroot()
+    heads = [
+        t.text for t in root.iter(f"{{{ladder_svg.SVG_NS}}}text") if t.get("class") == "addr mono"
+    ]
+    # One pair of header boxes per section: the first tunnel, the second, the first again.
+    assert heads == [
+        "192.0.2.1",
+        "192.0.2.2",
+        "198.51.100.2",
+        "198.51.100.1",
+        "192.0.2.1",
+        "192.0.2.2",
+    ]
