@@ -91,8 +91,10 @@ def run_separated(
         return _child(daemon, user, parent_pid, child_sock, store, early_hup, child_setup)
     child_sock.close()
     # The child owns these now; the parent keeps no handle on the network.
-    for s in daemon.driver.sockets.values():  # type: ignore[attr-defined]
-        s.sock.close()
+    # Driver.close(), not its socket table: every socket it has (the reuseport pair on
+    # port 500 included) must be closed here, or the kernel could steer datagrams to a
+    # socket that nobody reads.
+    daemon.driver.close()  # type: ignore[attr-defined]
     if dp is not None and dp.tun is not None:
         dp.tun.close()  # the device stays: the child holds its own descriptor
         dp.tun, dp.fd = None, -1
