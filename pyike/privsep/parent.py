@@ -243,10 +243,12 @@ class Parent:
             pass_on(signal.SIGHUP, None)
         try:
             self.serve_requests()
+            # Still forwarding while the child finishes (a signal now must not kill
+            # the parent before it reports the child's status).
+            _pid, status = os.waitpid(child_pid, 0)
         finally:
             for sig in forward:
                 signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.SIG_IGN)
-        _pid, status = os.waitpid(child_pid, 0)
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
 
