@@ -664,7 +664,7 @@ class Daemon:
 
         try:
             if dp is not None:
-                from pyike.dataplane import local_addresses_and_routes
+                from pyike.dataplane import local_addresses_and_routes, route_sources
 
                 assert self.config is not None
                 local, remote = local_addresses_and_routes(self.config.policies)
@@ -680,7 +680,8 @@ class Daemon:
 
                 try:
                     # Netlink set-up blocks (and pyroute2 runs its own loop): a thread.
-                    await asyncio.to_thread(dp.open, local, remote, family)
+                    sources = route_sources(self.config.policies)
+                    await asyncio.to_thread(dp.open, local, remote, family, sources)
                 except DataPlaneError as e:
                     raise DaemonError(str(e)) from e
                 dp.start(asyncio.get_running_loop())
