@@ -1,10 +1,13 @@
 """The pyike daemon: iked.conf policies + key files + the IKE core + the driver.
 
-This module holds the decisions iked makes outside the protocol itself:
-turning a parsed policy into what the core negotiates (:func:`sa_policy`),
-which policy answers a responder (pyike.config's rule), starting active
-policies, re-initiating with capped backoff when an SA dies (re-resolving
-the peer's host name every time), key logging, and reload on SIGHUP.
+This module turns a parsed policy into what the core negotiates
+(:func:`sa_policy`; policies are known by their :class:`~pyike.config.PolicyKey`,
+since two may share a name), picks the policy that answers a responder
+(pyike.config's rule), and carries out the recovery decisions of the sans-IO
+:class:`~pyike.supervisor.Supervisor` (starting active policies, capped backoff,
+replacements): it resolves the peer's host name afresh for every attempt, finds
+local addresses and routes, and feeds the supervisor the core's events as values.
+Also key logging and reload on SIGHUP.
 
 Staying up by itself (the guide's home side needed ``ping -i 5`` and 30-minute
 rekeys with iked): an idle IKE SA is probed after ``dpd_interval`` seconds

@@ -155,6 +155,18 @@ class PollUsage(Command):
     """Hand the data plane's byte counts of every Child SA to the core."""
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyStatus:
+    """One policy as the supervisor sees it (for a control socket, logs, tests)."""
+
+    key: PolicyKey
+    active: bool
+    sa: bytes | None  # the SPI of its current IKE SA
+    replacement: bytes | None  # a replacement being negotiated next to it
+    next_attempt: float | None  # when it tries again (backoff), if waiting
+    backoff: float  # the wait after the next failure
+
+
 # --------------------------------------------------------------------------- supervisor
 
 
@@ -393,6 +405,20 @@ class Supervisor:
         """The wait before the attempt after the next failure of ``key``."""
         return self._backoff.get(key, self.backoff_start)
 
+    def status(self) -> list[PolicyStatus]:
+        """Every configured policy, in configuration order."""
+        return [
+            PolicyStatus(
+                key,
+                p.active,
+                self.active.get(key),
+                self.replacing.get(key),
+                self.retry_at.get(key),
+                self.backoff_of(key),
+            )
+            for key, p in self.policies.items()
+        ]
+
     # ------------------------------------------------------------------ internals
 
     def _views(self) -> dict[bytes, SaView]:
@@ -523,6 +549,7 @@ __all__ = [
     "Initiate",
     "PathChange",
     "PeerId",
+    "PolicyStatus",
     "PollUsage",
     "SaPhase",
     "SaView",

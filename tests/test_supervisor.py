@@ -28,6 +28,7 @@ from pyike.supervisor import (
     DropSa,
     Initiate,
     PathChange,
+    PolicyStatus,
     PollUsage,
     SaPhase,
     SaView,
@@ -258,10 +259,13 @@ def test_network_change_cuts_a_pending_backoff_short() -> None:
     for _ in range(4):  # 1 + 2 + 4 + 8 s of failures: the next wait is 16 s
         h.advance(h.sup.retry_at[KEY] - h.now)
     assert h.sup.retry_at[KEY] - h.now == 16.0
+    (waiting,) = h.sup.status()
+    assert waiting == PolicyStatus(KEY, True, None, None, h.now + 16.0, 32.0)
     h.unreachable = False
     h.sup.network_changed(h.now, {})
     h.settle()
     assert h.sa().state == State.ESTABLISHED and not h.sup.retry_at
+    assert h.sup.status() == [PolicyStatus(KEY, True, h.sup.active[KEY], None, None, 1.0)]
 
 
 def test_sa_that_dies_is_reinitiated_after_the_backoff() -> None:
