@@ -138,19 +138,10 @@ def flows_to_selectors(policy: cfg.Policy) -> tuple[list, list]:
     return local, remote
 
 
-_NO_KEY = cfg.PolicyKey("")
-
-
-@dataclass(slots=True)
-class ConfiguredSaPolicy(SaPolicy):
-    """An SaPolicy that knows which configured policy it is: two policies may share
-    a name (iked accepts that), so SAs are matched to policies by this key."""
-
-    key: cfg.PolicyKey = _NO_KEY
-
-
 def policy_key(policy: SaPolicy) -> cfg.PolicyKey | None:
-    return policy.key if isinstance(policy, ConfiguredSaPolicy) else None
+    """Which configured policy an SA's policy is: two may share a name (iked
+    accepts that), so SAs are matched to policies by this key, never by name."""
+    return policy.key if isinstance(policy.key, cfg.PolicyKey) else None
 
 
 def sa_policy(
@@ -159,7 +150,7 @@ def sa_policy(
     options: Options,
     global_options: object | None = None,
     key: cfg.PolicyKey | None = None,
-) -> ConfiguredSaPolicy:
+) -> SaPolicy:
     """What the IKE core negotiates for one iked.conf policy."""
     key = key or cfg.PolicyKey(policy.name)
     if policy.srcid is None:
@@ -195,7 +186,7 @@ def sa_policy(
 
     local_ts, remote_ts = flows_to_selectors(policy)
     dpd = effective_dpd(options, global_options)
-    return ConfiguredSaPolicy(
+    return SaPolicy(
         key=key,
         name=str(key),  # the name, with "#2" for a second policy of that name
         ike_proposals=proposals.from_specs(policy.ike_proposals, ProtocolId.IKE),
@@ -307,7 +298,7 @@ class Daemon:
         self.options = options
         self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
         self.config: cfg.Config | None = None
-        self.policies: dict[cfg.PolicyKey, ConfiguredSaPolicy] = {}
+        self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
         self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
         self.endpoint = Endpoint(self._policy_for)
         self.driver = Driver(
@@ -347,7 +338,7 @@ class Daemon:
         for note in cfg.check_policies(self.config):  # `pyike -n` shows these as warnings
             log.info("note: %s", note)
         store = keys.KeyStore(self.options.keydir)
-        table: dict[cfg.PolicyKey, ConfiguredSaPolicy] = {}
+        table: dict[cfg.PolicyKey, SaPolicy] = {}
         configured: dict[cfg.PolicyKey, cfg.Policy] = {}
         for key, p in zip(cfg.policy_keys(self.config.policies), self.config.policies, strict=True):
             if self.options.force_active:

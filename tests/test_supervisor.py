@@ -18,7 +18,7 @@ from ipaddress import ip_address
 import pytest
 
 from pyike.config import PolicyKey
-from pyike.daemon import ConfiguredSaPolicy, feed_event, sa_views
+from pyike.daemon import feed_event, sa_views
 from pyike.ike import Endpoint, IkeSa, IkeSaClosed, SaPolicy, State
 from pyike.supervisor import (
     BACKOFF_CAP,
@@ -40,10 +40,8 @@ from tests.ike_pair import HOME, VM, VM_ID, Pair, default_pair
 KEY = PolicyKey("home")
 
 
-def keyed(policy: SaPolicy, key: PolicyKey) -> ConfiguredSaPolicy:
-    return ConfiguredSaPolicy(
-        key=key, **{f.name: getattr(policy, f.name) for f in dataclasses.fields(SaPolicy)}
-    )
+def keyed(policy: SaPolicy, key: PolicyKey) -> SaPolicy:
+    return dataclasses.replace(policy, key=key)
 
 
 class Home:
@@ -260,7 +258,7 @@ def test_network_change_cuts_a_pending_backoff_short() -> None:
         h.advance(h.sup.retry_at[KEY] - h.now)
     assert h.sup.retry_at[KEY] - h.now == 16.0
     (waiting,) = h.sup.status()
-    assert waiting == PolicyStatus(KEY, True, None, None, h.now + 16.0, 32.0)
+    assert waiting == PolicyStatus(KEY, True, None, None, h.now + 16.0, BACKOFF_CAP)
     h.unreachable = False
     h.sup.network_changed(h.now, {})
     h.settle()
