@@ -281,7 +281,7 @@ def feed_event(supervisor: Supervisor, event: Event, now: float) -> None:
     """Hand one core event to the supervisor, as values."""
     if isinstance(event, IkeSaEstablished):
         replaces = event.replaces.our_spi if event.replaces is not None else None
-        supervisor.sa_established(now, event.sa.our_spi, policy_key(event.sa.policy), replaces)
+        supervisor.sa_established(now, event.sa.our_spi, replaces)
     elif isinstance(event, InitialContact):
         supervisor.initial_contact(now, event.sa.our_spi, event.peer_id)
     elif isinstance(event, PeerLostSa):

@@ -287,17 +287,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------ core events
 
-    def sa_established(
-        self, now: float, spi: bytes, policy: PolicyKey | None, replaces: bytes | None = None
-    ) -> None:
+    def sa_established(self, now: float, spi: bytes, replaces: bytes | None = None) -> None:
         """IkeSaEstablished; ``replaces`` is set for an IKE SA rekey (2.8: the
         children moved to ``spi``, which takes over the old SA's place)."""
         if replaces is not None:
             for key, known in list(self.active.items()):
                 if known == replaces:
                     self.active[key] = spi
-        if policy is not None:
-            self._backoff.pop(policy, None)
+        sa = self._views().get(spi)
+        if sa is not None and sa.policy is not None:  # ours or the peer's: its policy works
+            self._backoff.pop(sa.policy, None)
         self._replacement_done(spi, now)
         self.start_active(now)
 

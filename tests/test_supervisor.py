@@ -48,8 +48,10 @@ class Home:
     """The home daemon without sockets: its Endpoint, its supervisor, and the
     carrying out of the supervisor's commands (what pyike.daemon.Daemon._do does)."""
 
-    def __init__(self, replace_after: float = 4.0) -> None:
-        self.p: Pair = default_pair(home_kw={"dpd_interval": 5.0}, vm_kw={"dpd_interval": 0.0})
+    def __init__(self, replace_after: float = 4.0, **home_kw: object) -> None:
+        self.p: Pair = default_pair(
+            home_kw={"dpd_interval": 5.0, **home_kw}, vm_kw={"dpd_interval": 0.0}
+        )
         self.policy = keyed(self.p.home_policy, KEY)
         self.sup = Supervisor(lambda: sa_views(self.p.home), replace_after=replace_after)
         self.sup.set_policies([SupervisedPolicy(KEY, True, VM_ID)], self.p.now)
@@ -279,6 +281,19 @@ def test_sa_that_dies_is_reinitiated_after_the_backoff() -> None:
     assert home.sa().state == State.ESTABLISHED
 
 
+def test_ike_sa_rekey_moves_the_policy_to_the_new_sa() -> None:
+    home = Home(ike_lifetime=20.0)
+    home.start()
+    old = home.sup.active[KEY]
+    home.advance(20.0)  # soft lifetime at 85-90 %: rekeyed (RFC 7296 2.8)
+    new = home.sup.active[KEY]
+    assert new != old and home.sa().state == State.ESTABLISHED
+    assert home.closed(old).error is False  # the rekey's orderly DELETE
+    # The old SA's end is no failure: no backoff, no new IKE SA from scratch.
+    assert len(home.commands(Initiate)) == 1 and not home.sup.retry_at
+    assert len(home.p.vm.sas) == 1
+
+
 def test_stop_ends_retries_and_replacements(home: Home) -> None:
     old = home.sup.active[KEY]
     stopped = home.now
@@ -392,7 +407,7 @@ def test_policies_sharing_a_name_each_get_their_sa() -> None:
     sup.start_active(0.5)
     assert drain(sup) == []  # waits for the first IKE SA to the peer
     sas[0] = view(b"spi-one!", policy=first)
-    sup.sa_established(1.0, b"spi-one!", first)
+    sup.sa_established(1.0, b"spi-one!")
     assert drain(sup) == [Initiate(second, initial_contact=False)]
     sup.initiated(second, b"spi-two!", 1.0)
     assert sup.active == {first: b"spi-one!", second: b"spi-two!"}
