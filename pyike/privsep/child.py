@@ -126,7 +126,9 @@ class SwitchableKeyStore:
         return self.backend.peer_public(id_type, ident)  # type: ignore[attr-defined]
 
 
-def sync_tun(client: PrivClient, dp: object, local: list, remote: list) -> list[str]:
+def sync_tun(
+    client: PrivClient, dp: object, local: list, remote: list, sources: dict | None = None
+) -> list[str]:
     """Make the TUN device's addresses and routes those of ``local``/``remote``
     (a reload changed the flows, or a network change may have lost a route): add
     and replace through the parent, remove what no policy has any more. Returns
@@ -144,7 +146,7 @@ def sync_tun(client: PrivClient, dp: object, local: list, remote: list) -> list[
         except PrivsepError as e:
             failed.append(f"address {a}: {e}")
     for key, net in want_route.items():
-        src = next((a for a in local if a.version == net.version), None)
+        src = (sources or {}).get(net) or next((a for a in local if a.version == net.version), None)
         try:
             client.route(True, ifname, net, src)
             have_route.add(key)

@@ -150,8 +150,8 @@ def _child(
     def tun_follows_config() -> None:
         if dp is None or daemon.config is None:  # type: ignore[attr-defined]
             return
-        local, remote_nets, _family = daemon.tun_plan()  # type: ignore[attr-defined]
-        for problem in sync_tun(client, dp, local, remote_nets):
+        local, remote_nets, _family, sources = daemon.tun_plan()  # type: ignore[attr-defined]
+        for problem in sync_tun(client, dp, local, remote_nets, sources):
             log.warning("TUN %s: %s", dp.tun_name, problem)
 
     daemon.after_reload.append(tun_follows_config)  # type: ignore[attr-defined]
