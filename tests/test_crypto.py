@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -275,7 +277,11 @@ def test_dh_two_party_agreement(group: DhId) -> None:
 
 
 ECP_GROUPS = (DhId.ECP_256, DhId.ECP_384, DhId.ECP_521)
-MODP_GROUPS = (DhId.MODP_1024, DhId.MODP_1536, DhId.MODP_2048, DhId.MODP_3072, DhId.MODP_4096)
+MODP_GROUPS = (
+    DhId.MODP_1024, DhId.MODP_1536, DhId.MODP_2048, DhId.MODP_3072, DhId.MODP_4096,
+    DhId.MODP_6144, DhId.MODP_8192,
+)  # fmt: skip
+MODP_BITS = {2: 1024, 5: 1536, 14: 2048, 15: 3072, 16: 4096, 17: 6144, 18: 8192}
 
 
 def _miller_rabin(n: int, bases: tuple[int, ...] = (3, 5, 7)) -> bool:
@@ -302,9 +308,87 @@ def test_modp_primes_are_the_rfc_safe_primes(group: DhId) -> None:
     almost surely make it composite."""
     prime = modp_prime(group)
     bits = dh_public_length(group) * 8
-    assert prime.bit_length() == bits == {2: 1024, 5: 1536, 14: 2048, 15: 3072, 16: 4096}[group]
+    assert prime.bit_length() == bits == MODP_BITS[group]
     assert prime >> (bits - 64) == prime & (2**64 - 1) == 2**64 - 1
-    assert _miller_rabin(prime) and _miller_rabin((prime - 1) // 2)
+    if bits <= 4096:  # 11 s for 8192 bits; the pi-formula test pins every prime exactly
+        assert _miller_rabin(prime) and _miller_rabin((prime - 1) // 2)
+
+
+def _pi_times_2_to(n: int) -> int:
+    """floor(pi * 2^n), by Machin's formula in integers (with guard bits)."""
+    guard = 64
+    one = 1 << (n + guard)
+
+    def arctan_inv(x: int) -> int:  # arctan(1/x) * one
+        total, term, k, sign = 0, one // x, 1, 1
+        while term:
+            total += sign * (term // k)
+            term //= x * x
+            k += 2
+            sign = -sign
+        return total
+
+    return (16 * arctan_inv(5) - 4 * arctan_inv(239)) >> guard
+
+
+# RFC 2409 6.2 and RFC 3526 2-7 define each prime as
+# p = 2^n - 2^(n-64) - 1 + 2^64 * (floor(2^(n-130) * pi) + k), publishing k.
+MODP_PI_OFFSETS = {
+    DhId.MODP_1024: 129093, DhId.MODP_1536: 741804, DhId.MODP_2048: 124476,
+    DhId.MODP_3072: 1690314, DhId.MODP_4096: 240904, DhId.MODP_6144: 929484,
+    DhId.MODP_8192: 4743158,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("group", MODP_GROUPS, ids=lambda g: DhId.name_of(g))
+def test_modp_primes_follow_the_rfc_pi_formula(group: DhId) -> None:
+    n = MODP_BITS[group]
+    k = MODP_PI_OFFSETS[group]
+    expected = 2**n - 2 ** (n - 64) - 1 + 2**64 * (_pi_times_2_to(n - 130) + k)
+    assert modp_prime(group) == expected
+
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+@pytest.mark.parametrize("group", [DhId.MODP_2048, DhId.MODP_8192], ids=DhId.name_of)
+def test_modp_public_value_matches_openssl(group: DhId) -> None:
+    """An independent implementation: OpenSSL's key in the same RFC 3526 group,
+    its private exponent fed to dh_from_private, must give OpenSSL's public value."""
+    assert OPENSSL is not None
+    name = f"group:modp_{MODP_BITS[group]}"
+    pem = subprocess.run(
+        [OPENSSL, "genpkey", "-algorithm", "DH", "-pkeyopt", name],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    text = subprocess.run(
+        [OPENSSL, "pkey", "-text", "-noout"], input=pem, capture_output=True, check=True,
+        timeout=60,
+    ).stdout.decode()  # fmt: skip
+
+    def field(label: str) -> bytes:
+        block = text.split(label + ":", 1)[1].split("\n")
+        hex_lines = []
+        for line in block[1:]:
+            if not line.startswith("    "):
+                break
+            hex_lines.append(line.strip().replace(":", ""))
+        return bytes.fromhex("".join(hex_lines))
+
+    x, y = field("private-key"), field("public-key")
+    ours = dh_from_private(group, x)
+    assert ours.public_bytes == y.lstrip(b"\0").rjust(dh_public_length(group), b"\0")
+    # And the other direction of the exchange: OpenSSL's y is a valid peer value.
+    peer = dh_generate(group)
+    assert peer.shared(ours.public_bytes) == ours.shared(peer.public_bytes)
+
+
+def test_modp_exponents_are_short_and_fresh() -> None:
+    """SP 800-56A 5.6.1.1.4: exponents of 2 * security strength bits, new each time."""
+    a, b = dh_generate(DhId.MODP_8192), dh_generate(DhId.MODP_8192)
+    assert a.public_bytes != b.public_bytes
+    assert 2 < a._x < 2**400  # type: ignore[attr-defined]
 
 
 def test_modp_known_exponent_public_value() -> None:
@@ -402,6 +486,7 @@ def test_dh_from_private_refuses_bad_private_values() -> None:
         (DhId.ECP_256, b"\xff" * 32),  # scalar >= n
         (DhId.CURVE25519, bytes(31)),
         (DhId.MODP_2048, b"\x01"),
+        (DhId.MODP_8192, b"\x00"),
     ]:
         with pytest.raises(CryptoError):
             dh_from_private(group, private)
