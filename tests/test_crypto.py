@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,7 +88,8 @@ def std_prf_plus(alg: PrfId, key: bytes, seed: bytes, length: int) -> bytes:
 
 GCM_SUITES = [(EncrId.AES_GCM_16, bits, IntegId.NONE) for bits in (128, 256)]
 CBC_SUITES = [(EncrId.AES_CBC, bits, integ) for bits in (128, 192, 256) for integ in INTEG_ORACLE]
-ALL_SUITES = GCM_SUITES + CBC_SUITES
+CHACHA_SUITES = [(EncrId.CHACHA20_POLY1305, 0, IntegId.NONE)]  # RFC 7634: no Key Length
+ALL_SUITES = GCM_SUITES + CBC_SUITES + CHACHA_SUITES
 
 
 def suite_id(suite: tuple[EncrId, int, IntegId]) -> str:
@@ -114,11 +115,14 @@ def test_keymat_lengths() -> None:
     assert encr_keymat_length(EncrId.AES_GCM_16, 128) == 20
     assert encr_keymat_length(EncrId.AES_GCM_16, 256) == 36
     assert [encr_keymat_length(EncrId.AES_CBC, b) for b in (128, 192, 256)] == [16, 24, 32]
+    # RFC 7634 3: a 32-octet key and a 4-octet salt, no Key Length attribute.
+    assert encr_keymat_length(EncrId.CHACHA20_POLY1305, 0) == 36
     for integ, (std, key_len, icv_len) in INTEG_ORACLE.items():
         assert integ_key_length(integ) == key_len == std().digest_size
         assert integ_icv_length(integ) == icv_len
     assert integ_key_length(IntegId.NONE) == integ_icv_length(IntegId.NONE) == 0
     assert is_aead(EncrId.AES_GCM_16) and not is_aead(EncrId.AES_CBC)
+    assert is_aead(EncrId.CHACHA20_POLY1305)
     for alg, std in STD_HASH.items():
         assert prf_output_length(alg) == std().digest_size
 
@@ -198,6 +202,8 @@ def test_derive_ike_keys(prf_alg: PrfId, suite: tuple[EncrId, int, IntegId]) -> 
     prf_len = STD_HASH[prf_alg]().digest_size
     a_len = INTEG_ORACLE[integ][1] if integ != IntegId.NONE else 0
     e_len = bits // 8 + (4 if encr == EncrId.AES_GCM_16 else 0)
+    if encr == EncrId.CHACHA20_POLY1305:
+        e_len = 32 + 4  # RFC 7634 3: key and salt
     lengths = [prf_len, a_len, a_len, e_len, e_len, prf_len, prf_len]
 
     skeyseed = std_prf(prf_alg, NI + NR, GIR)
@@ -577,6 +583,18 @@ def test_skcipher_open_random_bytes(suite: tuple[EncrId, int, IntegId], body: by
 
 
 _CIPHERS = {suite_id(s): make_cipher(s) for s in ALL_SUITES}
+
+
+def test_chacha20_format_matches_rfc7634() -> None:
+    """Decrypt with a bare ChaCha20Poly1305: nonce = salt | IV, AAD = header octets,
+    plaintext = payloads | Pad Length 0 (RFC 7634 3, as RFC 5282)."""
+    key = os.urandom(36)
+    cipher = SkCipher(EncrId.CHACHA20_POLY1305, 0, IntegId.NONE, key, b"")
+    body = cipher.seal(AAD, b"inner payloads")
+    plain = ChaCha20Poly1305(key[:32]).decrypt(key[32:] + body[:8], body[8:], AAD)
+    assert plain == b"inner payloads\x00"
+    with pytest.raises(UnsupportedAlgorithm):  # RFC 7634 2: no Key Length attribute
+        SkCipher(EncrId.CHACHA20_POLY1305, 256, IntegId.NONE, key, b"")
 
 
 def test_gcm_bad_pad_length_fails() -> None:
