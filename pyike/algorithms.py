@@ -275,7 +275,7 @@ class PrfAlg:
         """Output octets; also the "preferred key length" of RFC 7296 2.14."""
         if self.hash is None:
             raise ValueError(f"PRF {self.name} is not implemented")
-        return self.hash.digest_size
+        return self.hash().digest_size
 
     def serves(self, use: Use) -> bool:
         return self.hash is not None
