@@ -495,6 +495,47 @@ def test_chacha20_poly1305_charon_initiator(two_hosts: TwoHosts, tmp_path: Path)
     assert "Traceback" not in pyike.log()
 
 
+# --- MODP groups: pyike's own modular arithmetic against charon's (openssl) -------------
+
+
+@pytest.mark.parametrize("bits", [2048, 8192])
+def test_modp_group_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, bits: int) -> None:
+    """An IKE SA keyed by MODP Diffie-Hellman (RFC 3526) computed with Python integers:
+    IKE_AUTH only verifies if both ends derived the same g^ir."""
+    _need_tools()
+    home, vm = two_hosts
+    k = _keys()
+    _add_inner(vm, VM_INNER)
+    home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
+    suite = Suite(
+        f"modp{bits}",
+        f"aes256gcm16-prfsha256-modp{bits}",
+        f"ikesa enc aes-256-gcm prf hmac-sha2-256 group modp{bits}",
+        "aes256gcm16",
+        f"enc aes-256-gcm group modp{bits} prf hmac-sha2-256",
+    )
+    conf = _home_conf(tmp_path / "home-iked.conf", suite.pyike)
+    charon = _charon(
+        vm, tmp_path / "charon", home=False, own=k.vm, peer_public=k.home.public_key(),
+        suite=suite, rfc7427=True,
+    )  # fmt: skip
+    with charon:
+        charon.load()
+        pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
+        try:
+            pyike.wait_log(
+                rf"established peer .*policy 'tun' as initiator \({re.escape(suite.established)}\)",
+                timeout=TIMEOUT_S,
+            )
+            pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
+            charon.wait_established(timeout=TIMEOUT_S)
+            (sa,) = charon.list_sas()
+            assert sa["dh-group"] == f"MODP_{bits}", sa
+        finally:
+            pyike.stop()
+    assert "Traceback" not in pyike.log()
+
+
 # --- failures ------------------------------------------------------------------------------
 
 
