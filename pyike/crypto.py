@@ -1,8 +1,10 @@
 """IKEv2 cryptography: PRFs, key derivation, Diffie-Hellman, SK payload protection, AUTH.
 
-Every primitive (HMAC, hashes, AES-GCM, AES-CBC, ECDH, X25519, MODP DH, ECDSA,
-Ed25519) comes from the ``cryptography`` package; this module only writes the
-IKEv2 constructions around them:
+Every primitive (HMAC, hashes, AES-GCM, ChaCha20-Poly1305, AES-CBC, ECDH, X25519,
+ECDSA, Ed25519) comes from the ``cryptography`` package, except MODP Diffie-Hellman,
+which is modular exponentiation with Python integers (the library deprecates its
+finite-field DH). Which transform has which sizes and constructor is read from
+``pyike.algorithms``. This module writes the IKEv2 constructions around them:
 
 ==========================  ====================================================
 What                        Where (RFC)
@@ -10,12 +12,13 @@ What                        Where (RFC)
 prf, prf+                   ``prf``, ``prf_plus`` (RFC 7296 2.13, RFC 4868)
 SKEYSEED and SK_*           ``derive_ike_keys`` (RFC 7296 2.14, rekey 2.18)
 child SA KEYMAT             ``derive_child_keys`` (RFC 7296 2.17)
-key lengths                 ``encr_keymat_length`` (GCM salt: RFC 4106 8.1 /
-                            RFC 5282 7.1), ``integ_key_length`` (RFC 4868 2.1)
+key lengths                 ``encr_keymat_length`` (AEAD salt: RFC 4106 8.1 /
+                            RFC 5282 7.1 / RFC 7634 3), ``integ_key_length``
+                            (RFC 4868 2.1)
 Diffie-Hellman              ``dh_generate``, ``dh_from_private``, ``DhPrivate``
                             (RFC 7296 3.4, RFC 5903, RFC 7748, RFC 8031,
-                            RFC 3526, RFC 6989)
-SK payload encrypt/decrypt  ``SkCipher`` (RFC 7296 3.14, RFC 5282)
+                            RFC 3526, RFC 6989, NIST SP 800-56A)
+SK payload encrypt/decrypt  ``SkCipher`` (RFC 7296 3.14, RFC 5282, RFC 7634)
 AUTH payload                ``auth_octets``, ``sign_auth``, ``verify_auth``,
                             ``psk_auth`` (RFC 7296 2.15, RFC 4754, RFC 7427,
                             RFC 8420)
