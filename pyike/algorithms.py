@@ -6,8 +6,8 @@ Every other module asks this table instead of stating its own facts:
 * ``config``    the iked.conf(5) names (in iked's parse.y order, since iked takes the
                 first name a word is a prefix of) and whether a configured transform
                 can be served; a configured transform that cannot is refused there.
-* ``proposals`` what goes on the wire: ``offerable`` keeps only what can be served,
-                so iked's defaults (which include 3DES) never offer it.
+* ``proposals`` what goes on the wire: ``from_specs`` keeps only what ``servable``
+                says can be served, so iked's defaults (which list 3DES) never offer it.
 * ``crypto``    key material lengths, PRF hashes and the AEAD/CBC constructors for
                 SK payloads (RFC 7296 3.14, RFC 5282, RFC 7634 3).
 * ``esp``       the same for ESP (RFC 4303, RFC 4106, RFC 7634 2).
@@ -21,7 +21,7 @@ refusal instead of an offer pyike could not keep.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -57,7 +57,6 @@ __all__ = [
     "encr",
     "group",
     "integ",
-    "names",
     "prf",
 ]
 
@@ -357,12 +356,3 @@ _GROUP_BY_ID = {g.id: g for g in GROUPS}
 
 def group(group_id: int) -> GroupAlg | None:
     return _GROUP_BY_ID.get(group_id)
-
-
-def names(rows: Iterable[EncrAlg | IntegAlg | PrfAlg | GroupAlg], use: Use) -> list[str]:
-    """The iked.conf names of the rows pyike serves for `use`, for error messages."""
-    out: list[str] = []
-    for row in rows:
-        if row.serves(use):
-            out.extend(n for n in row.names if not n.startswith("grp"))
-    return out
