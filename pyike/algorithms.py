@@ -279,6 +279,12 @@ class PrfAlg:
     def serves(self, use: Use) -> bool:
         return self.hash is not None
 
+    def new_prf(self, key: bytes) -> crypto_hmac.HMAC:
+        """prf(K, .) of RFC 7296 2.13 keyed with `key`: update() then finalize()."""
+        if self.hash is None:
+            raise ValueError(f"PRF {self.name} is not implemented")
+        return crypto_hmac.HMAC(key, self.hash())
+
 
 PRFS: tuple[PrfAlg, ...] = (
     PrfAlg(PrfId.HMAC_MD5, ("hmac-md5",)),

@@ -119,24 +119,24 @@ class AuthenticationError(CryptoError):
 _PRF_PLUS_MAX_ITERATIONS = 255
 
 
-def _prf_hash(alg: int) -> type[hashes.HashAlgorithm]:
+def _prf(alg: int) -> algorithms.PrfAlg:
     # RFC 7296 3.3.2 / RFC 4868 2.1: every PRF pyike serves is an HMAC (algorithms.PRFS).
     row = algorithms.prf(alg)
     if row is None or row.hash is None:
         raise UnsupportedAlgorithm(f"PRF {PrfId.name_of(alg)} not supported")
-    return row.hash
+    return row
 
 
 def prf(alg: PrfId, key: bytes, data: bytes) -> bytes:
     """prf(K, S) of RFC 7296 2.13: HMAC with the negotiated hash, full output."""
-    mac = crypto_hmac.HMAC(key, _prf_hash(alg)())
+    mac = _prf(alg).new_prf(key)
     mac.update(data)
     return mac.finalize()
 
 
 def prf_output_length(alg: PrfId) -> int:
     """Output length in octets; also the "preferred key length" of RFC 7296 2.14."""
-    return _prf_hash(alg).digest_size
+    return _prf(alg).output_len
 
 
 def prf_plus(alg: PrfId, key: bytes, seed: bytes, length: int) -> bytes:
