@@ -1,7 +1,7 @@
 """Command line: ``pyike`` (the daemon, flags as in iked(8)) and its tools.
 
     pyike [-dnStv] [-D macro=value] [-f file] [--keydir dir] [--active] ...
-    pyike keygen [--keydir dir] [--curve secp384r1] [--force]
+    pyike keygen [--keydir dir] [--type rsa|p256|p384|p521] [--force]
     pyike decode FILE [--keylog FILE|DIR] [--hex]
     pyike demo
 
@@ -244,17 +244,27 @@ def run_daemon(argv: list[str]) -> int:
 def run_keygen(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="pyike keygen",
-        description="Create an ECDSA key pair in iked's layout (private/local.key and local.pub).",
+        description="Create a key pair in iked's layout (private/local.key and local.pub).",
     )
     p.add_argument("--keydir", type=Path, default=Path("/etc/iked"))
+    p.add_argument(
+        "--type",
+        dest="key_type",
+        default=None,
+        choices=["rsa", "p256", "p384", "p521"],
+        help="key type (default p384); rsa is RSA-2048 unless --bits says otherwise",
+    )
+    p.add_argument("--bits", type=int, default=2048, help="RSA key size (at least 2048)")
     p.add_argument("--curve", default="secp384r1", choices=["secp256r1", "secp384r1", "secp521r1"])
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
     args = p.parse_args(argv)
     from pyike import keys
 
     try:
-        written = keys.keygen(args.keydir, args.curve, args.force)
-    except keys.KeyFileError as e:
+        written = keys.keygen(
+            args.keydir, args.curve, args.force, key_type=args.key_type, rsa_bits=args.bits
+        )
+    except (keys.KeyFileError, ValueError) as e:
         print(f"pyike keygen: {e}", file=sys.stderr)
         return 1
     for path in written:
