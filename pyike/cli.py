@@ -2,6 +2,7 @@
 
     pyike [-dnStv] [-D macro=value] [-f file] [--keydir dir] [--active] ...
     pyike keygen [--keydir dir] [--type rsa|p256|p384|p521] [--force]
+    pyike ca [--cadir dir] NAME create|install|export|certificate HOST ...
     pyike decode FILE [--keylog FILE|DIR] [--hex]
     pyike demo
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from pyike import __version__
 
-SUBCOMMANDS = ("keygen", "decode", "demo")
+SUBCOMMANDS = ("keygen", "ca", "decode", "demo")
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
@@ -276,6 +277,62 @@ def run_keygen(argv: list[str]) -> int:
     return 0
 
 
+CA_USAGE = """\
+pyike ca [--cadir /etc/ssl] [--type rsa|p256|p384|p521] NAME COMMAND ...
+  NAME create [password PASSWORD]        a new CA in CADIR/NAME (as ikectl ca NAME create)
+  NAME install [KEYDIR]                  ca/ca.crt and crls/ca.crl into KEYDIR (/etc/iked)
+  NAME export                            ca.tgz here: the CA certificate and CRL
+  NAME certificate HOST create [--days N] [server|client]
+                                         key and certificate for HOST (an FQDN, an IP
+                                         address or user@domain: its subjectAltName)
+  NAME certificate HOST install [KEYDIR] private/local.key, local.pub, certs/HOST.crt
+  NAME certificate HOST export           HOST.tgz here, for tar -C /etc/iked -xzpf
+  NAME certificate HOST revoke           revoke it and re-issue ca.crl"""
+
+
+def run_ca(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pyike ca", usage=CA_USAGE, add_help=True)
+    p.add_argument("--cadir", type=Path, default=Path("/etc/ssl"))
+    p.add_argument(
+        "--type", dest="key_type", default="rsa", choices=["rsa", "p256", "p384", "p521"]
+    )
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("words", nargs="+")
+    args = p.parse_args(argv)
+    from pyike.ca import Ca, CaError
+
+    w = args.words
+    ca = Ca(w[0], args.cadir)
+    try:
+        match w[1:]:
+            case ["create", *rest]:
+                password = rest[1] if len(rest) == 2 and rest[0] == "password" else None
+                if rest and password is None:
+                    p.error(f"unexpected {' '.join(rest)!r} after create")
+                print(ca.create(password=password, key_type=args.key_type))
+            case ["install", *rest] if len(rest) <= 1:
+                for path in ca.install(Path(rest[0]) if rest else Path("/etc/iked")):
+                    print(path)
+            case ["export"]:
+                print(ca.export(None))
+            case ["certificate", host, "create", *rest] if rest in ([], ["server"], ["client"]):
+                usage = rest[0] if rest else "both"
+                print(ca.certificate(host, days=args.days, key_type=args.key_type, usage=usage))
+            case ["certificate", host, "install", *rest] if len(rest) <= 1:
+                for path in ca.install_host(host, Path(rest[0]) if rest else Path("/etc/iked")):
+                    print(path)
+            case ["certificate", host, "export"]:
+                print(ca.export(host))
+            case ["certificate", host, "revoke"]:
+                print(ca.revoke(host))
+            case _:
+                p.error(f"unknown command: {' '.join(w)}")
+    except (CaError, OSError) as e:
+        print(f"pyike ca: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run_decode(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="pyike decode",
@@ -329,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
-        return {"keygen": run_keygen, "decode": run_decode, "demo": run_demo}[cmd](rest)
+        commands = {"keygen": run_keygen, "ca": run_ca, "decode": run_decode, "demo": run_demo}
+        return commands[cmd](rest)
     return run_daemon(argv)
 
 
