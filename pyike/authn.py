@@ -144,3 +144,112 @@ class Credentials:
                 f"({signatures.describe_key(key)}) does not verify: {e}"
             ) from None
         return f"{AuthMethod.name_of(auth.method)} with the {source}"
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def local_identity(
+    store: certs.CertStore | None,
+    local_key: keys.PrivateKey,
+    local_id: tuple[int, bytes],
+    id_from_hostname: bool,
+) -> tuple[x509.Certificate | None, tuple[int, bytes], list[str]]:
+    """(our certificate, our ID, warnings) for a policy.
+
+    The certificate is the one in certs/ that holds our public key and names our ID.
+    Without a configured srcid (iked then uses the host name) the ID comes from our
+    certificate instead: its first subjectAltName, else its subject.
+    """
+    if store is None or not store.host_certs:
+        return None, local_id, []
+    public_der = keys.public_key_der(local_key.public_key())  # type: ignore[arg-type]
+    mine = store.certs_for_key(public_der)
+    if not mine:
+        names = ", ".join(p.name for p, _c in store.host_certs)
+        return (
+            None,
+            local_id,
+            [
+                f"no certificate in {store.keydir / certs.CERTS_DIR}/ ({names}) holds the public "
+                f"key of {store.keydir / keys.PRIVATE_KEY_NAME}: authenticating with the raw key"
+            ],
+        )
+    if id_from_hostname:
+        id_type, text = certs.id_of_cert(mine[0][1])
+        local_id = (int(id_type), certs.id_payload_data(id_type, text))
+    cert = store.local_cert(*local_id, public_der)
+    if cert is None:
+        ids = ", ".join(f"{p.name}: {certs.id_of_cert(c)[1]}" for p, c in mine)
+        return (
+            None,
+            local_id,
+            [
+                f"srcid {_id_text(local_id)} matches no certificate in "
+                f"{store.keydir / certs.CERTS_DIR}/ ({ids}): authenticating with the raw key"
+            ],
+        )
+    return cert, local_id, []
+
+
+def _id_text(ident: tuple[int, bytes]) -> str:
+    from pyike.ike import id_text
+
+    return id_text(*ident)
+
+
+def check_keydir(keydir: object, policies: Sequence[object]) -> list[str]:
+    """``pyike -n``: problems with the key and certificate files the policies need.
+
+    Each names the file: unreadable or unparsable files in ca/, certs/ and crls/, a
+    missing or unusable private/local.key, a srcid no certificate matches, and
+    certificates out of their validity period.
+    """
+    from pathlib import Path
+
+    keydir = Path(str(keydir))
+    store = certs.CertStore.load(keydir)
+    out = list(store.problems)
+    signing = [p for p in policies if (getattr(p, "auth", None) is None or p.auth.method != "psk")]  # type: ignore[attr-defined]
+    if not signing:
+        return out
+    try:
+        local_key = keys.KeyStore(keydir).local_private()
+    except keys.KeyFileError as e:
+        return [*out, str(e)]
+    now = certs._utc(None)
+    for path, cert in [*store.host_certs, *zip(store.ca_paths, store.cas, strict=True)]:
+        if now > cert.not_valid_after_utc:
+            out.append(
+                f"{path}: certificate {certs.describe(cert)} expired on "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}"
+            )
+    if store.cas and not store.host_certs:
+        out.append(
+            f"{keydir / certs.CERTS_DIR}/ holds no certificate (ca/ has "
+            f"{len(store.cas)}): pyike will authenticate with its raw key"
+        )
+    if store.host_certs and not store.cas:
+        out.append(
+            f"{keydir / certs.CA_DIR}/ holds no CA certificate: peers' certificates "
+            "cannot be verified"
+        )
+    for p in signing:
+        keyword = p.auth.method if p.auth is not None else "signature"  # type: ignore[attr-defined]
+        try:
+            signatures.check_key(local_key, keyword)
+        except CryptoError as e:
+            out.append(f"policy '{p.name}': {keys.KeyStore(keydir).private_key_path}: {e}")  # type: ignore[attr-defined]
+        srcid = p.srcid  # type: ignore[attr-defined]
+        if srcid is None:
+            continue
+        try:
+            local_id = (int(srcid[0]), certs.id_payload_data(*srcid))
+        except (certs.CertError, ValueError) as e:
+            out.append(f"policy '{p.name}': srcid {srcid[1]}: {e}")  # type: ignore[attr-defined]
+            continue
+        _cert, _id, warnings = local_identity(
+            store, local_key, local_id, bool(getattr(p, "srcid_from_hostname", False))
+        )
+        out += [f"policy '{p.name}': {w}" for w in warnings]  # type: ignore[attr-defined]
+    return out

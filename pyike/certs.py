@@ -251,6 +251,7 @@ class CertStore:
 
     keydir: Path
     cas: list[x509.Certificate] = field(default_factory=list)
+    ca_paths: list[Path] = field(default_factory=list)  # the file of each entry in cas
     host_certs: list[tuple[Path, x509.Certificate]] = field(default_factory=list)
     crls: list[tuple[Path, x509.CertificateRevocationList]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -261,6 +262,7 @@ class CertStore:
         for path in store._files(CA_DIR, (".crt", ".pem", ".der", ".cer")):
             for cert in store._read(path, _load_certs, "CA certificate"):
                 store.cas.append(cert)
+                store.ca_paths.append(path)
         for path in store._files(CERTS_DIR, (".crt", ".pem", ".der", ".cer")):
             for cert in store._read(path, _load_certs, "certificate"):
                 store.host_certs.append((path, cert))

@@ -192,6 +192,10 @@ def run_daemon(argv: list[str]) -> int:
             print(cfg.format_policy(p))
         for w in cfg.check_policies(conf):
             print(f"pyike: warning: {w}", file=sys.stderr)
+        from pyike.authn import check_keydir
+
+        for w in check_keydir(args.keydir, [p for p in conf.policies if not p.skip]):
+            print(f"pyike: warning: {w}", file=sys.stderr)
         print("configuration OK", file=sys.stderr)
         return 0
     try:

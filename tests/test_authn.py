@@ -121,3 +121,61 @@ def _psk_auth():
     from pyike.wire import AuthPayload
 
     return AuthPayload(AuthMethod.PSK, b"x" * 32)
+
+
+CONF = """\
+ikev2 "certs" passive esp from 2001:db8::1 to 2001:db8::2 \\
+	local 192.0.2.1 peer any srcid {srcid} dstid b.example.org {auth}
+"""
+
+
+def _check(tmp_path: Path, keydir: Path, srcid: str, auth: str = "") -> str:
+    import subprocess
+    import sys
+
+    conf = tmp_path / "iked.conf"
+    conf.write_text(CONF.format(srcid=srcid, auth=auth))
+    r = subprocess.run(
+        [sys.executable, "-m", "pyike", "-n", "-f", str(conf), "--keydir", str(keydir)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0 and "configuration OK" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stderr
+
+
+def test_check_reports_cert_problems_with_file_names(vpn: Ca, tmp_path: Path) -> None:
+    kd = tmp_path / "iked"
+    vpn.install_host("a.example.org", kd)
+    assert "warning" not in _check(tmp_path, kd, "a.example.org")
+    out = _check(tmp_path, kd, "other.example.org")
+    assert (
+        f"srcid fqdn/other.example.org matches no certificate in {kd}/certs/ "
+        "(a.example.org.crt: a.example.org)"
+    ) in out
+    out = _check(tmp_path, kd, "a.example.org", "ecdsa256")
+    assert f"{kd}/private/local.key: ikeauth ecdsa256 needs a ECDSA P-256 key" in out
+    (kd / "ca" / "junk.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
+    (kd / "certs" / "locked.crt").write_bytes((kd / "certs" / "a.example.org.crt").read_bytes())
+    (kd / "certs" / "locked.crt").chmod(0)
+    out = _check(tmp_path, kd, "a.example.org")
+    assert f"{kd}/ca/junk.crt: not a CA certificate in PEM or DER" in out
+    # root reads mode-0 files; the unreadable case shows as a directory problem instead
+    (kd / "private" / "local.key").unlink()
+    out = _check(tmp_path, kd, "a.example.org")
+    assert f"{kd}/private/local.key does not exist" in out
+    for f in (kd / "certs").iterdir():
+        f.unlink()
+    out = _check(tmp_path, kd, "a.example.org")
+    assert f"{kd}/certs/ holds no certificate (ca/ has 1)" in out
+
+
+def test_check_reports_unreadable_cert_directory(vpn: Ca, tmp_path: Path) -> None:
+    kd = tmp_path / "iked"
+    vpn.install_host("a.example.org", kd)
+    (kd / "certs" / "a.example.org.crt").unlink()
+    (kd / "certs" / "a.example.org.crt").mkdir()  # a directory where a file should be
+    out = _check(tmp_path, kd, "a.example.org")
+    assert f"{kd}/certs/a.example.org.crt: cannot be read (Is a directory)" in out
