@@ -213,10 +213,6 @@ def check_keydir(keydir: object, policies: Sequence[object]) -> list[str]:
     signing = [p for p in policies if (getattr(p, "auth", None) is None or p.auth.method != "psk")]  # type: ignore[attr-defined]
     if not signing:
         return out
-    try:
-        local_key = keys.KeyStore(keydir).local_private()
-    except keys.KeyFileError as e:
-        return [*out, str(e)]
     now = certs._utc(None)
     for path, cert in [*store.host_certs, *zip(store.ca_paths, store.cas, strict=True)]:
         if now > cert.not_valid_after_utc:
@@ -234,6 +230,10 @@ def check_keydir(keydir: object, policies: Sequence[object]) -> list[str]:
             f"{keydir / certs.CA_DIR}/ holds no CA certificate: peers' certificates "
             "cannot be verified"
         )
+    try:
+        local_key = keys.KeyStore(keydir).local_private()
+    except keys.KeyFileError as e:
+        return [*out, str(e)]
     for p in signing:
         keyword = p.auth.method if p.auth is not None else "signature"  # type: ignore[attr-defined]
         try:
