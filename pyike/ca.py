@@ -298,6 +298,18 @@ class Ca:
             .last_update(now - dt.timedelta(minutes=5))
             .next_update(now + dt.timedelta(days=CRL_DAYS))
         )
+        # RFC 5280 5.2.1 and 5.2.3: authorityKeyIdentifier (peers such as strongSwan
+        # find a CA's CRL by it) and a CRL number that grows with each issue.
+        number_path = self.path / "crlnumber"
+        try:
+            number = int(number_path.read_text().strip() or "0", 16) + 1
+        except (FileNotFoundError, ValueError):
+            number = 1
+        number_path.write_text(f"{number:02X}\n")
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        ).add_extension(x509.CRLNumber(number), critical=False)
         for serial, when in self._revoked_serials():
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
