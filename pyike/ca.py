@@ -108,6 +108,11 @@ class Ca:
     name: str
     cadir: Path = DEFAULT_CADIR
 
+    def __post_init__(self) -> None:
+        self.cadir = Path(self.cadir)
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise CaError(f"{self.name!r} cannot name a CA")
+
     @property
     def path(self) -> Path:
         return self.cadir / self.name

@@ -271,11 +271,17 @@ def _roles(home: Side, vm: Side, pyike_initiates: bool) -> tuple[Side, Side]:
 
 
 @pytest.mark.parametrize("pyike_initiates", [True, False], ids=["pyike-init", "charon-init"])
-@pytest.mark.parametrize("maker", ["pyike-ca", "openssl"])
+@pytest.mark.parametrize("maker", ["pyike-ca", "openssl", "mixed"])
 def test_certificates(
     two_hosts: TwoHosts, tmp_path: Path, pyike_initiates: bool, maker: str
 ) -> None:
-    home, vm = _pyike_ca(tmp_path)[:2] if maker == "pyike-ca" else _openssl_ca(tmp_path)
+    if maker == "mixed":
+        # home's certificate from `pyike ca`, the VM's from an openssl CA; both trust both.
+        home, _, _ = _pyike_ca(tmp_path)
+        _, vm = _openssl_ca(tmp_path)
+        home.ca_pems = vm.ca_pems = home.ca_pems + vm.ca_pems
+    else:
+        home, vm = _pyike_ca(tmp_path)[:2] if maker == "pyike-ca" else _openssl_ca(tmp_path)
     ours, theirs = _roles(home, vm, pyike_initiates)
     plog, clog = run(two_hosts, tmp_path, pyike_initiates=pyike_initiates, pyike=ours,
                      charon=theirs)  # fmt: skip
