@@ -32,7 +32,13 @@ log = logging.getLogger("pyike.authn")
 
 
 class AuthFailure(Exception):
-    """The peer's identity could not be verified (AUTHENTICATION_FAILED)."""
+    """The peer's identity could not be verified (AUTHENTICATION_FAILED).
+
+    ``names_peer``: the message already names the peer's ID (else the core adds it)."""
+
+    def __init__(self, message: str, *, names_peer: bool = False) -> None:
+        super().__init__(message)
+        self.names_peer = names_peer
 
 
 def _no_key(_t: int, _d: bytes) -> object | None:
@@ -140,8 +146,9 @@ class Credentials:
             signatures.verify(key, auth.method, octets, auth.data, self.keyword)
         except AuthenticationError as e:
             raise AuthFailure(
-                f"{AuthMethod.name_of(auth.method)} signature with the {source} "
-                f"({signatures.describe_key(key)}) does not verify: {e}"
+                f"{AuthMethod.name_of(auth.method)} signature of {_id_text(peer_id)} does not "
+                f"verify with the {source} ({signatures.describe_key(key)}): {e}",
+                names_peer=True,
             ) from None
         return f"{AuthMethod.name_of(auth.method)} with the {source}"
 

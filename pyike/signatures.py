@@ -16,11 +16,16 @@ Methods (RFC 7296 3.8 and the IANA registry):
                          ECDSA (DER), RSASSA-PKCS1-v1_5 or RSASSA-PSS, SHA-256/384/512,
                          or Ed25519 (RFC 8420)
 
-Keywords (iked.conf(5) ``ikeauth``): ``rsa``, ``ecdsa256``, ``ecdsa384``, ``ecdsa521``
-fix the method; ``rfc7427`` means method 14 only; ``signature`` (iked's default, also
-for no keyword) means "any signature": we send method 14 if the peer announced a hash
-we can use, else the key's own method (1 for RSA, 9/10/11 for the curve), as iked does,
-and accept any signature method from the peer.
+Keywords (iked.conf(5) ``ikeauth``), with iked's meaning:
+
+* ``rsa``, ``ecdsa256``, ``ecdsa384``, ``ecdsa521`` name the key type (ours must be
+  it) and its own method (1, 9, 10, 11). As iked does ("switching ECDSA_384 to SIG"),
+  method 14 is used instead when the peer announced a hash we can use; from the peer
+  we accept the named method or method 14.
+* ``rfc7427``: method 14 only, both ways.
+* ``signature`` (iked's default, also for no keyword): "any signature": method 14 if
+  the peer announced a hash we can use, else the key's own method (1 for RSA, 9/10/11
+  for the curve); any signature method from the peer.
 """
 
 from __future__ import annotations
@@ -189,8 +194,6 @@ def choose(
     check_key(key, keyword)
     natural = _natural_method(key)
     fixed = _KEYWORD_METHOD.get(keyword)
-    if fixed is not None and fixed != AuthMethod.DIGITAL_SIGNATURE:
-        return SignatureChoice(fixed)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return SignatureChoice(AuthMethod.DIGITAL_SIGNATURE, HashAlgorithm.IDENTITY)
     usable = [h for h in OUR_HASHES if h in peer_hashes]
@@ -280,12 +283,13 @@ def _verify_rsa_7427(key: PublicKey, alg_id: bytes, signature: bytes, octets: by
 
 
 def method_allowed(keyword: str, method: int) -> bool:
-    """Whether ``ikeauth keyword`` accepts the peer's AUTH ``method`` (iked does the same:
-    a fixed keyword wants exactly its method, 'signature' takes any of them)."""
+    """Whether ``ikeauth keyword`` accepts the peer's AUTH ``method`` (as iked: a key-type
+    keyword takes its own method or RFC 7427's, 'rfc7427' only method 14, 'signature'
+    any signature method)."""
     fixed = _KEYWORD_METHOD.get(keyword)
     if fixed is None:
         return method in SIGNATURE_METHODS
-    return method == fixed
+    return method in (fixed, AuthMethod.DIGITAL_SIGNATURE)
 
 
 def verify(

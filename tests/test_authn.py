@@ -90,8 +90,9 @@ def test_raw_rsa_keys_method_1_and_cert_201(tmp_path: Path) -> None:
     b = Credentials(
         local_key=kb, keyword="rsa", peer_key=lambda t, d: ka.public_key() if d == A_ID[1] else None
     )
-    auth = a.sign(OCTETS, ALL)
+    auth = a.sign(OCTETS, set())  # the peer announced no RFC 7427 hashes
     assert auth.method == AuthMethod.RSA_SIG
+    assert a.sign(OCTETS, ALL).method == AuthMethod.DIGITAL_SIGNATURE
     assert b.verify(A_ID, auth, [], OCTETS) == "RSA_SIG with the raw public key"
     own = CertPayload(CertEncoding.IKED_BARE_PUBKEY, keys.public_key_der(ka.public_key()))
     b.verify(A_ID, auth, [own], OCTETS)

@@ -282,5 +282,6 @@ def verify_peer(
         # from pubkeys/, then its signature (pyike.authn).
         how = credentials(sa).verify(peer_id, auth, certs or [], octets)
     except authn.AuthFailure as e:
-        raise ProtocolError(f"{id_text(*peer_id)}: {e}", fail) from None
+        detail = str(e) if e.names_peer else f"{id_text(*peer_id)}: {e}"
+        raise ProtocolError(detail, fail) from None
     log.info("%s: peer %s authenticated: %s", sa.label, id_text(*peer_id), how)
