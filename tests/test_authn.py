@@ -180,3 +180,19 @@ def test_check_reports_unreadable_cert_directory(vpn: Ca, tmp_path: Path) -> Non
     (kd / "certs" / "a.example.org.crt").mkdir()  # a directory where a file should be
     out = _check(tmp_path, kd, "a.example.org")
     assert f"{kd}/certs/a.example.org.crt: cannot be read (Is a directory)" in out
+
+
+def test_srcid_defaults_from_the_certificate(vpn: Ca, tmp_path: Path) -> None:
+    from pyike.authn import local_identity
+
+    kd = tmp_path / "iked"
+    vpn.install_host("198.51.100.2", kd)
+    store = certs.CertStore.load(kd)
+    key = keys.KeyStore(kd).local_private()
+    hostname_id = (IdType.ID_FQDN, b"some-host.lan")
+    cert, ident, warnings = local_identity(store, key, hostname_id, id_from_hostname=True)
+    assert cert is not None and ident == B_ID and warnings == []
+    # a configured srcid that the certificate does not name: raw key, with a warning
+    cert, ident, warnings = local_identity(store, key, hostname_id, id_from_hostname=False)
+    assert cert is None and ident == hostname_id
+    assert "srcid fqdn/some-host.lan matches no certificate" in warnings[0]

@@ -165,3 +165,22 @@ def test_rsa2048_raw_keys(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool)
     plog, _ = run(two_hosts, tmp_path, pyike_home=pyike_home, pyike_key=pem(), iked_key=pem(),
                   pyike_files={}, iked_files={}, raw=True)  # fmt: skip
     assert "with the raw public key" in plog, plog[-3000:]
+
+
+def test_pyike_ca_signs_with_an_ikectl_ca(tmp_path: Path) -> None:
+    """`pyike ca` works on a CA directory ikectl made (encrypted ca.key, ikeca.passwd,
+    index.txt, serial.txt), and openssl accepts what it signs there."""
+    _need_tools()
+    from pyike.ca import Ca
+
+    ca_dir = ikectl_ca(tmp_path)
+    ca = Ca("vpn", ca_dir.parent)
+    out = ca.certificate("pyike.example")
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(ca_dir / "ca.crt"), str(out)],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+    assert (ca_dir / "serial.txt").read_text().strip() == "04"  # ikectl's 01..02, then ours
+    ca.revoke("pyike.example")
+    r = subprocess.run(["openssl", "crl", "-in", str(ca_dir / "ca.crl"), "-noout", "-text"],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert "Serial Number: 03" in r.stdout, r.stdout
