@@ -278,3 +278,69 @@ def test_describe_key_has_no_key_material() -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     assert sig.describe_key(key) == "ECDSA P-384"
     assert sig.describe_key(rsa.generate_private_key(65537, 2048).public_key()) == "RSA-2048"
+
+
+# --------------------------------------------------------------------------- NIST CAVP
+
+NIST = __import__("json").loads(
+    (Path(__file__).parent / "data" / "nist_sig_vectors.json").read_text()
+)
+_HASH_IDS = {"SHA1": None, "SHA256": H.SHA2_256, "SHA384": H.SHA2_384, "SHA512": H.SHA2_512}
+
+
+def _rsa_pub(v: dict) -> rsa.RSAPublicKey:
+    return rsa.RSAPublicNumbers(int(v["e"], 16), int(v["n"], 16)).public_key()
+
+
+@pytest.mark.parametrize("v", NIST["pkcs1"], ids=lambda v: v["hash"])
+def test_nist_rsa_pkcs1_v15_vectors(v: dict) -> None:
+    """FIPS 186-3 SigGen15 (2048 bits): SHA-1 as method 1, SHA-2 as RFC 7427 method 14."""
+    key, msg, s = _rsa_pub(v), bytes.fromhex(v["msg"]), bytes.fromhex(v["sig"])
+    h = _HASH_IDS[v["hash"]]
+    if h is None:
+        method, data = AuthMethod.RSA_SIG, s
+    else:
+        alg = sig.RSA_PKCS1_ALGORITHM_IDENTIFIERS[h]
+        method, data = AuthMethod.DIGITAL_SIGNATURE, bytes([len(alg)]) + alg + s
+    sig.verify(key, method, msg, data)
+    with pytest.raises(AuthenticationError):
+        sig.verify(key, method, msg[:-1] + bytes([msg[-1] ^ 1]), data)
+
+
+@pytest.mark.parametrize("v", NIST["pss"], ids=lambda v: v["hash"])
+def test_nist_rsa_pss_vectors(v: dict) -> None:
+    """FIPS 186-3 SigGenPSS (2048 bits, salt length 0) in an RFC 7427 AUTH payload."""
+    from asn1crypto import algos
+
+    name = v["hash"].lower()
+    params = algos.RSASSAPSSParams(
+        {
+            "hash_algorithm": {"algorithm": name},
+            "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": name}},
+            "salt_length": v["salt_len"],
+        }
+    )
+    alg = algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params}).dump()
+    data = bytes([len(alg)]) + alg + bytes.fromhex(v["sig"])
+    sig.verify(_rsa_pub(v), AuthMethod.DIGITAL_SIGNATURE, bytes.fromhex(v["msg"]), data)
+
+
+@pytest.mark.parametrize("v", NIST["ecdsa"], ids=lambda v: f"{v['curve']}-{v['ok']}")
+def test_nist_ecdsa_sigver_vectors(v: dict) -> None:
+    """FIPS 186-3 ECDSA SigVer, passing and failing vectors, as method 9/11 and 14."""
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    p256 = v["curve"].startswith("P-256")
+    curve, size = (ec.SECP256R1(), 32) if p256 else (ec.SECP521R1(), 66)
+    method = AuthMethod.ECDSA_SHA256_P256 if p256 else AuthMethod.ECDSA_SHA512_P521
+    alg = bytes.fromhex("300a06082a8648ce3d04030" + ("2" if p256 else "4"))
+    key = ec.EllipticCurvePublicNumbers(int(v["qx"], 16), int(v["qy"], 16), curve).public_key()
+    r, s, msg = int(v["r"], 16), int(v["s"], 16), bytes.fromhex(v["msg"])
+    raw = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    in_7427 = bytes([len(alg)]) + alg + encode_dss_signature(r, s)
+    for m, data in ((method, raw), (AuthMethod.DIGITAL_SIGNATURE, in_7427)):
+        if v["ok"]:
+            sig.verify(key, m, msg, data)
+        else:
+            with pytest.raises(AuthenticationError):
+                sig.verify(key, m, msg, data)
