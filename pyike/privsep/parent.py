@@ -63,6 +63,7 @@ class ReloadResult:
     config_error: str | None = None
     key_pem: bytes | None = None
     key_error: tuple[str, str, str] | None = None  # KeyFileError(path, problem, remedy)
+    certs: dict | None = None  # certstore_to_wire(): ca/, certs/, crls/ as DER
 
 
 @dataclass
@@ -190,6 +191,9 @@ class Parent:
             result.key_pem = keys.private_key_pem(store.local_private())
         except keys.KeyFileError as e:
             result.key_error = (str(e.path), e.problem, e.remedy)
+        from pyike import certs
+
+        result.certs = certstore_to_wire(certs.CertStore.load(self.keydir))
         if result.config is not None:
             old = self.policy
             new = policy_for(result.config, old.ifname, tuple(old.ports))
@@ -258,3 +262,39 @@ def _peer_closed(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return any(events & select.POLLHUP for _fd, events in poller.poll(0))
+
+
+def certstore_to_wire(store: object) -> dict:
+    """A CertStore as plain data (certificates and CRLs as DER) for a RELOAD answer."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return {
+        "keydir": str(store.keydir),  # type: ignore[attr-defined]
+        "cas": [c.public_bytes(Encoding.DER) for c in store.cas],  # type: ignore[attr-defined]
+        "ca_paths": [str(p) for p in store.ca_paths],  # type: ignore[attr-defined]
+        "host_certs": [
+            (str(p), c.public_bytes(Encoding.DER))
+            for p, c in store.host_certs  # type: ignore[attr-defined]
+        ],
+        "crls": [
+            (str(p), c.public_bytes(Encoding.DER))
+            for p, c in store.crls  # type: ignore[attr-defined]
+        ],
+        "problems": list(store.problems),  # type: ignore[attr-defined]
+    }
+
+
+def certstore_from_wire(data: dict) -> object:
+    """The CertStore that certstore_to_wire() described (in the child)."""
+    from cryptography import x509
+
+    from pyike import certs
+
+    return certs.CertStore(
+        Path(data["keydir"]),
+        cas=[x509.load_der_x509_certificate(d) for d in data["cas"]],
+        ca_paths=[Path(p) for p in data["ca_paths"]],
+        host_certs=[(Path(p), x509.load_der_x509_certificate(d)) for p, d in data["host_certs"]],
+        crls=[(Path(p), x509.load_der_x509_crl(d)) for p, d in data["crls"]],
+        problems=list(data["problems"]),
+    )

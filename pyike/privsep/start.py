@@ -29,7 +29,7 @@ from pyike import keys
 from pyike.privsep import drop
 from pyike.privsep.child import PrivClient, RemoteKeyStore, SwitchableKeyStore, sync_tun
 from pyike.privsep.drop import PrivsepError
-from pyike.privsep.parent import Parent, policy_for
+from pyike.privsep.parent import Parent, certstore_from_wire, policy_for
 
 log = logging.getLogger("pyike.privsep")
 
@@ -71,6 +71,15 @@ def run_separated(
     options = daemon.options  # type: ignore[attr-defined]
     store = SwitchableKeyStore(keys.KeyStore(options.keydir))
     daemon.key_store = lambda: store  # type: ignore[attr-defined]
+    from pyike import certs
+
+    cert_store: list = []  # the latest CertStore: read as root now, via RELOAD later
+
+    def read_certs_as_root() -> certs.CertStore:
+        cert_store[:] = [certs.CertStore.load(options.keydir)]
+        return cert_store[0]
+
+    daemon.cert_store = read_certs_as_root  # type: ignore[attr-defined]
     nl_log = logging.getLogger("pyroute2")
     if nl_log.level == logging.NOTSET:  # its import resets it; -vv would show every message
         nl_log.setLevel(logging.INFO)
@@ -88,7 +97,9 @@ def run_separated(
     pid = os.fork()
     if pid == 0:  # the child's copy holds the SIGHUPs before the fork, and its own
         parent_sock.close()
-        return _child(daemon, user, parent_pid, child_sock, store, early_hup, child_setup)
+        return _child(
+            daemon, user, parent_pid, child_sock, store, cert_store, early_hup, child_setup
+        )
     child_sock.close()
     # The child owns these now; the parent keeps no handle on the network.
     # Driver.close(), not its socket table: every socket it has (the reuseport pair on
@@ -119,6 +130,7 @@ def _child(
     parent_pid: int,
     sock: socket.socket,
     store: SwitchableKeyStore,
+    cert_store: list,
     early_hup: list[int],
     child_setup: Callable[[PrivClient], None] | None,
 ) -> int:
@@ -142,9 +154,12 @@ def _child(
         remote.private_pem, remote.private_error = result.key_pem, result.key_error
         if result.config is None:
             raise DaemonError(result.config_error or "configuration not read")
+        if result.certs is not None:
+            cert_store[0] = certstore_from_wire(result.certs)
         return result.config
 
     daemon.read_config = read_config  # type: ignore[attr-defined]
+    daemon.cert_store = lambda: cert_store[0]  # type: ignore[attr-defined]
     dp = getattr(daemon, "dataplane", None)
 
     def tun_follows_config() -> None:
