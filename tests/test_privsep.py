@@ -127,3 +127,42 @@ def test_users() -> None:
     with pytest.raises(PrivsepError, match="is root"):
         find_user("root")
     assert find_user(None).name in ("_pyike", "nobody")
+
+
+def test_cert_store_crosses_to_the_child_whole(tmp_path) -> None:
+    """A RELOAD answer carries ca/ and certs/ as DER; the child's store is the same."""
+    import datetime as dt
+    import pickle
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    from pyike import certs
+    from pyike.privsep.parent import certstore_from_wire, certstore_to_wire
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    for sub in (certs.CA_DIR, certs.CERTS_DIR):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "a.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    (tmp_path / certs.CERTS_DIR / "junk.crt").write_bytes(b"not a certificate")
+    store = certs.CertStore.load(tmp_path)
+    back = certstore_from_wire(pickle.loads(pickle.dumps(certstore_to_wire(store))))
+    assert back.cas == store.cas and back.ca_paths == store.ca_paths
+    assert back.host_certs == store.host_certs and back.crls == store.crls
+    assert back.problems == store.problems and len(store.problems) == 1
