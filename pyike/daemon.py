@@ -28,7 +28,7 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 from pyike import config as cfg
-from pyike import keylog, keys, proposals, ts
+from pyike import keylog, keys, proposals, status, ts
 from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
     Addr,
@@ -239,6 +239,16 @@ class Daemon:
         self.driver = Driver(
             self.endpoint, ports=options.ports, on_event=self._on_event, on_reload=self.reload
         )
+        # Hooks for pyike.service (control socket, sd_notify): every core event, start
+        # (policies loaded, sockets bound), stop, reload ("start" / "done", error).
+        self.counters = status.Counters()
+        self.driver.on_ike_message = self.counters.ike_message
+        self.observers: list[Callable[[Event], None]] = []
+        self.on_started: list[Callable[[], None]] = []
+        self.on_stopping: list[Callable[[], None]] = []
+        self.reload_hooks: list[Callable[..., None]] = []
+        self.driver.on_stop = lambda: [hook() for hook in self.on_stopping]
+        self.passive = False  # pyikectl passive: initiate nothing until `active`
         self.ike_keylog = self.esp_keylog = None
         if options.keylog_dir is not None:
             # Only on explicit request: these files let anyone decrypt the traffic.
@@ -285,20 +295,40 @@ class Daemon:
             self.options.config_file,
         )
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config; SAs of vanished policies are deleted."""
-        log.info("SIGHUP: reloading %s", self.options.config_file)
+    def reload(self) -> str | None:
+        """SIGHUP or pyikectl reload: re-read the config; SAs of vanished policies are
+        deleted, new active ones start. Returns the error if the file is refused."""
+        log.info("reloading %s", self.options.config_file)
+        for hook in self.reload_hooks:
+            hook("start")
         try:
             self.load()
         except DaemonError as e:
             log.error("reload failed, keeping the old configuration: %s", e)
-            return
+            for hook in self.reload_hooks:
+                hook("done", str(e))
+            return str(e)
         now = self.driver.now()
         for name, sa in list(self._active_sa.items()):
             if name not in self.policies:
                 sa.delete(now, "policy removed by reload")
         self.start_active()
         self.driver.pump()
+        for hook in self.reload_hooks:
+            hook("done", None)
+        return None
+
+    def set_passive(self, passive: bool) -> None:
+        """pyikectl passive/active (as ikectl): passive starts no IKE SA (existing ones
+        stay and are answered); active starts the active policies again now."""
+        self.passive = passive
+        if passive:
+            for name in list(self._retry):
+                self._retry.pop(name).cancel()
+        else:
+            self._backoff.clear()
+            self.start_active()
+            self.driver.pump()
 
     def _policy_for(
         self, peer: Addr, local: Addr, peer_id: tuple[int, bytes] | None
@@ -323,7 +353,7 @@ class Daemon:
     # ------------------------------------------------------------------ active policies
 
     def start_active(self) -> None:
-        if self.config is None:
+        if self.config is None or self.passive:
             return
         for p in self.config.policies:
             if (
@@ -359,6 +389,8 @@ class Daemon:
     def initiate(self, name: str) -> None:
         assert self.config is not None
         self._retry.pop(name, None)
+        if self.passive:
+            return
         p = next((x for x in self.config.policies if x.name == name), None)
         policy = self.policies.get(name)
         if p is None or policy is None:
@@ -481,6 +513,8 @@ class Daemon:
                 )
         if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
             self.on_child(event)
+        for observer in self.observers:
+            observer(event)
 
     def _drop_older_sas(self, sa: IkeSa, peer_id: tuple[int, bytes]) -> None:
         """INITIAL_CONTACT (RFC 7296 2.4): the peer lost its state; ours is stale."""
@@ -519,6 +553,7 @@ class Daemon:
             sa.drop(now, f"re-establishing: {reason}")
             dropped += 1
         if dropped:
+            self.counters.event("recovery: re-established")
             log.info(
                 "re-establishing %d IKE SA(s) with %s: %s", dropped, id_text_or_any(peer_id), reason
             )
@@ -534,6 +569,7 @@ class Daemon:
             return
         now = self.driver.now()
         self._forget(sa)
+        self.counters.event("recovery: peer lost SA")
         sa.drop(now, "the peer does not know it (INVALID_IKE_SPI): it restarted?")
         peer_id = sa.peer_id or sa.policy.peer_id
         for other in list(self.endpoint.sas.values()):
@@ -582,6 +618,7 @@ class Daemon:
                 sa.label,
                 now - sa.last_heard(),
             )
+            self.counters.event("recovery: replacement")
             # Fresh SPIs; no INITIAL_CONTACT: the other policies' SAs with this peer
             # may be fine (RFC 7296 2.4).
             self._replacing[name] = self.endpoint.connect(
@@ -707,6 +744,8 @@ class Daemon:
             self.start_active()
             if self.options.netwatch:
                 self._netwatch_task = loop.create_task(self._start_netwatch())
+            for hook in self.on_started:
+                hook()
 
         try:
             if dp is not None:

@@ -1,0 +1,242 @@
+"""The control socket and pyikectl against running daemons (pyike <-> pyike, the
+guide's files): ``show sa`` agrees with the peer's, ``reload`` of a changed file
+takes effect, ``monitor`` streams establishes and rekeys, ``reset all`` makes the
+peer see DELETEs and new SAs come up, and a non-root user cannot use the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.netns import TwoHosts, wait_until
+from tests.pyike_proc import CONF, REPO, PyikeProc, write_keydir
+
+pytestmark = [pytest.mark.netns]
+
+HOME_ID, VM_ID = "carinho.lan", "namorar.example.com"
+
+
+def _keys(tmp: Path) -> tuple[Path, Path]:
+    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    return (
+        write_keydir(tmp / "home-keys", hk, {VM_ID: vk.public_key()}),
+        write_keydir(tmp / "vm-keys", vk, {HOME_ID: hk.public_key()}),
+    )
+
+
+def _home_conf(path: Path, policies: list[str], child_lifetime: int | None = None) -> Path:
+    """The guide's home file restricted to ``policies`` (a reload adds the others)."""
+    text = (CONF / "home-iked.conf").read_text()
+    blocks = text.split("\n\n")
+    kept = [b for b in blocks if "ikev2" not in b or any(f'"{p}"' in b for p in policies)]
+    out = "\n\n".join(kept)
+    if child_lifetime is not None:
+        out = out.replace("\tecdsa384", f"\tlifetime {child_lifetime} ecdsa384")
+    path.write_text(out)
+    return path
+
+
+def _spi_pairs(rows: list[dict]) -> set[tuple[str, str]]:
+    return {(c["spi_in"], c["spi_out"]) for r in rows for c in r["children"]}
+
+
+def _established(p: PyikeProc, n: int) -> list[dict]:
+    rows: list[dict] = []
+
+    def ok() -> bool:
+        nonlocal rows
+        rows = p.ctl_json("show", "sa")
+        return sum(r["state"] == "established" and bool(r["children"]) for r in rows) >= n
+
+    wait_until(ok, timeout=25, interval=0.2, what=f"{n} established IKE SAs with children")
+    return [r for r in rows if r["state"] == "established"]
+
+
+class Monitor:
+    """``pyikectl monitor --json`` in the background, its lines in a file."""
+
+    def __init__(self, p: PyikeProc, out: Path) -> None:
+        self.out = out
+        self.f = out.open("wb")
+        assert p.socket_path is not None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pyike.ctl import main; "
+             "sys.exit(main(sys.argv[1:]))", "-s", str(p.socket_path), "--json", "monitor"],
+            stdout=self.f, stderr=subprocess.STDOUT, cwd=str(REPO),
+        )  # fmt: skip
+
+    def events(self) -> list[dict]:
+        out = []
+        for line in self.out.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append({"event": "garbage", "line": line})
+        return out
+
+    def wait(self, kind: str, count: int = 1, timeout: float = 30.0) -> list[dict]:
+        found: list[dict] = []
+
+        def ok() -> bool:
+            nonlocal found
+            found = [e for e in self.events() if e.get("event") == kind]
+            return len(found) >= count
+
+        wait_until(ok, timeout=timeout, interval=0.2, what=f"{count} monitor {kind} events")
+        return found
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.f.close()
+
+
+def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    home_keys, vm_keys = _keys(tmp_path)
+    home_conf = _home_conf(tmp_path / "home.conf", ["icmp6"], child_lifetime=12)
+    vm = PyikeProc(
+        two_hosts.vm, tmp_path, CONF / "vm-iked.conf", vm_keys, ["-D", "ext=192.0.2.2"]
+    ).start()
+    vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
+    home = PyikeProc(
+        two_hosts.home, tmp_path, home_conf, home_keys, ["-D", "vm_host=192.0.2.2"]
+    ).start()
+    mon = None
+    try:
+        assert home.socket_path is not None
+        wait_until(home.socket_path.exists, timeout=10, what="home's control socket")
+        # Root's, 0600: created before anything else could connect.
+        st = os.lstat(home.socket_path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert st.st_uid == 0
+        mon = Monitor(home, tmp_path / "monitor.jsonl")
+
+        # show sa: both daemons list the same Child SA, SPIs mirrored.
+        rows = _established(home, 1)
+        vm_rows = _established(vm, 1)
+        assert len(rows) == 1 and rows[0]["policy"] == "icmp6"
+        assert rows[0]["peer_id"] == f"fqdn/{VM_ID}" and rows[0]["local_id"] == f"fqdn/{HOME_ID}"
+        ours = _spi_pairs(rows)
+        theirs = {(o, i) for i, o in _spi_pairs(vm_rows)}
+        assert ours == theirs and len(ours) == 1
+        assert {rows[0]["spi_i"], rows[0]["spi_r"]} == {vm_rows[0]["spi_i"], vm_rows[0]["spi_r"]}
+        text = home.ctl("show", "sa")
+        for spi_in, spi_out in ours:
+            assert f"Child SA in {spi_in} out {spi_out}" in text
+        assert "enc aes-256-gcm" in text or "enc " in text
+
+        # monitor: the Child SA rekey (lifetime 12 s: at 10-11 s); establishes below.
+        rekeyed = mon.wait("child-rekeyed", timeout=25)
+        new_in = rekeyed[0]["spi_in"]
+        wait_until(
+            lambda: new_in in {spi for spi, _ in _spi_pairs(home.ctl_json("show", "sa"))},
+            timeout=10,
+            what="the rekeyed Child SA in show sa",
+        )
+
+        # reload with a changed file: the other two policies come up.
+        _home_conf(home_conf, ["smtp-in", "smtp-out", "icmp6"])
+        assert "reloaded: 3 policies" in home.ctl("reload")
+        rows = _established(home, 3)
+        assert {r["policy"] for r in rows} == {"smtp-in", "smtp-out", "icmp6"}
+        flows = home.ctl_json("show", "flows")
+        assert {f["policy"] for f in flows} == {"smtp-in", "smtp-out", "icmp6"}
+        assert mon.wait("reload")[0]["error"] is None
+        established = mon.wait("ike-established", count=2)
+        assert {e["policy"] for e in established} >= {"smtp-in", "smtp-out"}
+        assert {e["sa"] for e in established} <= {r["our_spi"] for r in rows}
+        # A broken file is refused with a clear error; the old configuration stays.
+        home_conf.write_text(home_conf.read_text() + "\nikev2 broken nonsense here\n")
+        bad = subprocess.run(
+            [sys.executable, "-c", "import sys; from pyike.ctl import main; "
+             "sys.exit(main(sys.argv[1:]))", "-s", str(home.socket_path), "reload"],
+            capture_output=True, text=True, timeout=20, cwd=str(REPO),
+        )  # fmt: skip
+        assert bad.returncode == 1 and "reload failed" in bad.stderr, bad.stderr
+        assert len(_established(home, 3)) >= 3
+
+        # reset all: the VM sees a DELETE for each IKE SA, new ones come up.
+        before = {r["our_spi"] for r in home.ctl_json("show", "sa")}
+        deletes_before = vm.log().count("peer deleted the IKE SA")
+        assert "deleting 3 IKE SA(s)" in home.ctl("reset", "all")
+        vm.wait_log(r"peer deleted the IKE SA", count=deletes_before + 3, timeout=15)
+
+        def renewed() -> bool:
+            rows = [r for r in home.ctl_json("show", "sa") if r["state"] == "established"]
+            return len(rows) == 3 and not ({r["our_spi"] for r in rows} & before)
+
+        wait_until(renewed, timeout=30, interval=0.3, what="three new IKE SAs after reset all")
+        assert len(mon.wait("ike-closed", count=3)) >= 3
+
+        # show stats counts what happened.
+        stats = home.ctl_json("show", "stats")
+        assert stats["ike_sas"] == 3
+        assert stats["ike_messages"].get("IKE_AUTH request out", 0) >= 4
+        assert (
+            stats["ike_messages"].get("CREATE_CHILD_SA request out", 0)
+            + stats["ike_messages"].get("CREATE_CHILD_SA request in", 0)
+            >= 1
+        )
+        assert "IKE messages:" in home.ctl("show", "stats")
+
+        # A non-root user cannot use the socket (its mode, not the directory, refuses).
+        nobody = pwd.getpwnam("nobody")
+        probe = subprocess.run(
+            ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+             sys.executable, "-c", "import sys; from pyike.ctl import main; "
+             "sys.exit(main(sys.argv[1:]))", "-s", str(home.socket_path), "show", "sa"],
+            capture_output=True, text=True, timeout=20, cwd=str(REPO),
+        )  # fmt: skip
+        assert probe.returncode == 1, probe
+        assert "permission denied" in probe.stderr, probe.stderr
+
+        # Malformed requests get clear errors; the daemon keeps serving.
+        for raw, expect in (
+            (b"not json\n", b"not JSON"),
+            (b'{"verb": "rm -rf"}\n', b"unknown verb"),
+            (b'{"verb": "show sa", "arg": "x"}\n', b"takes no argument"),
+            (b'{"verb": "reset policy"}\n', b"needs one printable argument"),
+            (b'{"verb": "show sa", "sudo": 1}\n', b"unknown request field"),
+            (b"x" * 5000 + b"\n", b"longer than"),
+        ):
+            assert _raw_request(home.socket_path, raw).find(expect) >= 0, raw[:40]
+        assert len(home.ctl_json("show", "sa")) >= 3
+    finally:
+        if mon is not None:
+            mon.close()
+        home.stop()
+        vm.stop()
+    assert "Traceback" not in home.log() + vm.log()
+
+
+def _raw_request(path: Path, raw: bytes) -> bytes:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        with contextlib.suppress(BrokenPipeError):
+            s.sendall(raw)
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                b = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            data += b
+        return data
