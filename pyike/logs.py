@@ -35,7 +35,7 @@ CHATTY_TEMPLATES = (
     re.compile(r"keepalive"),
     re.compile(r"^listening on "),
 )
-DROP_WORDS = re.compile(r"\bdrop(s|ped)?\b", re.IGNORECASE)
+DROP_WORDS = re.compile(r"\bdrop(s|ped)?\b|\bno Child SA for\b", re.IGNORECASE)
 RATE_WINDOW = 60.0  # seconds: at most one line per kind of drop in this window
 _NUMBERS = re.compile(r"0x[0-9a-f]+|[0-9a-f]*\d[0-9a-f:.]*", re.IGNORECASE)
 

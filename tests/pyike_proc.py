@@ -27,6 +27,12 @@ from tests.netns import Netns
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
+# pyikectl from this checkout (the entry point may not be installed)
+PYIKECTL = [
+    sys.executable,
+    "-c",
+    "import sys; from pyike.ctl import main; sys.exit(main(sys.argv[1:]))",
+]
 
 
 def write_keydir(
@@ -93,8 +99,7 @@ class PyikeProc:
         socket is a file) and return its stdout."""
         assert self.socket_path is not None
         r = subprocess.run(
-            [sys.executable, "-c", "import sys; from pyike.ctl import main; "
-             "sys.exit(main(sys.argv[1:]))", "-s", str(self.socket_path), *words],
+            [*PYIKECTL, "-s", str(self.socket_path), *words],
             capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
         )  # fmt: skip
         if check and r.returncode != 0:

@@ -12,7 +12,6 @@ import os
 import pwd
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.netns import TwoHosts, wait_until
-from tests.pyike_proc import CONF, REPO, PyikeProc, write_keydir
+from tests.pyike_proc import CONF, PYIKECTL, REPO, PyikeProc, write_keydir
 
 pytestmark = [pytest.mark.netns]
 
@@ -56,6 +55,8 @@ def _established(p: PyikeProc, n: int) -> list[dict]:
 
     def ok() -> bool:
         nonlocal rows
+        if p.socket_path is None or not p.socket_path.exists():
+            return False  # not serving yet
         rows = p.ctl_json("show", "sa")
         return sum(r["state"] == "established" and bool(r["children"]) for r in rows) >= n
 
@@ -71,8 +72,7 @@ class Monitor:
         self.f = out.open("wb")
         assert p.socket_path is not None
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from pyike.ctl import main; "
-             "sys.exit(main(sys.argv[1:]))", "-s", str(p.socket_path), "--json", "monitor"],
+            [*PYIKECTL, "-s", str(p.socket_path), "--json", "monitor"],
             stdout=self.f, stderr=subprocess.STDOUT, cwd=str(REPO),
         )  # fmt: skip
 
@@ -160,8 +160,7 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
         # A broken file is refused with a clear error; the old configuration stays.
         home_conf.write_text(home_conf.read_text() + "\nikev2 broken nonsense here\n")
         bad = subprocess.run(
-            [sys.executable, "-c", "import sys; from pyike.ctl import main; "
-             "sys.exit(main(sys.argv[1:]))", "-s", str(home.socket_path), "reload"],
+            [*PYIKECTL, "-s", str(home.socket_path), "reload"],
             capture_output=True, text=True, timeout=20, cwd=str(REPO),
         )  # fmt: skip
         assert bad.returncode == 1 and "reload failed" in bad.stderr, bad.stderr
@@ -195,8 +194,7 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
         nobody = pwd.getpwnam("nobody")
         probe = subprocess.run(
             ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-             sys.executable, "-c", "import sys; from pyike.ctl import main; "
-             "sys.exit(main(sys.argv[1:]))", "-s", str(home.socket_path), "show", "sa"],
+             *PYIKECTL, "-s", str(home.socket_path), "show", "sa"],
             capture_output=True, text=True, timeout=20, cwd=str(REPO),
         )  # fmt: skip
         assert probe.returncode == 1, probe
