@@ -238,3 +238,67 @@ def _raw_request(path: Path, raw: bytes) -> bytes:
                 break
             data += b
         return data
+
+
+@pytest.mark.interop
+def test_pyikectl_against_charon(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """``show sa`` lists exactly the SPIs ``swanctl --list-sas`` reports; ``reset all``
+    makes charon see a DELETE and a new IKE SA comes up, again listed alike."""
+    from tests import test_interop_strongswan as ss
+
+    ss._need_tools()
+    home, vm = two_hosts
+    k = ss._keys()
+    ss._add_inner(vm, ss.VM_INNER)
+    home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
+    conf = ss._home_conf(tmp_path / "home-iked.conf", ss.GCM.pyike)
+    charon = ss._charon(
+        vm,
+        tmp_path / "charon",
+        home=False,
+        own=k.vm,
+        peer_public=k.home.public_key(),
+        suite=ss.GCM,
+        rfc7427=True,
+    )
+
+    def agree() -> tuple[str, str]:
+        """Both sides list one IKE SA with one Child SA, the same SPIs."""
+        sa = charon.wait_established(timeout=20)
+        rows = _established(pyike, 1)
+        assert len(rows) == 1, rows
+        (listed,) = charon.list_sas()
+        children = list(listed["child-sas"].values())
+        assert {listed["initiator-spi"], listed["responder-spi"]} == {
+            rows[0]["spi_i"],
+            rows[0]["spi_r"],
+        }, (listed, rows)
+        theirs = {(f"0x{c['spi-out']}", f"0x{c['spi-in']}") for c in children}
+        assert _spi_pairs(rows) == theirs, (rows, children)
+        text = pyike.ctl("show", "sa")
+        for spi_in, spi_out in theirs:
+            assert f"Child SA in {spi_in} out {spi_out}" in text
+        return sa["initiator-spi"], rows[0]["our_spi"]
+
+    with charon:
+        charon.load()
+        pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
+        try:
+            first, _ours = agree()
+            assert "deleting 1 IKE SA(s)" in pyike.ctl("reset", "all")
+            wait_until(
+                lambda: "received DELETE for IKE_SA" in charon.log_text(),
+                timeout=15,
+                what="charon receiving the DELETE",
+            )
+
+            def renewed() -> bool:
+                sas = charon.list_sas()
+                return bool(sas) and all(s.get("initiator-spi") != first for s in sas)
+
+            wait_until(renewed, timeout=30, interval=0.3, what="a new IKE SA at charon")
+            second, _ = agree()
+            assert second != first
+        finally:
+            pyike.stop()
+    assert "Traceback" not in pyike.log()
