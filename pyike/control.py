@@ -36,6 +36,8 @@ from typing import Any
 log = logging.getLogger("pyike.control")
 
 DEFAULT_SOCKET = Path("/run/pyike.sock")  # like iked's /var/run/iked.sock
+# conf/pyike.service's (ProtectSystem=strict leaves only its RuntimeDirectory writable)
+SERVICE_SOCKET = Path("/run/pyike/pyike.sock")
 MAX_REQUEST = 1024  # bytes of one request line: the longest valid one is far shorter
 MAX_ARG = 255  # a policy name or an ID
 REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from pyike import __version__
-from pyike.control import DEFAULT_SOCKET, VERBS, ClientError, monitor, request
+from pyike.control import (
+    DEFAULT_SOCKET,
+    SERVICE_SOCKET,
+    VERBS,
+    ClientError,
+    monitor,
+    request,
+)
 
 USAGE_VERBS = (
     "show sa | show flows | show stats | reload | reset all | reset sa | "
@@ -36,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "-s",
         dest="socket",
         type=Path,
-        default=DEFAULT_SOCKET,
-        help=f"control socket (default: {DEFAULT_SOCKET})",
+        default=None,
+        help=f"control socket (default: {DEFAULT_SOCKET}, or the unit's {SERVICE_SOCKET})",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (show, monitor)")
     p.add_argument("--version", action="version", version=f"pyikectl {__version__}")
@@ -146,6 +153,10 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"pyikectl: {e}", file=sys.stderr)
         return 2
+    if args.socket is None:
+        args.socket = next(
+            (p for p in (DEFAULT_SOCKET, SERVICE_SOCKET) if p.exists()), DEFAULT_SOCKET
+        )
     try:
         if verb == "monitor":
             for event in monitor(args.socket):
