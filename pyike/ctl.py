@@ -128,7 +128,7 @@ def render_stats(st: dict[str, Any]) -> str:
         *(f"  {k}: {v}" for k, v in st["ike_messages"].items()),
         f"IKE retransmissions: {st['retransmits']} requests, "
         f"{st['resent_responses']} responses resent",
-        "IKE drops:",
+        f"IKE drops: {st.get('ike_dropped_total', 0)} datagrams in the core; by reason:",
         *(f"  {k}: {v}" for k, v in st["ike_drops"].items()),
         "events:",
         *(f"  {k}: {v}" for k, v in st["events"].items()),

@@ -189,6 +189,17 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
             >= 1
         )
         assert "IKE messages:" in home.ctl("show", "stats")
+        # A garbage datagram on UDP 500 is counted as a drop, with its reason.
+        two_hosts.vm.run(
+            ["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "s.sendto(b'not an IKE message at all, no', ('192.0.2.1', 500))"]
+        )  # fmt: skip
+        wait_until(
+            lambda: home.ctl_json("show", "stats")["ike_dropped_total"] >= 1, timeout=10,
+            what="the drop counted",
+        )  # fmt: skip
+        drops = home.ctl_json("show", "stats")["ike_drops"]
+        assert any(reason.startswith("drop datagram") for reason in drops), drops
 
         # A non-root user cannot use the socket (its mode, not the directory, refuses).
         nobody = pwd.getpwnam("nobody")
