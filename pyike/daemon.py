@@ -247,7 +247,7 @@ class Daemon:
         self.on_started: list[Callable[[], None]] = []
         self.on_stopping: list[Callable[[], None]] = []
         self.reload_hooks: list[Callable[..., None]] = []
-        self.driver.on_stop = lambda: [hook() for hook in self.on_stopping]
+        self.driver.on_stop = self._stop_hooks
         self.passive = False  # pyikectl passive: initiate nothing until `active`
         self.ike_keylog = self.esp_keylog = None
         if options.keylog_dir is not None:
@@ -317,6 +317,10 @@ class Daemon:
         for hook in self.reload_hooks:
             hook("done", None)
         return None
+
+    def _stop_hooks(self) -> None:
+        for hook in self.on_stopping:
+            hook()
 
     def set_passive(self, passive: bool) -> None:
         """pyikectl passive/active (as ikectl): passive starts no IKE SA (existing ones

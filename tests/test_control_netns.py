@@ -179,6 +179,22 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
         wait_until(renewed, timeout=30, interval=0.3, what="three new IKE SAs after reset all")
         assert len(mon.wait("ike-closed", count=3)) >= 3
 
+        # passive: reset policy icmp6 deletes its SA and nothing comes back; active
+        # brings it back.
+        assert "passive" in home.ctl("passive")
+        assert "deleting 1 IKE SA(s)" in home.ctl("reset", "policy", "icmp6")
+        time.sleep(3.0)  # well past the first retry (1 s)
+        rows = home.ctl_json("show", "sa")
+        assert {r["policy"] for r in rows} == {"smtp-in", "smtp-out"}, rows
+        assert "active" in home.ctl("active")
+        rows = _established(home, 3)
+        assert {r["policy"] for r in rows} == {"smtp-in", "smtp-out", "icmp6"}
+        bad = subprocess.run(
+            [*PYIKECTL, "-s", str(home.socket_path), "reset", "policy", "nonesuch"],
+            capture_output=True, text=True, timeout=20, cwd=str(REPO),
+        )  # fmt: skip
+        assert bad.returncode == 1 and "no policy 'nonesuch'" in bad.stderr, bad.stderr
+
         # show stats counts what happened.
         stats = home.ctl_json("show", "stats")
         assert stats["ike_sas"] == 3

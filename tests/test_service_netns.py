@@ -9,6 +9,8 @@ the sd_notify checks run on a third daemon during that minute):
   ``WATCHDOG_USEC``: READY=1 with STATUS=, WATCHDOG=1 every half interval, none
   while the process is stopped (SIGSTOP: its event loop cannot run), again after
   SIGCONT; RELOADING=1 then READY=1 around ``pyikectl reload``; STOPPING=1 on SIGTERM.
+
+Then ``pyikectl log verbose`` makes the pair's probes visible, ``log brief`` quiet again.
 """
 
 from __future__ import annotations
@@ -143,6 +145,15 @@ def test_sd_notify_and_quiet_idle_tunnel(two_hosts: TwoHosts, tmp_path: Path) ->
                 "INFORMATIONAL request in", 0
             )
             assert probes >= 3 * IDLE_SECONDS / 5 / 2, msgs  # 5 s probes on 3 SAs
+
+            # pyikectl log verbose shows the probes (iked's -v), brief hides them again.
+            assert "verbosity 1" in home.ctl("log", "verbose")
+            home.wait_log(r"send INFORMATIONAL req", timeout=12)
+            assert "verbosity 0" in home.ctl("log", "brief")
+            time.sleep(0.5)
+            mark = len(home.log())
+            time.sleep(6.0)  # more than one probe interval
+            assert home.log()[mark:] == "", home.log()[mark:][:2000]
         finally:
             lone.stop()
             notify.close()
