@@ -515,10 +515,10 @@ class Daemon:
                         key[1],
                     )
                 )
+        for observer in self.observers:  # first: a deleted Child SA's counters still exist
+            observer(event)
         if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
             self.on_child(event)
-        for observer in self.observers:
-            observer(event)
 
     def _drop_older_sas(self, sa: IkeSa, peer_id: tuple[int, bytes]) -> None:
         """INITIAL_CONTACT (RFC 7296 2.4): the peer lost its state; ours is stale."""

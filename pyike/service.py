@@ -168,6 +168,9 @@ class Service:
         if rec is None:
             return
         self.daemon.counters.event(rec["event"])
+        if isinstance(event, ChildSaDeleted):
+            dp = getattr(self.daemon, "dataplane", None)
+            self.daemon.counters.retire_child(status.child_row(event.child, dp, 0.0))
         self.publish(rec)
         line = self.status_line()
         if line != self._last_status:

@@ -38,6 +38,8 @@ class Counters:
         self.resent_responses = 0  # our cached responses to a peer's retransmission
         self.drops: Counter[str] = Counter()  # reason -> n
         self.events: Counter[str] = Counter()
+        # ESP counters of Child SAs already gone, so show stats counts since start-up.
+        self.esp_retired: Counter[str] = Counter()
         self._recent: dict[tuple[bytes, int, bool], bytes] = {}  # (SPIs, id, response) -> digest
 
     def ike_message(self, data: bytes, outbound: bool) -> None:
@@ -63,6 +65,13 @@ class Counters:
             if len(self._recent) >= _RETRANSMIT_MEMORY:
                 self._recent.clear()
             self._recent[key] = digest
+
+    def retire_child(self, row: dict[str, Any]) -> None:
+        """A Child SA is about to go: keep its traffic and drop counts."""
+        for key in ("packets_in", "bytes_in", "packets_out", "bytes_out", "replay_drops"):
+            self.esp_retired[key] += row.get(key, 0)
+        for reason, n in row.get("drops_by_reason", {}).items():
+            self.esp_retired[f"drop {reason}"] += n
 
     def drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -143,6 +152,7 @@ def child_row(child: Any, dataplane: Any, now: float) -> dict[str, Any]:
             counts = inbound.drop_counts()
             row["replay_drops"] = counts.get("REPLAY", 0)
             row["drops_in"] = sum(counts.values())
+            row["drops_by_reason"] = {k: v for k, v in counts.items() if v}
         tx = dataplane._tx.get(child.spi_out)
         if tx is not None:
             row["packets_out"], row["bytes_out"] = tx.sa.usage()
@@ -236,9 +246,12 @@ def stats(daemon: Any) -> dict[str, Any]:
     esp: dict[str, Any] = {}
     if dp is not None:
         esp = dict(dp.stats())
-        replays = 0
-        live_drops: Counter[str] = Counter()
-        packets_in = bytes_in = packets_out = bytes_out = 0
+        retired = c.esp_retired
+        live_drops: Counter[str] = Counter(
+            {k[5:]: v for k, v in retired.items() if k.startswith("drop ")}
+        )
+        packets_in, bytes_in = retired["packets_in"], retired["bytes_in"]
+        packets_out, bytes_out = retired["packets_out"], retired["bytes_out"]
         for sa in daemon.endpoint.sas.values():
             for child in sa.children.values():
                 inbound = dp.sad.get(child.spi_in)
@@ -250,7 +263,7 @@ def stats(daemon: Any) -> dict[str, Any]:
                 if tx is not None:
                     p, b = tx.sa.usage()
                     packets_out, bytes_out = packets_out + p, bytes_out + b
-        replays = live_drops.get("REPLAY", 0)
+        replays = live_drops.get("REPLAY", 0)  # the retired SAs' are in live_drops too
         esp.update(
             packets_in=packets_in,
             bytes_in=bytes_in,
@@ -271,5 +284,5 @@ def stats(daemon: Any) -> dict[str, Any]:
         "ike_dropped_total": int(getattr(daemon.endpoint, "dropped", 0)),
         "events": dict(sorted(c.events.items())),
         "esp": esp,
-        "esp_note": "packets, bytes and drops by reason of the current Child SAs",
+        "esp_note": "inner packets and bytes, drops by reason: every Child SA since start-up",
     }

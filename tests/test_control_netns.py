@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.netns import TwoHosts, wait_until
+from tests.netns import TwoHosts, ping, wait_until
 from tests.pyike_proc import CONF, PYIKECTL, REPO, PyikeProc, write_keydir
 
 pytestmark = [pytest.mark.netns]
 
 HOME_ID, VM_ID = "carinho.lan", "namorar.example.com"
+VPN1 = "2001:db8:c1da::2"  # the VM's inner address (conf/vm-iked.conf)
 
 
 def _keys(tmp: Path) -> tuple[Path, Path]:
@@ -166,6 +167,14 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
         assert bad.returncode == 1 and "reload failed" in bad.stderr, bad.stderr
         assert len(_established(home, 3)) >= 3
 
+        # Traffic shows in the Child SA's counters, and stays counted in show stats
+        # after the SA is gone (reset below).
+        assert ping(two_hosts.home, VPN1, count=3) >= 2
+        icmp = next(c for r in home.ctl_json("show", "sa") for c in r["children"]
+                    if any("icmp" in t for t in c["local_ts"]))  # fmt: skip
+        assert icmp["packets_out"] >= 2 and icmp["packets_in"] >= 2, icmp
+        assert icmp["bytes_out"] >= 2 * 48, icmp
+
         # reset all: the VM sees a DELETE for each IKE SA, new ones come up.
         before = {r["our_spi"] for r in home.ctl_json("show", "sa")}
         deletes_before = vm.log().count("peer deleted the IKE SA")
@@ -195,8 +204,10 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
         )  # fmt: skip
         assert bad.returncode == 1 and "no policy 'nonesuch'" in bad.stderr, bad.stderr
 
-        # show stats counts what happened.
+        # show stats counts what happened, the deleted SAs' traffic included.
         stats = home.ctl_json("show", "stats")
+        assert stats["esp"]["packets_out"] >= icmp["packets_out"], stats["esp"]
+        assert stats["esp"]["packets_in"] >= icmp["packets_in"], stats["esp"]
         assert stats["ike_sas"] == 3
         assert stats["ike_messages"].get("IKE_AUTH request out", 0) >= 4
         assert (
