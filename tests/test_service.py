@@ -247,3 +247,28 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     unit.write_text(text.replace("/opt/pyike/bin/", f"{bindir}/"))
     r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+# --- show stats' message counters -------------------------------------------------------------
+
+
+def _ike_header(exchange: int, flags: int, message_id: int, spi_r: bytes = b"\x22" * 8) -> bytes:
+    """A bare IKEv2 header (RFC 7296 3.1), no payloads: what the counters look at."""
+    import struct
+
+    return b"\x11" * 8 + spi_r + struct.pack("!BBBBII", 0, 0x20, exchange, flags, message_id, 28)
+
+
+def test_counters_messages_and_retransmissions() -> None:
+    from pyike.status import Counters
+
+    c = Counters()
+    req = _ike_header(37, 0x08, 5)  # INFORMATIONAL request from the original initiator
+    c.ike_message(req, outbound=True)
+    c.ike_message(req, outbound=True)  # the same bytes again: a retransmission (2.1)
+    c.ike_message(_ike_header(37, 0x08, 6), outbound=True)  # the next request: not one
+    c.ike_message(_ike_header(37, 0x20, 5), outbound=False)  # its response
+    c.ike_message(b"\x00" * 5, outbound=False)
+    assert c.messages == {"INFORMATIONAL request out": 3, "INFORMATIONAL response in": 1}
+    assert c.retransmits == 1 and c.resent_responses == 0
+    assert c.drops == {"unparseable IKE header": 1}
