@@ -236,17 +236,14 @@ def run_daemon(argv: list[str]) -> int:
         import grp
 
         gid = grp.getgrnam(args.socket_group).gr_gid
+    # Hooks itself into the daemon: serves the socket and notifies systemd from the
+    # daemon's event loop once it has started.
     service = Service(daemon, ctl_sock, allowed_gid=gid)
-
-    async def serve() -> None:
-        await service.start()
+    try:
         try:
-            await daemon.run()
+            asyncio.run(daemon.run())
         finally:
             service.close()
-
-    try:
-        asyncio.run(serve())
     except DaemonError as e:
         print(f"pyike: {e}", file=sys.stderr)
         return 1

@@ -115,9 +115,15 @@ class ControlSocket:
     inode: int
 
     def close(self) -> None:
-        """Close, and remove the path if it is still ours (another daemon may have
-        replaced it; removing that one would cut it off from pyikectl)."""
+        """Close, and remove the path (see unlink)."""
         self.sock.close()
+        self.unlink()
+
+    def unlink(self) -> None:
+        """Remove the path if it is still ours (another daemon may have replaced it;
+        removing that one would cut it off from pyikectl). With privilege separation
+        the root parent, which handed the socket itself to the unprivileged process,
+        calls only this at exit (the unprivileged one may not write /run)."""
         with contextlib.suppress(OSError):
             if os.lstat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
@@ -224,7 +230,8 @@ class ControlServer:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(None)
         if self._server is not None:
-            self._server.close()
+            with contextlib.suppress(RuntimeError):  # its event loop may be gone already
+                self._server.close()
             self._server = None
 
     @property

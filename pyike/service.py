@@ -119,23 +119,29 @@ class Service:
         daemon.on_stopping.append(self.stopping)
         daemon.reload_hooks.append(self.reload_hook)
         self._last_status = ""
+        self._serving: object | None = None
         # Drops by reason for `show stats`, from the core's drop log lines.
         self._drop_counter = status.DropLogCounter(daemon.counters)
         logging.getLogger("pyike.ike").addHandler(self._drop_counter)
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Before the driver runs: serve the control socket."""
-        if self.control is not None:
-            await self.control.start()
-
     def started(self) -> None:
-        """Policies loaded, sockets bound, active policies started: READY."""
+        """Policies loaded, sockets bound, active policies started: serve the control
+        socket (already listening: clients that came early wait in its backlog), READY.
+
+        This runs in the daemon's event loop, in whichever process runs it: with
+        privilege separation the unprivileged one, which inherited the socket and the
+        notifier (made before the fork, so $WATCHDOG_PID still names us)."""
         import asyncio
 
+        loop = asyncio.get_running_loop()
+        if self.control is not None:
+            task = loop.create_task(self.control.start())
+            task.add_done_callback(_log_failure)
+            self._serving = task
         self.notifier.ready(self.status_line())
-        self.notifier.start_watchdog(asyncio.get_running_loop())
+        self.notifier.start_watchdog(loop)
         self.publish({"event": "started", "line": "pyike started"})
 
     def stopping(self) -> None:
@@ -239,6 +245,11 @@ class Service:
         log.info("pyikectl %s: deleting %d IKE SA(s)", what, n)
         d.driver.pump()
         return n
+
+
+def _log_failure(task: Any) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("control socket not served: %s", task.exception())
 
 
 def _id_matches(sa: Any, wanted: str) -> bool:
