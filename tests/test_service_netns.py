@@ -40,6 +40,9 @@ class NotifySocket:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        # As systemd's /run/systemd/notify: anyone may send (the daemon's network
+        # process runs unprivileged under privilege separation).
+        path.chmod(0o777)
         self.sock.settimeout(0.05)
         self.messages: list[tuple[float, dict[str, str]]] = []
 
@@ -118,12 +121,15 @@ def test_sd_notify_and_quiet_idle_tunnel(two_hosts: TwoHosts, tmp_path: Path) ->
             assert ready.get("STATUS") == "0 IKE SAs, 0 Child SAs", ready
             assert _watchdogs(notify.collect(2.0)) >= 6  # ~10 expected at 0.2 s
             assert lone.proc is not None
-            os.kill(lone.proc.pid, signal.SIGSTOP)
+            # Stop the daemon's whole process group: with privilege separation the
+            # event loop runs in a child of the process we started.
+            group = os.getpgid(lone.proc.pid)
+            os.killpg(group, signal.SIGSTOP)
             try:
                 notify.collect(0.3)  # anything sent just before the stop
                 assert _watchdogs(notify.collect(1.5)) == 0
             finally:
-                os.kill(lone.proc.pid, signal.SIGCONT)
+                os.killpg(group, signal.SIGCONT)
             assert _watchdogs(notify.collect(1.5)) >= 4
             assert "reloaded" in lone.ctl("reload")
             seen = [m for _t, m in notify.messages[-50:]] + [m for _t, m in notify.collect(1.0)]
