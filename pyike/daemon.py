@@ -423,7 +423,7 @@ class Daemon:
             log.warning("policy '%s': no route to peer %s: %s", name, peer[0], e.strerror)
             self._schedule_retry(name)
             return
-        log.info(
+        (log.info if name not in self._backoff else log.debug)(  # retries: -v only
             "policy '%s': initiating to [%s]:%d from [%s]:%d",
             name,
             peer[0],
@@ -443,10 +443,11 @@ class Daemon:
 
     def _schedule_retry(self, name: str) -> None:
         """Capped exponential backoff before the next attempt (issue: dynamic IP)."""
+        first = name not in self._backoff  # later retries are -v lines (quiet logs)
         delay = self._backoff.get(name, BACKOFF_START)
         self._backoff[name] = min(delay * 2, BACKOFF_CAP)
         loop = asyncio.get_event_loop()
-        log.info("policy '%s': next attempt in %.0f s", name, delay)
+        (log.info if first else log.debug)("policy '%s': next attempt in %.0f s", name, delay)
         self._retry[name] = loop.call_later(delay, self.initiate, name)
 
     # ------------------------------------------------------------------ events

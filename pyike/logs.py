@@ -3,7 +3,8 @@
 Levels follow iked(8)'s ``-v``:
 
 - default: start-up, established/closed/rekeyed SAs, recoveries, errors; repeated drops
-  at most one line a minute per kind (with the number suppressed meanwhile). An idle
+  at most one line a minute per kind (with the number suppressed meanwhile), a peer
+  that stays unreachable one line per ten minutes (retries are ``-v`` lines). An idle
   established tunnel logs nothing: liveness probes, NAT keepalives and the per-message
   send/recv lines are below this level.
 - ``-v``: also every IKE message sent and received, probes, keepalives, every drop.
@@ -37,6 +38,10 @@ CHATTY_TEMPLATES = (
 )
 DROP_WORDS = re.compile(r"\bdrop(s|ped)?\b|\bno Child SA for\b", re.IGNORECASE)
 RATE_WINDOW = 60.0  # seconds: at most one line per kind of drop in this window
+# A peer that stays unreachable fails one attempt after another: the first failure
+# is news, the same failure again is shown once every ten minutes.
+REPEATED_FAILURES = re.compile(r"IKE SA closed: peer not responding")
+FAILURE_WINDOW = 600.0
 _NUMBERS = re.compile(r"0x[0-9a-f]+|[0-9a-f]*\d[0-9a-f:.]*", re.IGNORECASE)
 
 # syslog priorities (RFC 5424 6.2.1) for journald's <N> prefix.
@@ -85,24 +90,30 @@ class QuietFilter(logging.Filter):
         template = str(record.msg)
         if record.levelno <= logging.INFO and any(rx.search(template) for rx in CHATTY_TEMPLATES):
             return False
-        if not DROP_WORDS.search(template if template != "%s" else record.getMessage()):
+        message = record.getMessage()
+        if REPEATED_FAILURES.search(message):
+            kind, window = _NUMBERS.sub("#", message), FAILURE_WINDOW
+        elif DROP_WORDS.search(template if template != "%s" else message):
+            # One kind of drop: the same format string, or for pre-formatted text the
+            # same words once addresses, SPIs and counts are blanked out.
+            kind = template if "%" in template else _NUMBERS.sub("#", message)
+            window = RATE_WINDOW
+        else:
             return True
-        # One kind of drop: the same format string, or for pre-formatted text the same
-        # words once addresses, SPIs and counts are blanked out.
-        kind = template if "%" in template else _NUMBERS.sub("#", record.getMessage())
         key = (record.name, kind)
         now = self.clock()  # type: ignore[operator]
         last = self._last.get(key)
-        if last is not None and now - last < RATE_WINDOW:
+        if last is not None and now - last < window:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return False
         self._last[key] = now
         skipped = self._suppressed.pop(key, 0)
         if skipped:
-            record.msg = f"{record.getMessage()} ({skipped} similar suppressed in the last minute)"
+            span = "minute" if window == RATE_WINDOW else f"{window / 60:.0f} minutes"
+            record.msg = f"{message} ({skipped} similar suppressed in the last {span})"
             record.args = None
         if len(self._last) > 4096:  # bounded: forget kinds not seen for a window
-            self._last = {k: t for k, t in self._last.items() if now - t < RATE_WINDOW}
+            self._last = {k: t for k, t in self._last.items() if now - t < FAILURE_WINDOW}
         return True
 
 

@@ -272,3 +272,23 @@ def test_counters_messages_and_retransmissions() -> None:
     assert c.messages == {"INFORMATIONAL request out": 3, "INFORMATIONAL response in": 1}
     assert c.retransmits == 1 and c.resent_responses == 0
     assert c.drops == {"unparseable IKE header": 1}
+
+
+def test_quiet_filter_repeated_failures_once_per_ten_minutes() -> None:
+    now = [0.0]
+    f = logs.QuietFilter(0, clock=lambda: now[0])
+    closed = "%s: IKE SA closed: %s"
+
+    def failure(spi: str) -> logging.LogRecord:
+        reason = "peer not responding (IKE_SA_INIT req 0 sent 13 times)"
+        return _record(closed, spi, reason, level=logging.WARNING)  # type: ignore[return-value]
+
+    assert f.filter(failure("spi=0x01"))
+    for i in range(9):  # one attempt a minute for nine minutes
+        now[0] += 62
+        assert not f.filter(failure(f"spi=0x{i + 2:02x}"))
+    # Another kind of closing is news at once.
+    assert f.filter(_record(closed, "spi=0x99", "deleted by peer", level=logging.WARNING))
+    now[0] += 62
+    last = failure("spi=0x0b")
+    assert f.filter(last) and "9 similar suppressed in the last 10 minutes" in last.getMessage()
