@@ -120,9 +120,6 @@ class Service:
         daemon.reload_hooks.append(self.reload_hook)
         self._last_status = ""
         self._serving: object | None = None
-        # Drops by reason for `show stats`, from the core's drop log lines.
-        self._drop_counter = status.DropLogCounter(daemon.counters)
-        logging.getLogger("pyike.ike").addHandler(self._drop_counter)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,7 +146,6 @@ class Service:
         self.publish({"event": "stopping", "line": "pyike stopping"})
 
     def close(self) -> None:
-        logging.getLogger("pyike.ike").removeHandler(self._drop_counter)
         if self.control is not None:
             self.control.close()
         self.notifier.close()

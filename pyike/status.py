@@ -6,14 +6,13 @@ Everything returned is JSON-ready: str, int, float, bool, lists and dicts.
 
 :class:`Counters` is fed by the driver (every IKE datagram in and out) and by the
 daemon (events, recoveries): ``show stats``'s IKE messages by exchange and
-direction, retransmissions, drops by reason, SAs established and rekeyed.
+direction, retransmissions, SAs established and rekeyed; drops by reason are the
+core's own counts (``Endpoint.guard.counters``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import re
 import time
 from collections import Counter
 from typing import Any
@@ -78,26 +77,6 @@ class Counters:
 
     def event(self, name: str) -> None:
         self.events[name] += 1
-
-
-_DROP_TEMPLATE = re.compile(r"\bdrop\b.*", re.IGNORECASE)
-_PLACEHOLDER = re.compile(r"%[-#0-9.]*[sdrfx]")
-
-
-class DropLogCounter(logging.Handler):
-    """Counts the IKE core's drops by reason. The core reports each drop with one
-    log line whose format string names the reason ("drop %s request in state %s"),
-    so the format string, placeholders blanked, is the reason (no per-drop cost
-    beyond the log call the core makes anyway)."""
-
-    def __init__(self, counters: Counters) -> None:
-        super().__init__(logging.DEBUG)
-        self.counters = counters
-
-    def emit(self, record: logging.LogRecord) -> None:
-        m = _DROP_TEMPLATE.search(str(record.msg))
-        if m is not None:
-            self.counters.drop(_PLACEHOLDER.sub("*", m.group(0)))
 
 
 # --------------------------------------------------------------------------- SAs
@@ -240,6 +219,11 @@ def flows(daemon: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _guard_counts(daemon: Any) -> Counter[str]:
+    guard = getattr(daemon.endpoint, "guard", None)
+    return Counter(getattr(guard, "counters", {}))
+
+
 def stats(daemon: Any) -> dict[str, Any]:
     c: Counters = daemon.counters
     dp = getattr(daemon, "dataplane", None)
@@ -280,7 +264,8 @@ def stats(daemon: Any) -> dict[str, Any]:
         "ike_messages": dict(sorted(c.messages.items())),
         "retransmits": c.retransmits,
         "resent_responses": c.resent_responses,
-        "ike_drops": dict(sorted(c.drops.items())),
+        # The core counts every refusal by kind (pyike.ike.guard); ours are the driver's.
+        "ike_drops": dict(sorted((_guard_counts(daemon) + c.drops).items())),
         "ike_dropped_total": int(getattr(daemon.endpoint, "dropped", 0)),
         "events": dict(sorted(c.events.items())),
         "esp": esp,

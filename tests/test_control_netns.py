@@ -226,7 +226,7 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
             what="the drop counted",
         )  # fmt: skip
         drops = home.ctl_json("show", "stats")["ike_drops"]
-        assert any(reason.startswith("drop datagram") for reason in drops), drops
+        assert drops.get("ike_malformed", 0) >= 1, drops
 
         # A non-root user cannot use the socket (its mode, not the directory, refuses).
         nobody = pwd.getpwnam("nobody")
