@@ -126,8 +126,7 @@ def render_stats(st: dict[str, Any]) -> str:
         f"uptime {_duration(st['uptime'])}, {st['ike_sas']} IKE SAs, {st['child_sas']} Child SAs",
         "IKE messages:",
         *(f"  {k}: {v}" for k, v in st["ike_messages"].items()),
-        f"IKE retransmissions: {st['retransmits']} requests, "
-        f"{st['resent_responses']} responses resent",
+        f"IKE retransmissions of our requests: {st['retransmits']}",
         f"IKE drops: {st.get('ike_dropped_total', 0)} datagrams in the core; by reason:",
         *(f"  {k}: {v}" for k, v in st["ike_drops"].items()),
         "events:",
