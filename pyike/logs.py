@@ -40,7 +40,7 @@ DROP_WORDS = re.compile(r"\bdrop(s|ped)?\b|\bno Child SA for\b", re.IGNORECASE)
 RATE_WINDOW = 60.0  # seconds: at most one line per kind of drop in this window
 # A peer that stays unreachable fails one attempt after another: the first failure
 # is news, the same failure again is shown once every ten minutes.
-REPEATED_FAILURES = re.compile(r"IKE SA closed: peer not responding")
+REPEATED_FAILURES = re.compile(r"IKE SA closed: peer not responding|: next attempt in ")
 FAILURE_WINDOW = 600.0
 _NUMBERS = re.compile(r"0x[0-9a-f]+|[0-9a-f]*\d[0-9a-f:.]*", re.IGNORECASE)
 

@@ -202,9 +202,9 @@ class Service:
         if verb in ("reset all", "reset sa"):
             return {"deleted": self.reset(lambda sa: True, verb)}
         if verb == "reset policy":
-            if arg not in d.policies:
+            if arg not in {str(key) for key in d.policies}:
                 raise ControlError(f"no policy '{arg}' (pyikectl show flows lists them)")
-            return {"deleted": self.reset(lambda sa: sa.policy.name == arg, f"{verb} {arg}")}
+            return {"deleted": self.reset(lambda sa: _policy_name(sa) == arg, f"{verb} {arg}")}
         if verb == "reset id":
             return {"deleted": self.reset(lambda sa: _id_matches(sa, arg or ""), f"{verb} {arg}")}
         if verb == "log verbose":
@@ -233,7 +233,6 @@ class Service:
             if sa.state == State.CLOSED or not which(sa):
                 continue
             n += 1
-            d._backoff.pop(sa.policy.name, None)
             if sa.state == State.ESTABLISHED:
                 sa.delete(now, f"pyikectl {what}")
             else:
@@ -241,6 +240,13 @@ class Service:
         log.info("pyikectl %s: deleting %d IKE SA(s)", what, n)
         d.driver.pump()
         return n
+
+
+def _policy_name(sa: Any) -> str:
+    """The policy as pyikectl names it: its key (``name``, ``name#2`` for a second
+    policy of the same name), or the plain name."""
+    key = getattr(sa.policy, "key", None)
+    return str(key) if key is not None else sa.policy.name
 
 
 def _log_failure(task: Any) -> None:
