@@ -36,10 +36,6 @@ log = logging.getLogger("pyike.privsep")
 PARENT_SNDBUF = 8 * 1024 * 1024  # a RELOAD answer is one SEQPACKET message
 
 
-def _fileno(x: socket.socket | int) -> int:
-    return x if isinstance(x, int) else x.fileno()
-
-
 def _key_readable(path: Path) -> bool:
     try:
         with path.open("rb"):
@@ -111,7 +107,10 @@ def run_separated(
         dp.tun, dp.fd = None, -1
     for h in handover:
         with contextlib.suppress(OSError):
-            os.close(_fileno(h))
+            if isinstance(h, int):
+                os.close(h)
+            else:
+                h.close()  # the object knows it is closed: a later close() is a no-op
     log.info("privsep: network process %d runs as %s (uid %d)", pid, user.name, user.uid)
     parent = Parent(
         parent_sock,
