@@ -235,6 +235,14 @@ def run_daemon(argv: list[str]) -> int:
     from pyike.privsep.drop import PrivsepError
     from pyike.service import Service
 
+    if not args.no_privsep:  # not root, or no such user: say so before opening anything
+        from pyike.privsep.start import preflight
+
+        try:
+            preflight(args.user)
+        except PrivsepError as e:
+            print(f"pyike: {e}", file=sys.stderr)
+            return 1
     # The control socket is made here, with privileges (root's, 0600), and then only
     # served by the daemon's event loop (pyike.control). The default path is shared by
     # every pyike on the host: if another one holds it, this one runs without.

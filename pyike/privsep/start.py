@@ -44,6 +44,16 @@ def _key_readable(path: Path) -> bool:
         return False
 
 
+def preflight(user_name: str | None) -> drop.RunAs:
+    """Root, and a user to drop to: checked before anything is opened."""
+    if os.geteuid() != 0:
+        raise PrivsepError(
+            "must be started as root: it binds UDP 500/4500 and creates the TUN device, "
+            "then runs its network process as an unprivileged user"
+        )
+    return drop.find_user(user_name)
+
+
 def run_separated(
     daemon: object,
     user_name: str | None = None,
@@ -58,12 +68,7 @@ def run_separated(
     after the drop, before its event loop starts (to hook those descriptors in).
     Raises PrivsepError (not root, no such user) or the daemon's start-up errors.
     """
-    if os.geteuid() != 0:
-        raise PrivsepError(
-            "must be started as root: it binds UDP 500/4500 and creates the TUN device, "
-            "then runs its network process as an unprivileged user"
-        )
-    user = drop.find_user(user_name)
+    user = preflight(user_name)
     options = daemon.options  # type: ignore[attr-defined]
     store = SwitchableKeyStore(keys.KeyStore(options.keydir))
     daemon.key_store = lambda: store  # type: ignore[attr-defined]
