@@ -89,6 +89,7 @@ class Options:
     netwatch: bool = True  # react to link/address/route changes (pyroute2)
     replace_after: float = DEFAULT_REPLACE_AFTER  # 0: never negotiate a replacement
     invalid_spi: bool = True  # answer requests for unknown SAs (off: behave like iked)
+    fragment_size: int = 0  # RFC 7383 fragments above this IP datagram size (0: 2.5.1)
 
 
 def retransmit_tries(base: float, cap: float, give_up: float = GIVE_UP_AFTER) -> int:
@@ -187,6 +188,8 @@ def sa_policy(
         dpd_interval=float(dpd),
         retransmit_cap=options.retransmit_cap,
         retransmit_tries=retransmit_tries(2.0, options.retransmit_cap),
+        fragmentation=bool(getattr(global_options, "fragmentation", False)),
+        fragment_size=options.fragment_size,
     )
 
 
