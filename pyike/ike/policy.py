@@ -39,3 +39,4 @@ class SaPolicy:
     # largest IP datagram of an IKE message (0: 1280 for IPv6, 576 for IPv4, 2.5.1).
     fragmentation: bool = False
     fragment_size: int = 0
+    mobike: bool = True  # RFC 4555 (`set mobike`, iked's default; `set nomobike`)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyike import crypto, wire
-from pyike.ike import auth, create_child, fragments, informational
+from pyike.ike import auth, create_child, fragments, informational, mobike
 from pyike.ike.child import ChildSa
 from pyike.ike.common import ZERO_SPI, Addr, ProtocolError, id_text, notify, spi_text
 from pyike.ike.events import (
@@ -51,7 +51,7 @@ RequestHandler = Callable[["IkeSa", Message, list[wire.Payload], float], list[wi
 # state. Anything not listed is dropped with a log line.
 REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
     (State.INIT_DONE, ExchangeType.IKE_AUTH): auth.on_auth_request,
-    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): informational.on_request,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): mobike.on_informational,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): create_child.on_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): informational.on_request,
     (State.DELETING, ExchangeType.CREATE_CHILD_SA): create_child.refuse_while_deleting,
@@ -136,6 +136,7 @@ class IkeSa:
         self.fragmentation = False
         self.fragments_out = fragments.Outgoing()
         self.fragments_in = fragments.Reassembly()
+        self.mobike = mobike.MobikeState()  # RFC 4555, negotiated in IKE_AUTH (auth.py)
 
     def note_alive(self, now: float) -> None:
         """The driver saw authenticated traffic (ESP) from the peer: no probe needed."""
@@ -395,7 +396,7 @@ class IkeSa:
             log.debug(
                 "%s: nothing received for %.0f s, probing", self.label, now - self.last_heard()
             )
-            self.queue_request(informational.LivenessRequest(), now)
+            self.queue_request(mobike.liveness_request(self), now)
 
     def _check_lifetimes(self, now: float) -> None:
         """Soft expiry starts a rekey, hard expiry deletes (RFC 7296 2.8, RFC 4301 4.4.2.1)."""
@@ -422,7 +423,7 @@ class IkeSa:
             r.sent_at = now
             self.transmit(r.data, f"{r.describe()} (network changed)")
         elif self.state == State.ESTABLISHED:
-            self.queue_request(informational.LivenessRequest(), now)
+            self.queue_request(mobike.liveness_request(self), now)
 
     def delete(self, now: float, reason: str = "closed by us") -> None:
         """Send a DELETE for the whole IKE SA (and so all its Child SAs, 1.4.1)."""
@@ -525,6 +526,7 @@ class IkeSa:
             established=True,
         )
         new.fragmentation = self.fragmentation  # a property of the IKE SA (RFC 7383 2.3)
+        new.mobike.negotiated = self.mobike.negotiated
         return new
 
     # ------------------------------------------------------------------ receive
@@ -673,7 +675,8 @@ class IkeSa:
             )
             return
         self.last_received = now
-        self._note_peer_address(src, dst)
+        if not mobike.hold_move(self, msg, payloads, src, dst):
+            self._note_peer_address(src, dst)
         self.close_after_response = ""
         self.fail_after_response = ""
         try:
