@@ -44,6 +44,7 @@ from pyike.ike import (
     PeerLostSa,
     SaPolicy,
     State,
+    mobike,
 )
 from pyike.registry import IdType, ProtocolId
 
@@ -190,6 +191,7 @@ def sa_policy(
         retransmit_tries=retransmit_tries(2.0, options.retransmit_cap),
         fragmentation=bool(getattr(global_options, "fragmentation", False)),
         fragment_size=options.fragment_size,
+        mobike=bool(getattr(global_options, "mobike", True)),
     )
 
 
@@ -641,6 +643,8 @@ class Daemon:
             except OSError:
                 continue  # no route to the peer right now: the next change will tell
             if not address_is_ours(sa.local[0]) or (sa.initiator and source != sa.local[0]):
+                if mobike.move(sa, (source, sa.local[1]), now):
+                    continue  # RFC 4555: same SAs, UPDATE_SA_ADDRESSES from the new address
                 # Without MOBIKE (RFC 4555) an SA cannot move to another address:
                 # replace it from the address the kernel now uses towards the peer.
                 log.info(
