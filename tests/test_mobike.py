@@ -154,3 +154,33 @@ def test_nat_mapping_change_on_idle_tunnel_sends_update() -> None:
     # Liveness, then UPDATE_SA_ADDRESSES (and the VM's return routability request).
     assert h.window.next_id == updates_before + 2
     assert h.mobike.moves == 1
+
+
+def test_other_requests_from_a_new_address_move_nothing() -> None:
+    """3.5: under MOBIKE only UPDATE_SA_ADDRESSES moves an SA; a liveness check from
+    elsewhere is answered there and the SA stays (charon probes paths like this)."""
+    p = up_pair()
+    h, v = sas(p)
+    (vc,) = v.children.values()
+    h.local = HOME2  # home sends from elsewhere without telling (no UPDATE)
+    h.check_alive(p.now)
+    p.run()
+    assert h.is_established  # answered, at the address it came from
+    assert v.peer == HOME and vc.remote == HOME and v.mobike.moves == 0
+
+
+def test_update_flood_keeps_one_return_routability_check_queued() -> None:
+    p = up_pair()
+    h, v = sas(p)
+    hold: list[Transmit] = []
+    p.hook = lambda t: (hold.append(t), [])[1] if wire.parse_message(t.data).is_response else [t]
+    for n in range(20):  # 20 UPDATEs from 20 addresses; the answers are held back
+        addr = (ip_address(f"198.51.100.{n + 10}"), 500)
+        mobike.move(h, addr, p.now)
+        h.window.outstanding = None  # let the next one go at once (fake a lost answer)
+        h.window.next_id += 1
+        h.window.queue.clear()
+        p.step()
+    waiting = [r for r in v.window.queue if isinstance(r, mobike.ReturnRoutabilityRequest)]
+    assert len(waiting) <= 1 and len(v.window.queue) <= 1
+    assert v.peer == (ip_address("198.51.100.29"), 500)

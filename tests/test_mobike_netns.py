@@ -102,3 +102,57 @@ def test_address_change_moves_sa_with_charon(two_hosts: TwoHosts, tmp_path: Path
         finally:
             pyike.stop()
     assert "Traceback" not in pyike.log()
+
+
+def test_charon_moves_pyike_responder_follows(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """charon at home initiates; home's address changes; charon sends
+    UPDATE_SA_ADDRESSES; pyike (the VM, the guide's vm-iked.conf) lets the IKE SA follow
+    and moves its ESP after charon answered the return routability check."""
+    from tests.pyike_proc import CONF
+
+    _need_tools()
+    home, vm = two_hosts
+    k = _keys()
+    _add_inner(home, HOME_INNER)
+    vm_keys = write_keydir(tmp_path / "vm-keys", k.vm, {HOME_ID: k.home.public_key()})
+    charon = _charon(
+        home,
+        tmp_path / "charon",
+        home=True,
+        own=k.home,
+        peer_public=k.vm.public_key(),
+        suite=GCM,
+        rfc7427=True,
+    )
+    charon.local_addr = "%any"  # charon may move to any of home's addresses
+    pyike = PyikeProc(vm, tmp_path, CONF / "vm-iked.conf", vm_keys, ["-D", f"ext={VM_ADDR}"])
+    pyike.start()
+    try:
+        pyike.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
+        with charon:
+            charon.load()
+            charon.initiate(timeout=TIMEOUT_S)
+            charon.wait_established(timeout=TIMEOUT_S)
+            pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
+            (before,) = charon.list_sas()
+            assert ping(vm, HOME_INNER, count=2) >= 1, pyike.log()[-3000:]
+            home.run(["ip", "addr", "del", f"{HOME_ADDR}/24", "dev", "eth0"])
+            home.run(["ip", "addr", "add", f"{NEW_HOME_ADDR}/24", "dev", "eth0"])
+            changed = time.monotonic()
+            pyike.wait_log(
+                r"return routability to \[192\.0\.2\.11\]:4500 confirmed", timeout=MOVE_LIMIT
+            )
+            answered = _ping_within(vm, HOME_INNER, changed + MOVE_LIMIT)
+            log = pyike.log()
+            assert answered is not None, log[-4000:] + charon.log_text()[-3000:]
+            print(f"\ncharon's MOBIKE move to a ping from pyike's side: {answered - changed:.2f} s")
+            (after,) = charon.list_sas()
+            assert (after["initiator-spi"], after["responder-spi"]) == (
+                before["initiator-spi"],
+                before["responder-spi"],
+            ), after
+            assert after["local-host"] == NEW_HOME_ADDR, after
+            assert re.search(r"peer moves from \[192\.0\.2\.1\]:4500 to \[192\.0\.2\.11\]", log)
+    finally:
+        pyike.stop()
+    assert "Traceback" not in pyike.log()

@@ -56,7 +56,8 @@ class IkeSaMoved(Event):
 @dataclass(slots=True)
 class MobikeState:
     negotiated: bool = False
-    # The (src, dst) of the UPDATE_SA_ADDRESSES request being handled right now.
+    # The (src, dst) of the request being handled right now (its NAT-D answer and,
+    # for UPDATE_SA_ADDRESSES, where the SA moves).
     pending: tuple[Addr, Addr] | None = None
     # NAT_DETECTION_DESTINATION_IP of the peer's last answer: our address as it saw it.
     seen_as: bytes = b""
@@ -242,17 +243,25 @@ def liveness_request(sa: IkeSa) -> informational.LivenessRequest:
 
 def hold_move(sa: IkeSa, msg: Message, payloads: list[wire.Payload], src: Addr, dst: Addr) -> bool:
     """Called for every authenticated request before the SA follows its source.
-    True for an UPDATE_SA_ADDRESSES under MOBIKE: :func:`on_informational` moves
-    the IKE SA itself and the Child SAs only after return routability (3.5)."""
-    sa.mobike.pending = None
-    if (
-        sa.mobike.negotiated
-        and msg.exchange == ExchangeType.INFORMATIONAL
+
+    True under MOBIKE: addresses then change only by UPDATE_SA_ADDRESSES (3.5), which
+    :func:`on_informational` handles (the IKE SA at once, the Child SAs after return
+    routability); any other request is answered where it came from and moves nothing
+    (charon probes a new path with an empty INFORMATIONAL before its UPDATE)."""
+    sa.mobike.pending = (src, dst)
+    if not sa.mobike.negotiated:
+        return False
+    if src != sa.peer and not (
+        msg.exchange == ExchangeType.INFORMATIONAL
         and has_notify(payloads, NotifyType.UPDATE_SA_ADDRESSES)
     ):
-        sa.mobike.pending = (src, dst)
-        return True
-    return False
+        log.debug(
+            "%s: request from [%s]:%d answered there; MOBIKE moves only on UPDATE_SA_ADDRESSES",
+            sa.label,
+            src[0],
+            src[1],
+        )
+    return True
 
 
 @dataclass(eq=False)
@@ -310,7 +319,9 @@ def on_informational(
         return _on_update(sa, payloads, cookie, now)
     reply = informational.on_request(sa, msg, payloads, now)
     if _notify_data(payloads, NotifyType.NAT_DETECTION_SOURCE_IP):
-        reply += nat_notifies(sa, sa.local, sa.peer)
+        # How we see the peer now (3.5): its NAT may have a new mapping.
+        src, dst = sa.mobike.pending or (sa.peer, sa.local)
+        reply += nat_notifies(sa, dst, src)
     if cookie is not None:
         reply.append(notify(NotifyType.COOKIE2, cookie))
     return reply
@@ -344,8 +355,13 @@ def _on_update(
     if cookie is not None:
         reply.append(notify(NotifyType.COOKIE2, cookie))
     if any(c.remote != src or c.local != dst for c in sa.children.values()):
-        # ESP moves once the new address has answered us (return routability).
-        sa.queue_request(ReturnRoutabilityRequest(peer=src), now)
+        # ESP moves once the new address has answered us (return routability). At
+        # most one check waits in the queue: a newer UPDATE retargets it.
+        queued = next((r for r in sa.window.queue if isinstance(r, ReturnRoutabilityRequest)), None)
+        if queued is not None:
+            queued.peer = src
+        else:
+            sa.queue_request(ReturnRoutabilityRequest(peer=src), now)
     else:
         sa.emit(IkeSaMoved(sa, sa.local, sa.peer, children=False))
     return reply
