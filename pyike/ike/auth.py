@@ -88,7 +88,7 @@ class AuthRequest(Request):
             sa.set_state(State.DELETING)
             AuthFailedNotice().start(sa, now)
             return
-        mobike.note_peer(sa, payloads)
+        mobike.note_peer(sa, payloads, now)
         sa.established(now)
         if errors:
             log.warning(
@@ -158,7 +158,7 @@ def on_auth_request(
         log.warning("%s: AUTHENTICATION_FAILED: %s", sa.label, e.detail)
         sa.fail_after_response = f"authentication of the peer failed: {e.detail}"
         return [notify(NotifyType.AUTHENTICATION_FAILED)]
-    mobike.note_peer(sa, payloads)
+    mobike.note_peer(sa, payloads, now)
     reply: list[wire.Payload] = [local_id_payload(sa), make_auth(sa), *mobike.answer(sa)]
     sa.established(now)
     if has_notify(payloads, NotifyType.INITIAL_CONTACT):

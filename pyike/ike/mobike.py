@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from pyike import crypto, wire
 from pyike.ike import informational
-from pyike.ike.common import Addr, has_notify, notify
+from pyike.ike.common import IKE_PORT, Addr, has_notify, notify
 from pyike.ike.events import Event
 from pyike.ike.requests import Request, Response
 from pyike.ike.states import State
@@ -73,11 +73,31 @@ def offer(sa: IkeSa) -> list[wire.Payload]:
     return [notify(NotifyType.MOBIKE_SUPPORTED)] if sa.policy.mobike else []
 
 
-def note_peer(sa: IkeSa, payloads: list[wire.Payload]) -> None:
-    """IKE_AUTH (either role): MOBIKE is on when both sides said so."""
+def note_peer(sa: IkeSa, payloads: list[wire.Payload], now: float) -> None:
+    """IKE_AUTH (either role): MOBIKE is on when both sides said so.
+
+    An initiator behind a NAT then asks at once how the peer sees it (a liveness
+    check with NAT-D right after IKE_AUTH): later checks compare with that, so a
+    mapping that changes before the first idle probe is noticed too."""
     sa.mobike.negotiated = sa.policy.mobike and has_notify(payloads, NotifyType.MOBIKE_SUPPORTED)
     if sa.mobike.negotiated:
         log.debug("%s: MOBIKE negotiated", sa.label)
+        if sa.initiator and _we_are_behind_nat(sa):
+            sa.queue_request(NatCheckedLiveness(), now)
+
+
+def _we_are_behind_nat(sa: IkeSa) -> bool:
+    """The IKE_SA_INIT response's NAT_DETECTION_DESTINATION_IP (2.23) is not our own
+    address: a real NAT rewrites our packets (forced encapsulation does not count)."""
+    try:
+        msg = wire.parse_message(sa.init_response)
+    except wire.WireError:
+        return False
+    dsts = _notify_data(msg.payloads, NotifyType.NAT_DETECTION_DESTINATION_IP)
+    if not dsts:
+        return False
+    ours = crypto.nat_detection_hash(sa.spi_i, sa.spi_r, sa.local[0], IKE_PORT)
+    return ours not in dsts
 
 
 def answer(sa: IkeSa) -> list[wire.Payload]:
