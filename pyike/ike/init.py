@@ -127,6 +127,7 @@ class InitRequest(Request):
         sa.init_response = response.data
         sa.peer_hashes = sig_hashes(msg)
         sa.fragmentation = sa.policy.fragmentation and fragments.offered(msg)
+        sa.peer_certreqs = msg.find_all(wire.CertReqPayload)
         check_nat(sa, msg, response.src, response.dst)
         try:
             shared = sa.dh.shared(ke.data)
@@ -374,6 +375,8 @@ def _answer(
     if sa.policy.fragmentation and fragments.offered(msg):
         sa.fragmentation = True  # RFC 7383 2.3: answer the offer, then both may fragment
         payloads.append(fragments.supported_notify())
+    if sa.policy.psk is None:
+        payloads += auth.credentials(sa).certreqs()  # 3.7: the CAs we trust
     reply = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, payloads)
     sa.init_response = wire.build_message(reply)
     sa.peer_next_id = 1
