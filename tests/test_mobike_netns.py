@@ -45,6 +45,16 @@ def _home_conf(path: Path, sets: str = "") -> Path:
     return path
 
 
+def _settle(pyike: PyikeProc, limit: float = 4.0) -> None:
+    """Give charon (up to ``limit`` s) to send its MOBIKE address list, which it does
+    once its namespace's IPv6 link-local addresses settle: a request of charon's in
+    flight on the old path holds back its Child SA rekey after a move until charon
+    retransmits it (its behaviour, seconds, not pyike's)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and "send INFORMATIONAL res 0 " not in pyike.log():
+        time.sleep(0.1)
+
+
 def _ping_within(ns, addr: str, deadline: float) -> float | None:
     """Ping until one answer or ``deadline`` (monotonic); when the answer came."""
     while time.monotonic() < deadline:
@@ -80,6 +90,7 @@ def test_address_change_moves_sa_with_charon(two_hosts: TwoHosts, tmp_path: Path
             assert ping(home, VM_INNER, count=2) >= 1, pyike.log()[-3000:]
             spis = (before["initiator-spi"], before["responder-spi"])
             assert before["remote-host"] == HOME_ADDR
+            _settle(pyike)
             # (Deleting the primary address first: it would take a secondary with it.)
             home.run(["ip", "addr", "del", f"{HOME_ADDR}/24", "dev", "eth0"])
             home.run(["ip", "addr", "add", f"{NEW_HOME_ADDR}/24", "dev", "eth0"])

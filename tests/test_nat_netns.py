@@ -114,8 +114,12 @@ def test_nat_rebind_on_idle_tunnel_charon(three_hosts, tmp_path: Path) -> None:
             (before,) = charon.list_sas()
             old_port = int(before["remote-port"])
             assert 40000 <= old_port <= 40099, before
-            # Idle until a liveness check has told pyike how charon sees it.
-            pyike.wait_log(r"recv INFORMATIONAL res \d+ peer", timeout=3 * DPD + 5)
+            # Idle until liveness checks have told pyike how charon sees it, and charon
+            # has sent its MOBIKE address list (once its namespace's IPv6 link-local
+            # addresses settle, about 2 s in): a request of charon's still in flight
+            # to the old mapping would hold back its Child SA rekey after the move
+            # until its own retransmission (charon's behaviour, not the NAT's).
+            pyike.wait_log(r"recv INFORMATIONAL res \d+ peer", timeout=3 * DPD + 5, count=3)
             time.sleep(0.5)
             _masquerade(nat, "41000-41099")
             nat.run([sys.executable, "-c", _FLUSH])
