@@ -146,6 +146,14 @@ def _daemon_parser() -> argparse.ArgumentParser:
         help="negotiate a replacement for an IKE SA whose liveness probe is "
         "unanswered this long (default 4; 0 = never)",
     )
+    p.add_argument(
+        "--fragment-size",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="with `set fragmentation`: largest IP datagram of an IKE message before it "
+        "is sent as RFC 7383 fragments (default 0: 1280 for IPv6, 576 for IPv4)",
+    )
     p.add_argument("--no-invalid-spi", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"pyike {__version__}")
@@ -217,6 +225,7 @@ def run_daemon(argv: list[str]) -> int:
         netwatch=not args.no_netwatch,
         replace_after=args.replace_after,
         invalid_spi=not args.no_invalid_spi,
+        fragment_size=args.fragment_size,
     )
     from pyike import control
     from pyike.dataplane import attach_dataplane
