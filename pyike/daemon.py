@@ -48,6 +48,7 @@ from pyike.ike import (
     State,
     mobike,
 )
+from pyike.limits import DEFAULT_LIMITS, Limits
 from pyike.registry import IdType, ProtocolId
 from pyike.supervisor import (
     DEFAULT_REPLACE_AFTER,
@@ -100,6 +101,7 @@ class Options:
     replace_after: float = DEFAULT_REPLACE_AFTER  # 0: never negotiate a replacement
     invalid_spi: bool = True  # answer requests for unknown SAs (off: behave like iked)
     fragment_size: int = 0  # RFC 7383 fragments above this IP datagram size (0: 2.5.1)
+    limits: Limits = DEFAULT_LIMITS  # --limit NAME=VALUE (pyike/limits.py)
 
 
 def retransmit_tries(base: float, cap: float, give_up: float = GIVE_UP_AFTER) -> int:
@@ -331,7 +333,7 @@ class Daemon:
         self.config: cfg.Config | None = None
         self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
         self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
-        self.endpoint = Endpoint(self._policy_for)
+        self.endpoint = Endpoint(self._policy_for, limits=options.limits)
         self.driver = Driver(
             self.endpoint, ports=options.ports, on_event=self._on_event, on_reload=self.reload
         )
