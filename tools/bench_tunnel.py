@@ -1,7 +1,8 @@
 """Data-plane throughput of pyike next to strongSwan and bare veth, in one run.
 
 Usage (root): .venv/bin/python tools/bench_tunnel.py [--seconds N] [--runs K]
-                 [--only pyike|strongswan|veth|baseline] [--baseline DIR] [--profile S]
+                 [--only pyike|noprivsep|strongswan|veth|baseline] [--baseline DIR]
+                 [--profile S]
                  [--no-veth-gro] [--keep]
 
 Three set-ups, each in a fresh pair of network namespaces joined by veth
@@ -13,6 +14,9 @@ RFC 3849):
 - ``strongswan``: charon <-> charon with kernel-libipsec (userspace ESP on a
   TUN, ``encap = yes``), the C reference for "userspace ESP on one core";
 - ``veth``: the inner addresses straight on the veth, no tunnel (the ceiling);
+- ``noprivsep``: as ``pyike``, both daemons with ``--no-privsep`` (one root
+  process): the cost of privilege separation, same run (``pyike`` runs
+  separated; CPU figures are the network process's);
 - ``baseline`` (with ``--baseline DIR``): pyike <-> pyike as in ``pyike``, but the
   pyike package of another tree (e.g. ``git archive <commit> | tar -x -C DIR``),
   for before/after figures in one run.
@@ -82,7 +86,7 @@ IPERF_PORT = 5201
 UDP_LEN = 1300
 SETUP_TIMEOUT_S = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("pyike", "strongswan", "veth", "baseline")
+SCENARIOS = ("pyike", "noprivsep", "strongswan", "veth", "baseline")
 
 # The same suites on both tunnels: the data plane is AES-256-GCM-16 either way.
 PYIKE_SUITES = (
@@ -315,8 +319,18 @@ class QuietPyike(PyikeProc):
 BASELINE_SRC: Path | None = None  # --baseline DIR
 
 
+def network_pid(pid: int) -> int:
+    """The process that moves the packets: pyike's unprivileged child under privilege
+    separation (the root parent only serves requests), else ``pid`` itself."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(kids[0]) if len(kids) == 1 else pid
+
+
 @contextlib.contextmanager
-def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
+def pyike_setup(work: Path, src: Path = REPO, args: tuple[str, ...] = ()) -> Iterator[Setup]:
     hk, vk = _keys()
     home_keys = write_keydir(work / "home-keys", hk, {VM_ID: vk.public_key()})
     vm_keys = write_keydir(work / "vm-keys", vk, {HOME_ID: hk.public_key()})
@@ -334,7 +348,7 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
     for conf in (home_conf, vm_conf):
         conf.chmod(0o600)  # as iked wants (pyike warns otherwise)
     with two_hosts() as (home, vm):
-        vm_p = QuietPyike(vm, work, vm_conf, vm_keys)
+        vm_p = QuietPyike(vm, work, vm_conf, vm_keys, list(args))
         vm_p.src = src
         vm_p.start()
         home_p = None
@@ -342,7 +356,7 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
             # Without -v the driver's "listening" line is not logged; the TUN line
             # comes after the sockets are bound.
             vm_p.wait_log(r"TUN \S+ up", timeout=15)
-            home_p = QuietPyike(home, work, home_conf, home_keys)
+            home_p = QuietPyike(home, work, home_conf, home_keys, list(args))
             home_p.src = src
             home_p.start()
             home_p.wait_log(r"created Child SA", timeout=SETUP_TIMEOUT_S)
@@ -352,7 +366,7 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
             yield Setup(
                 home,
                 vm,
-                {"home": home_p.proc.pid, "vm": vm_p.proc.pid},
+                {"home": network_pid(home_p.proc.pid), "vm": network_pid(vm_p.proc.pid)},
                 note=f"{src}: child SA{child}",
             )
         except AssertionError as e:
@@ -442,8 +456,15 @@ def baseline_setup(work: Path) -> Iterator[Setup]:
         yield s
 
 
+@contextlib.contextmanager
+def noprivsep_setup(work: Path) -> Iterator[Setup]:
+    with pyike_setup(work, REPO, ("--no-privsep",)) as s:
+        yield s
+
+
 SETUPS = {
     "pyike": pyike_setup,
+    "noprivsep": noprivsep_setup,
     "strongswan": strongswan_setup,
     "veth": veth_setup,
     "baseline": baseline_setup,
@@ -653,7 +674,7 @@ def table(
         "per packet it moved (TCP: data + ACKs; UDP: home only encrypts, vm only "
         "decrypts)"
     )
-    for other in ("strongswan", "baseline"):
+    for other in ("noprivsep", "strongswan", "baseline"):
         if "pyike" in figures and other in figures:
             p, c = figures["pyike"], figures[other]
 
