@@ -323,6 +323,18 @@ def feed_event(supervisor: Supervisor, event: Event, now: float) -> None:
         supervisor.sa_closed(now, event.sa.our_spi)
 
 
+def ike_key_record(event: IkeKeysDerived) -> keylog.IkeKeyRecord:
+    """The SK_* keys of a new IKE SA as a key-log record (--keylog, pyikectl monitor
+    --ladder's decryption inside the daemon)."""
+    s = event.sa.suite
+    assert s is not None
+    k = event.keys
+    return keylog.IkeKeyRecord(
+        event.sa.spi_i, event.sa.spi_r, s.encr, s.key_bits, s.integ,
+        k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar,
+    )  # fmt: skip
+
+
 class Daemon:
     """Owns the Endpoint, the Driver and the policy table; carries out the
     supervisor's recovery decisions (pyike.supervisor)."""
@@ -608,22 +620,7 @@ class Daemon:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, IkeKeysDerived) and self.ike_keylog is not None:
-            s = event.sa.suite
-            assert s is not None
-            k = event.keys
-            self.ike_keylog.write(
-                keylog.IkeKeyRecord(
-                    event.sa.spi_i,
-                    event.sa.spi_r,
-                    s.encr,
-                    s.key_bits,
-                    s.integ,
-                    k.sk_ei,
-                    k.sk_er,
-                    k.sk_ai,
-                    k.sk_ar,
-                )
-            )
+            self.ike_keylog.write(ike_key_record(event))
         elif isinstance(event, IkeSaEstablished | InitialContact | PeerLostSa | IkeSaClosed):
             self._sync_stopping()
             feed_event(self.supervisor, event, self.driver.now())
