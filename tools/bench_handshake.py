@@ -1,0 +1,237 @@
+"""IKE handshake cost and memory per SA of pyike's responder, next to its own floor.
+
+Usage: .venv/bin/python tools/bench_handshake.py [--sas 1000,10000] [--floor-reps N]
+
+A sans-IO, in-process measurement (no sockets, no namespaces, no root): one responder
+``Endpoint`` (the vm role) takes IKE_SA_INIT + IKE_AUTH from a fresh initiator
+``Endpoint`` per handshake, both in this process, with the suites of
+tools/bench_tunnel.py (IKE AES-256-GCM, PRF HMAC-SHA2-384, x25519; ESP AES-256-GCM;
+ECDSA P-384 raw public keys, RFC 7427 signatures). The initiator is dropped once its
+SA is up, so the process holds only the responder's state, as a responder daemon
+does; each Child SA also gets the data plane's ESP objects (esp.InboundSa and
+OutboundSa in a Sad and Spd, as pyike.dataplane builds them).
+
+Reported, each a median over the handshakes (or repetitions) of this run:
+- responder CPU per handshake (process time spent in the responder's receive and
+  send calls, both messages) and the initiator's, for scale;
+- the floor: what the responder cannot avoid per handshake, measured now in the
+  same process: one x25519 key pair + shared secret, one ECDSA P-384 signature and
+  one verification (SHA-384), and the ratio responder / floor;
+- resident memory (RSS growth, after gc) per established IKE SA + Child SA at each
+  of ``--sas`` (cumulative: 10000 includes the first 1000), and the projection for
+  10,000;
+- the cost of one timer wake-up with nothing due (``get_timer()`` + ``handle_timer()``),
+  at each size: it should not grow with the number of SAs (issue 14 item 3).
+
+The machine is shared: figures are noisy; compare ratios within one run. The
+network version of this measurement (a charon initiator loading pyike and charon
+responders) is not here yet: see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from pyike import esp
+from pyike.ike import ChildSaCreated, Endpoint, IkeSaEstablished, SaPolicy
+from tests.ike_pair import HOME, HOME_ID, VM, VM_ID, VPN0, VPN1, make_policy
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+AUTH_OCTETS = 600  # about what RFC 7296 2.15 signs here: message 1 or 2 + nonce + prf(ID)
+
+
+def rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+
+
+def floor_us(reps: int) -> dict[str, float]:
+    """Median microseconds of each operation the responder must do per handshake."""
+    own = ec.generate_private_key(ec.SECP384R1())
+    peer = ec.generate_private_key(ec.SECP384R1())
+    data = os.urandom(AUTH_OCTETS)
+    peer_sig = peer.sign(data, ec.ECDSA(hashes.SHA384()))
+    peer_pub = peer.public_key()
+    theirs = x25519.X25519PrivateKey.generate().public_key()
+    times: dict[str, list[float]] = {"x25519": [], "sign": [], "verify": []}
+    for _ in range(reps):
+        t0 = time.process_time()
+        x25519.X25519PrivateKey.generate().exchange(theirs)
+        t1 = time.process_time()
+        own.sign(data, ec.ECDSA(hashes.SHA384()))
+        t2 = time.process_time()
+        peer_pub.verify(peer_sig, data, ec.ECDSA(hashes.SHA384()))
+        t3 = time.process_time()
+        times["x25519"].append(t1 - t0)
+        times["sign"].append(t2 - t1)
+        times["verify"].append(t3 - t2)
+    out = {k: 1e6 * statistics.median(v) for k, v in times.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+class Responder:
+    """The vm side: one Endpoint and the data plane's SA tables."""
+
+    def __init__(self, policy: SaPolicy) -> None:
+        self.endpoint = Endpoint(lambda *_: policy, cookie_threshold=1 << 30)
+        self.sad = esp.Sad()
+        self.spd = esp.Spd()
+        self.established = 0
+
+    def take(self, data: bytes, now: float) -> list[bytes]:
+        self.endpoint.receive(data, HOME, VM, now)
+        out = [t.data for t in self.endpoint.datagrams_to_send()]
+        while (e := self.endpoint.next_event()) is not None:
+            if isinstance(e, IkeSaEstablished):
+                self.established += 1
+            elif isinstance(e, ChildSaCreated):
+                c, s = e.child, e.child.suite
+                self.sad.add(
+                    esp.InboundSa(
+                        c.spi_in,
+                        s.encr,
+                        s.key_bits,
+                        s.integ,
+                        *c.key_in,
+                        s.esn,
+                        local_ts=c.ts_local,
+                        remote_ts=c.ts_remote,
+                    )
+                )
+                self.spd.add(
+                    esp.OutboundSa(c.spi_out, s.encr, s.key_bits, s.integ, *c.key_out, s.esn),
+                    c.ts_local,
+                    c.ts_remote,
+                )
+        return out
+
+
+def handshake(resp: Responder, home_policy: SaPolicy, now: float) -> tuple[float, float]:
+    """One IKE SA + Child SA with a fresh initiator: (responder s, initiator s) of CPU."""
+    t0 = time.process_time()
+    home = Endpoint(lambda *_: home_policy)
+    home.connect(home_policy, HOME, VM, now)
+    to_vm = [t.data for t in home.datagrams_to_send()]
+    t_home = time.process_time() - t0
+    t_vm = 0.0
+    for _ in range(4):  # IKE_SA_INIT, IKE_AUTH: two round trips
+        if not to_vm:
+            break
+        to_home: list[bytes] = []
+        t0 = time.process_time()
+        for d in to_vm:
+            to_home += resp.take(d, now)
+        t_vm += time.process_time() - t0
+        t0 = time.process_time()
+        for d in to_home:
+            home.receive(d, VM, HOME, now)
+        to_vm = [t.data for t in home.datagrams_to_send()]
+        while home.next_event() is not None:
+            pass
+        t_home += time.process_time() - t0
+    return t_vm, t_home
+
+
+def timer_wakeup_us(endpoint: Endpoint, now: float, reps: int = 20) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        endpoint.get_timer()
+        endpoint.handle_timer(now)
+        times.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sas", default="1000,10000", help="sizes to report, ascending")
+    ap.add_argument("--floor-reps", type=int, default=200)
+    args = ap.parse_args(argv)
+    sizes = sorted(int(x) for x in args.sas.split(","))
+    home_key, vm_key = (
+        ec.generate_private_key(ec.SECP384R1()),
+        ec.generate_private_key(ec.SECP384R1()),
+    )
+    home_policy = make_policy(
+        "home",
+        local_id=HOME_ID,
+        peer_id=VM_ID,
+        local_key=home_key,
+        peer_public=vm_key.public_key(),
+        force_encap=True,
+    )
+    vm_policy = make_policy(
+        "vm",
+        local_id=VM_ID,
+        peer_id=HOME_ID,
+        local_key=vm_key,
+        peer_public=home_key.public_key(),
+        local_net=VPN1,
+        remote_net=VPN0,
+        force_encap=True,
+    )
+    floor_before = floor_us(args.floor_reps)
+    resp = Responder(vm_policy)
+    now = 1000.0
+    gc.collect()
+    base = rss()
+    vm_cpu: list[float] = []
+    home_cpu: list[float] = []
+    rows = []
+    t_start = time.monotonic()
+    for size in sizes:
+        while resp.established < size:
+            v, h = handshake(resp, home_policy, now)
+            vm_cpu.append(v)
+            home_cpu.append(h)
+            if len(vm_cpu) > size + 100:
+                print("bench_handshake: handshakes are failing", file=sys.stderr)
+                return 1
+        gc.collect()
+        grown = rss() - base
+        rows.append((size, grown, timer_wakeup_us(resp.endpoint, now)))
+        print(
+            f"  {size} SAs up after {time.monotonic() - t_start:.0f} s", file=sys.stderr, flush=True
+        )
+    floor_after = floor_us(args.floor_reps)
+    floor = {k: statistics.median([floor_before[k], floor_after[k]]) for k in floor_before}
+    vm_us = 1e6 * statistics.median(vm_cpu)
+    home_us = 1e6 * statistics.median(home_cpu)
+    print(
+        "IKE handshakes into one pyike responder, sans-IO in one process (no sockets), "
+        f"{len(vm_cpu)} handshakes; machine shared (load {os.getloadavg()[0]:.1f})"
+    )
+    print("suites: IKE aes-256-gcm/prf-sha384/x25519, ESP aes-256-gcm, ECDSA P-384 RFC 7427")
+    print(f"{'what':<44} {'median':>10}")
+    print(f"{'responder CPU per handshake':<44} {vm_us:>7.0f} us")
+    print(f"{'initiator CPU per handshake (for scale)':<44} {home_us:>7.0f} us")
+    print(
+        f"{'floor: x25519 + P-384 sign + verify':<44} {floor['total']:>7.0f} us "
+        f"(x25519 {floor['x25519']:.0f}, sign {floor['sign']:.0f}, "
+        f"verify {floor['verify']:.0f})"
+    )
+    print(f"{'':<44} {'SAs':>6} {'RSS MB':>8} {'KB/SA':>7} {'timer wake us':>14}")
+    for size, grown, wake in rows:
+        print(
+            f"{'memory and timer wake-up':<44} {size:>6} {grown / 1e6:>8.1f} "
+            f"{grown / size / 1e3:>7.1f} {wake:>14.0f}"
+        )
+    per_sa = rows[-1][1] / rows[-1][0]
+    print(f"projected for 10,000 IKE SA + Child SA: {per_sa * 10000 / 1e6:.0f} MB")
+    print(f"ratio responder / floor: {vm_us / floor['total']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
