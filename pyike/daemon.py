@@ -26,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyike import config as cfg
 from pyike import keylog, keys, proposals, ts
 from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
     Addr,
+    ChildSa,
     ChildSaCreated,
     ChildSaDeleted,
     Endpoint,
@@ -46,6 +48,9 @@ from pyike.ike import (
     State,
 )
 from pyike.registry import IdType, ProtocolId
+
+if TYPE_CHECKING:
+    from pyike.dataplane import DataPlane
 
 log = logging.getLogger("pyike")
 
@@ -233,6 +238,10 @@ class Daemon:
     def __init__(self, options: Options, on_child: Callable[[Event], None] | None = None) -> None:
         self.options = options
         self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
+        self.dataplane: DataPlane | None = None  # set by pyike.dataplane.attach_dataplane
+        # Inbound SPI -> its Child SA, for note_esp() (the ChildSa object moves with
+        # its IKE SA's children when that is rekeyed, so it stays the right one).
+        self._esp_children: dict[int, ChildSa] = {}
         self.config: cfg.Config | None = None
         self.policies: dict[str, SaPolicy] = {}
         self.endpoint = Endpoint(self._policy_for)
@@ -479,8 +488,19 @@ class Daemon:
                         key[1],
                     )
                 )
+        if isinstance(event, ChildSaCreated):
+            self._esp_children[event.child.spi_in] = event.child
+        elif isinstance(event, ChildSaDeleted):
+            self._esp_children.pop(event.child.spi_in, None)
         if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
             self.on_child(event)
+
+    def note_esp(self, spi_in: int, now: float) -> None:
+        """The data plane authenticated ESP on inbound SPI ``spi_in`` at ``now``: the
+        peer is alive, so its IKE SA's liveness check need not probe (RFC 7296 2.4)."""
+        child = self._esp_children.get(spi_in)
+        if child is not None:
+            child.last_inbound = max(child.last_inbound, now)
 
     def _drop_older_sas(self, sa: IkeSa, peer_id: tuple[int, bytes]) -> None:
         """INITIAL_CONTACT (RFC 7296 2.4): the peer lost its state; ours is stale."""
@@ -493,7 +513,7 @@ class Daemon:
 
     def _check_usage(self) -> None:
         """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``)."""
-        dp = getattr(self, "dataplane", None)
+        dp = self.dataplane
         if dp is not None:
             now = self.driver.now()
             for sa in list(self.endpoint.sas.values()):
@@ -657,7 +677,7 @@ class Daemon:
     async def _start_netwatch(self) -> None:
         from pyike.netwatch import NetWatch
 
-        dp = getattr(self, "dataplane", None)
+        dp = self.dataplane
         watch = NetWatch(
             self.network_changed, ignore_ifnames=[dp.tun_name] if dp is not None else []
         )
@@ -699,7 +719,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
         self.load()
         self.driver.open()
-        dp = getattr(self, "dataplane", None)
+        dp = self.dataplane
 
         def started() -> None:  # the driver's signal handlers are in place now
             if early_hup:
