@@ -16,12 +16,12 @@ from pyike import crypto, proposals, ts, wire
 from pyike.ike import (
     ChildSaCreated,
     ChildSaDeleted,
-    IkeSa,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
     State,
     Transmit,
+    child_negotiation,
 )
 from pyike.registry import (
     AuthMethod,
@@ -306,16 +306,16 @@ def test_initiator_intersects_a_wider_answer(monkeypatch) -> None:
     assert ts.narrow(answer, asked) == asked
     assert ts.narrow([ts.from_network(ip_network_of("192.0.2.0/24"))], asked) == []
 
-    def whole_policy(self, sa, tsi, tsr, *, we_initiated):  # the peer plays OpenIKED
-        chosen = proposals.select(sa.proposals, self.policy.child_proposals, ignore_dh=True)
-        return chosen, self.policy.ts_local, self.policy.ts_remote
+    def whole_policy(sa, sa_p, tsi, tsr):  # the peer plays OpenIKED
+        chosen = proposals.select(sa_p.proposals, sa.policy.child_proposals, ignore_dh=True)
+        return chosen, sa.policy.ts_local, sa.policy.ts_remote
 
     p = default_pair(home_kw={"proto": IpProto.TCP})
     p.connect()
     p.run()
     hc, _ = child_pair(p)
     assert not hc.peer_ts_wider  # a narrowing responder
-    monkeypatch.setattr(IkeSa, "_child_answer", whole_policy)
+    monkeypatch.setattr(child_negotiation, "answer", whole_policy)
     p = default_pair(home_kw={"proto": IpProto.TCP})
     p.connect()
     p.run()

@@ -109,8 +109,8 @@ def test_forged_unprotected_answer_without_the_notify_is_ignored() -> None:
     p, sa = established_pair()
     p.hook = lambda t: []  # the VM hears nothing: our probe stays outstanding
     p.advance(5.5)
-    assert sa._request is not None
-    mid = sa._request.message_id
+    assert sa.window.outstanding is not None
+    mid = sa.window.outstanding.message_id
     fake = wire.build_message(
         wire.Message(
             sa.spi_i,
@@ -123,7 +123,7 @@ def test_forged_unprotected_answer_without_the_notify_is_ignored() -> None:
     )
     p.home.receive(fake, sa.peer, sa.local, p.now)
     assert not p.events("home", PeerLostSa)
-    assert sa.state == State.ESTABLISHED and sa._request is not None
+    assert sa.state == State.ESTABLISHED and sa.window.outstanding is not None
 
 
 def test_retransmissions_are_capped() -> None:
@@ -162,14 +162,14 @@ def test_check_alive_probes_now_and_restarts_the_backoff() -> None:
     # With a request outstanding for a while, it is resent now and the backoff restarts.
     p.hook = lambda t: []
     p.advance(5.0 + 2.0 + 4.0 + 1.0)  # probe #3 sent, retransmitted twice, next in 8 s
-    assert sa._request is not None and sa._request.tries == 3
+    assert sa.window.outstanding is not None and sa.window.outstanding.tries == 3
     p.hook = lambda t: [t]
     p.wire_log.clear()
     sa.check_alive(p.now)
     p.run()
     assert sent(p, "home->vm") == [("INFORMATIONAL", 3, False, [])]
     assert sent(p, "vm->home") == [("INFORMATIONAL", 3, True, [])]
-    assert sa._request is None and sa.state == State.ESTABLISHED
+    assert sa.window.outstanding is None and sa.state == State.ESTABLISHED
 
 
 # --------------------------------------------------------------------------- netwatch

@@ -170,7 +170,7 @@ def test_simultaneous_child_rekey_keeps_exactly_one() -> None:
         assert len(p.events("home", ChildSaCreated)) == 3  # first, and one per rekey
         # the old SA and the redundant new one are gone on both sides
         assert len(p.events("home", ChildSaDeleted)) == len(p.events("vm", ChildSaDeleted)) == 2
-        assert not home._child_rekeys and not vm._child_rekeys
+        assert not home.child_rekeys and not vm.child_rekeys
 
 
 def test_rekey_colliding_with_delete() -> None:

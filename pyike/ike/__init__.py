@@ -1,0 +1,70 @@
+"""The IKEv2 core, sans-IO (RFC 7296). Nothing here touches a socket, a clock or
+a thread: an :class:`Endpoint` takes datagrams, the time and API calls and
+returns datagrams, a timer deadline and events. docs/architecture.md has the map.
+
+  endpoint.py       Endpoint: demultiplexing, responder creation, INVALID_IKE_SPI
+  sa.py             IkeSa: shared SA state, message protection, the state table, timers
+  states.py         State, ChildState and the moves allowed between them
+  requests.py       Request (one class per kind of our requests) and the RequestWindow
+  init.py           IKE_SA_INIT, both roles: cookies, INVALID_KE, NAT detection, SK_*
+  auth.py           IKE_AUTH: identities, AUTH (2.15), the first Child SA
+  create_child.py   CREATE_CHILD_SA: Child SAs new and rekeyed, IKE SA rekeys
+  informational.py  INFORMATIONAL: DELETE, liveness
+  child_negotiation.py  proposals, selectors and KEYMAT of a Child SA (2.9, 2.17)
+  child.py, policy.py, events.py, common.py  ChildSa; SaPolicy; events; shared bits
+"""
+
+from pyike.ike.child import ChildSa
+from pyike.ike.common import (
+    IKE_PORT,
+    NATT_PORT,
+    NONCE_LEN,
+    ZERO_SPI,
+    Addr,
+    IPAddress,
+    ProtocolError,
+    id_text,
+)
+from pyike.ike.endpoint import Endpoint
+from pyike.ike.events import (
+    ChildSaCreated,
+    ChildSaDeleted,
+    Event,
+    IkeKeysDerived,
+    IkeSaClosed,
+    IkeSaEstablished,
+    InitialContact,
+    PeerLostSa,
+    Transmit,
+)
+from pyike.ike.policy import SaPolicy
+from pyike.ike.sa import REKEYED_GRACE, IkeSa
+from pyike.ike.states import ChildState, State, StateError
+
+__all__ = [
+    "IKE_PORT",
+    "NATT_PORT",
+    "NONCE_LEN",
+    "REKEYED_GRACE",
+    "ZERO_SPI",
+    "Addr",
+    "ChildSa",
+    "ChildSaCreated",
+    "ChildSaDeleted",
+    "ChildState",
+    "Endpoint",
+    "Event",
+    "IPAddress",
+    "IkeKeysDerived",
+    "IkeSa",
+    "IkeSaClosed",
+    "IkeSaEstablished",
+    "InitialContact",
+    "PeerLostSa",
+    "ProtocolError",
+    "SaPolicy",
+    "State",
+    "StateError",
+    "Transmit",
+    "id_text",
+]
