@@ -1,6 +1,7 @@
 """IKE handshake cost and memory per SA of pyike's responder, next to its own floor.
 
 Usage: .venv/bin/python tools/bench_handshake.py [--sas 1000,10000] [--floor-reps N]
+                 [--net N] [--rounds R]
 
 A sans-IO, in-process measurement (no sockets, no namespaces, no root): one responder
 ``Endpoint`` (the vm role) takes IKE_SA_INIT + IKE_AUTH from a fresh initiator
@@ -23,9 +24,16 @@ Reported, each a median over the handshakes (or repetitions) of this run:
 - the cost of one timer wake-up with nothing due (``get_timer()`` + ``handle_timer()``),
   at each size: it should not grow with the number of SAs (issue 14 item 3).
 
-The machine is shared: figures are noisy; compare ratios within one run. The
-network version of this measurement (a charon initiator loading pyike and charon
-responders) is not here yet: see docs/performance.md.
+With ``--net N`` (root), the network version runs first: in two namespaces joined by
+veth, one charon initiator with N connections (same keys and proposals, started all
+at once by ``start_action = start``, ``unique = never`` so no INITIAL_CONTACT makes
+a responder drop the earlier ones) loads a pyike responder and then a charon
+responder (kernel-libipsec, logging off), ``--rounds`` times, interleaved. Reported
+per responder, medians: IKE SAs (each with its Child SA) established per second
+(from loading the initiator to N established, polled every 0.5 s: the initiator is
+usually the bottleneck), and the responder's CPU (utime + stime) per handshake.
+
+The machine is shared: figures are noisy; compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import statistics
 import sys
 import time
@@ -153,11 +162,164 @@ def timer_wakeup_us(endpoint: Endpoint, now: float, reps: int = 20) -> float:
     return 1e6 * statistics.median(times)
 
 
+# --- the network version -------------------------------------------------------------
+
+
+def net_bench(n: int, rounds: int) -> list[str]:
+    """pyike and charon responders loaded by one charon initiator with n connections."""
+    import contextlib
+    import tempfile
+
+    from interop.strongswan import Charon, CharonError
+    from pyike import keys
+    from tests.netns import HarnessError, wait_until
+    from tests.pyike_proc import write_keydir
+    from tools.bench_tunnel import (
+        CHARON_ESP,
+        CHARON_IKE,
+        CLK_TCK,
+        HOME_ADDR,
+        HOME_INNER,
+        PYIKE_SUITES,
+        VM_ADDR,
+        VM_INNER,
+        QuietPyike,
+        cpu_ticks,
+        two_hosts,
+    )
+    from tools.bench_tunnel import HOME_ID as B_HOME
+    from tools.bench_tunnel import VM_ID as B_VM
+
+    class QuietCharon(Charon):
+        """Charon without key dumps (they cost per SA) and, as initiator, n connections."""
+
+        conns: int = 0
+        vary: str = "local"  # whose ID differs per connection: c<i>.<id>
+
+        def strongswan_conf(self) -> str:
+            conf = super().strongswan_conf()
+            for old, new in (("ike = 4", "ike = 0"), ("chd = 4", "chd = 0"),
+                             ("default = 1", "default = 0"), ("cfg = 1", "cfg = 0")):  # fmt: skip
+                conf = conf.replace(old, new)
+            return conf
+
+        def swanctl_conf(self) -> str:
+            one = super().swanctl_conf()
+            if not self.conns:
+                return one
+            # Distinct IDs: charon would otherwise put every child into the first IKE
+            # SA (identical peer configs share one), and the point is n IKE SAs.
+            body = one.split("connections {", 1)[1].rsplit("}", 1)[0]
+            ident = self.local_id if self.vary == "local" else self.remote_id
+            conns = [
+                body.replace(f" {self.name} {{", f" {self.name}{i} {{", 1)
+                .replace(f" {self.child_name} {{", f" {self.child_name}{i} {{", 1)
+                .replace(f"id = {ident}\n", f"id = c{i}.{ident}\n", 1)
+                for i in range(self.conns)
+            ]
+            return "connections {\n" + "".join(conns) + "}\n"
+
+    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    work = Path(tempfile.mkdtemp(prefix="pyike-hs-"))
+
+    def initiator(home: object, tag: str) -> QuietCharon:
+        c = QuietCharon(
+            home, work / f"init-{tag}", name="hs", local_addr=HOME_ADDR, remote_addr=VM_ADDR,
+            local_id=B_HOME, remote_id=B_VM,
+            private_key_pem=keys.private_key_pem(hk, pkcs8=True),
+            peer_public_pem=keys.public_key_pem(vk.public_key()),
+            ike_proposals=CHARON_IKE, esp_proposals=CHARON_ESP,
+            local_ts=f"{HOME_INNER}/128", remote_ts=f"{VM_INNER}/128", encap=True,
+            start_action="start", conn_extra="unique = never",
+            extra_conf="retransmit_timeout = 10.0\nretransmit_tries = 3",
+        )  # fmt: skip
+        c.conns = n
+        return c
+
+    @contextlib.contextmanager
+    def pyike_responder(vm: object, tag: str):  # type: ignore[no-untyped-def]
+        peers = {f"c{i}.{B_HOME}": hk.public_key() for i in range(n)}
+        keydir = write_keydir(work / f"vm-keys-{tag}", vk, peers)
+        conf = work / f"vm-{tag}.conf"
+        conf.write_text(  # no dstid: any ID with a key in pubkeys/ (one per connection)
+            f'ikev2 "hs" passive esp from {VM_INNER} to {HOME_INNER} local {VM_ADDR} '
+            f"peer any {PYIKE_SUITES} srcid {B_VM} ecdsa384\n"
+        )
+        conf.chmod(0o600)
+        proc = QuietPyike(vm, work, conf, keydir)  # type: ignore[arg-type]
+        proc.start()
+        try:
+            proc.wait_log(r"TUN \S+ up", timeout=15)
+            assert proc.proc is not None
+            yield proc.proc.pid
+        finally:
+            proc.stop()
+
+    @contextlib.contextmanager
+    def charon_responder(vm: object, tag: str):  # type: ignore[no-untyped-def]
+        c = QuietCharon(
+            vm, work / f"resp-{tag}", name="hs", local_addr=VM_ADDR, remote_addr="%any",
+            local_id=B_VM, remote_id=B_HOME,
+            private_key_pem=keys.private_key_pem(vk, pkcs8=True),
+            peer_public_pem=keys.public_key_pem(hk.public_key()),
+            ike_proposals=CHARON_IKE, esp_proposals=CHARON_ESP,
+            local_ts=f"{VM_INNER}/128", remote_ts=f"{HOME_INNER}/128", encap=True,
+            conn_extra="unique = never",
+            # charon drops IKE_SA_INITs beyond 5 half-open SAs per peer address by
+            # default (block_threshold): the whole load comes from one address here
+            extra_conf="block_threshold = 1000000",
+        )  # fmt: skip
+        c.conns, c.vary = n, "remote"
+        with c:
+            c.load()
+            assert c.proc is not None
+            yield c.proc.pid
+
+    def established(c: QuietCharon) -> int:
+        out = c.swanctl("--stats", check=False, timeout=10).stdout
+        m = re.search(r"IKE_SAs: (\d+) total, (\d+) half-open", out)
+        return int(m.group(1)) - int(m.group(2)) if m else 0
+
+    results: dict[str, list[tuple[float, float]]] = {"pyike": [], "charon": []}
+    try:
+        for r in range(rounds):
+            for kind, responder in (("pyike", pyike_responder), ("charon", charon_responder)):
+                print(f"  net round {r + 1}/{rounds}: {kind} ...", file=sys.stderr, flush=True)
+                with two_hosts() as (home, vm), responder(vm, f"{kind}{r}") as pid:
+                    init = initiator(home, f"{kind}{r}")
+                    with init:
+                        before = cpu_ticks(pid)
+                        t0 = time.monotonic()
+                        init.load(timeout=60)
+                        wait_until(lambda i=init: established(i) >= n, 180, what="SAs up")
+                        wall = time.monotonic() - t0
+                        cpu = (cpu_ticks(pid) - before) / CLK_TCK
+                    results[kind].append((n / wall, 1e6 * cpu / n))
+    except (CharonError, HarnessError, AssertionError) as e:
+        return [f"network version failed: {e}"[:2000], f"  (logs in {work})"]
+    med = statistics.median
+    lines = [
+        f"network: one charon initiator, {n} connections at once, {rounds} round(s), medians",
+        f"{'responder':<10} {'IKE SAs/s':>10} {'CPU us/handshake':>17}",
+    ]
+    for kind, vals in results.items():
+        lines.append(
+            f"{kind:<10} {med([v[0] for v in vals]):>10.0f} {med([v[1] for v in vals]):>17.0f}"
+        )
+    p_cpu = med([v[1] for v in results["pyike"]])
+    c_cpu = med([v[1] for v in results["charon"]])
+    lines.append(f"ratio pyike / charon CPU per handshake: {p_cpu / c_cpu:.2f}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sas", default="1000,10000", help="sizes to report, ascending")
     ap.add_argument("--floor-reps", type=int, default=200)
+    ap.add_argument("--net", type=int, default=0, metavar="N", help="network version, N SAs")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
+    net_lines = net_bench(args.net, args.rounds) if args.net else []
     sizes = sorted(int(x) for x in args.sas.split(","))
     home_key, vm_key = (
         ec.generate_private_key(ec.SECP384R1()),
@@ -230,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     per_sa = rows[-1][1] / rows[-1][0]
     print(f"projected for 10,000 IKE SA + Child SA: {per_sa * 10000 / 1e6:.0f} MB")
     print(f"ratio responder / floor: {vm_us / floor['total']:.2f}")
+    for line in net_lines:
+        print(line)
     return 0
 
 

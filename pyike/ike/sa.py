@@ -173,6 +173,7 @@ class IkeSa:
             raise StateError(f"{self.label}: IKE SA state {old.name} -> {new.name} not allowed")
         log.debug("%s: IKE SA %s -> %s", self.label, old.name, new.name)
         self.state = new
+        self.endpoint.touch(self)  # its deadlines change with the state
 
     def set_child_state(self, child: ChildSa, new: ChildState) -> None:
         """The one place a Child SA's state changes."""
@@ -186,6 +187,7 @@ class IkeSa:
             )
         log.debug("%s: Child SA 0x%08x %s -> %s", self.label, child.spi_in, old.name, new.name)
         child.state = new
+        self.endpoint.touch(self)
 
     # ------------------------------------------------------------------ naming
 
@@ -224,6 +226,7 @@ class IkeSa:
             len(data),
         )
         self.endpoint.transmits.append(Transmit(data, self.local, self.peer))
+        self.endpoint.touch(self)  # a request sent: a retransmission deadline
 
     def flags(self, response: bool) -> int:
         return (HeaderFlag.INITIATOR if self.initiator else 0) | (
