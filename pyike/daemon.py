@@ -239,9 +239,10 @@ class Daemon:
         self.options = options
         self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
         self.dataplane: DataPlane | None = None  # set by pyike.dataplane.attach_dataplane
-        # Inbound SPI -> its Child SA, for note_esp() (the ChildSa object moves with
-        # its IKE SA's children when that is rekeyed, so it stays the right one).
-        self._esp_children: dict[int, ChildSa] = {}
+        # Inbound SPI -> (IKE SA it was created on, its Child SA), for note_esp() and
+        # _check_usage() (the ChildSa object moves with its IKE SA's children when
+        # that is rekeyed: follow IkeSa.rekeyed_to for the current one).
+        self._esp_children: dict[int, tuple[IkeSa, ChildSa]] = {}
         self.config: cfg.Config | None = None
         self.policies: dict[str, SaPolicy] = {}
         self.endpoint = Endpoint(self._policy_for)
@@ -489,7 +490,7 @@ class Daemon:
                     )
                 )
         if isinstance(event, ChildSaCreated):
-            self._esp_children[event.child.spi_in] = event.child
+            self._esp_children[event.child.spi_in] = (event.sa, event.child)
         elif isinstance(event, ChildSaDeleted):
             self._esp_children.pop(event.child.spi_in, None)
         if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
@@ -498,9 +499,9 @@ class Daemon:
     def note_esp(self, spi_in: int, now: float) -> None:
         """The data plane authenticated ESP on inbound SPI ``spi_in`` at ``now``: the
         peer is alive, so its IKE SA's liveness check need not probe (RFC 7296 2.4)."""
-        child = self._esp_children.get(spi_in)
-        if child is not None:
-            child.last_inbound = max(child.last_inbound, now)
+        entry = self._esp_children.get(spi_in)
+        if entry is not None:
+            entry[1].last_inbound = max(entry[1].last_inbound, now)
 
     def _drop_older_sas(self, sa: IkeSa, peer_id: tuple[int, bytes]) -> None:
         """INITIAL_CONTACT (RFC 7296 2.4): the peer lost its state; ours is stale."""
@@ -512,13 +513,20 @@ class Daemon:
     # ------------------------------------------------------------------ byte lifetimes
 
     def _check_usage(self) -> None:
-        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``)."""
+        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``):
+        only for the Child SAs that carried traffic since the last check, so an idle
+        daemon with many SAs does no per-SA work here."""
         dp = self.dataplane
         if dp is not None:
             now = self.driver.now()
-            for sa in list(self.endpoint.sas.values()):
-                for child in list(sa.children.values()):
-                    sa.note_child_usage(child.spi_in, dp.octets(child), now)
+            for spi_in in dp.take_used():
+                entry = self._esp_children.get(spi_in)
+                if entry is None:
+                    continue
+                sa, child = entry
+                while sa.rekeyed_to is not None:  # the child moved with an IKE SA rekey
+                    sa = sa.rekeyed_to
+                sa.note_child_usage(spi_in, dp.octets(child), now)
             self.driver.pump()
         asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
 

@@ -118,6 +118,9 @@ class DataPlane:
         self.spd = esp.Spd()
         self.sad = esp.Sad()
         self._tx: dict[int, _Tx] = {}  # outbound SA by its SPI
+        # Inbound SPIs of the Child SAs that moved packets (either way) since the last
+        # take_used(): the byte-lifetime check looks at these only.
+        self._used: set[int] = set()
         # Per peer (IKE identity): the selectors of all its Child SAs (esp.PeerFlows),
         # and each inbound SPI's entry there, removed with its SA.
         self._peer_flows: dict[object, esp.PeerFlows] = {}
@@ -390,6 +393,7 @@ class DataPlane:
             tx.remote = tx.child.remote
             tx.addr = (str(tx.remote[0]), tx.remote[1])
         sock, addr, counters = tx.sock, tx.addr, self.counters
+        self._used.add(tx.child.spi_in)
         groups = offload.gso_groups(packets) if self.gso and len(packets) > 1 else [packets]
         for group in groups:
             try:
@@ -447,6 +451,7 @@ class DataPlane:
             if not alive or alive[-1] != sa.spi:  # type: ignore[union-attr]
                 alive.append(sa.spi)  # type: ignore[union-attr]
         if alive:
+            self._used.update(alive)
             now = time.monotonic()
             for s in dict.fromkeys(alive):  # authenticated: the peer is alive
                 self.note_alive(s, now)
@@ -499,6 +504,11 @@ class DataPlane:
         if now - self._last_log.get(key, -LOG_EVERY) >= LOG_EVERY:
             self._last_log[key] = now
             log.warning("%s", text)
+
+    def take_used(self) -> set[int]:
+        """Inbound SPIs of the Child SAs that carried packets since the last call."""
+        used, self._used = self._used, set()
+        return used
 
     def octets(self, c: ChildSa) -> int:
         """Inner bytes a Child SA has carried both ways (its byte lifetime, RFC 4301 4.4.2.1)."""
