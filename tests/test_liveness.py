@@ -12,6 +12,7 @@ import itertools
 
 from pyike import wire
 from pyike.ike import Endpoint, IkeSaClosed, PeerLostSa, State
+from pyike.limits import Limits
 from pyike.registry import ExchangeType, NotifyType
 from tests.ike_pair import HOME, VM, default_pair
 
@@ -275,7 +276,12 @@ def test_many_sas_each_probed_at_its_own_deadline_and_closed_ones_forgotten() ->
     """The Endpoint keeps deadlines in a heap and only revisits SAs something happened
     to: each of several SAs, set up half a second apart, must still be probed when its own
     5 s of silence are up (not earlier, not later), and a deleted one must be gone."""
-    p = default_pair(home_kw={"dpd_interval": 5.0}, vm_kw={"dpd_interval": 0.0})
+    # One peer identity for all six: lift the per-peer limit (4 by default).
+    p = default_pair(
+        home_kw={"dpd_interval": 5.0},
+        vm_kw={"dpd_interval": 0.0},
+        limits=Limits(ike_sas_per_peer=10, auth_per_source_per_s=100.0, auth_burst=100),
+    )
     started: dict[bytes, float] = {}
     for _ in range(6):
         sa = p.home.connect(p.home_policy, HOME, VM, p.now)

@@ -26,12 +26,13 @@ Reported, each a median over the handshakes (or repetitions) of this run:
 
 With ``--net N`` (root), the network version runs first: in two namespaces joined by
 veth, one charon initiator with N connections (same keys and proposals, started all
-at once by ``start_action = start``, ``unique = never`` so no INITIAL_CONTACT makes
-a responder drop the earlier ones) loads a pyike responder and then a charon
-responder (kernel-libipsec, logging off), ``--rounds`` times, interleaved. Reported
-per responder, medians: IKE SAs (each with its Child SA) established per second
-(from loading the initiator to N established, polled every 0.5 s: the initiator is
-usually the bottleneck), and the responder's CPU (utime + stime) per handshake.
+at once by ``start_action = start``, each from its own address and ID, ``unique =
+never`` so no INITIAL_CONTACT makes a responder drop the earlier ones) loads a
+pyike responder and then a charon responder (kernel-libipsec, logging off),
+``--rounds`` times, interleaved. Reported per responder, medians: IKE SAs (each
+with its Child SA) established per second (from loading the initiator until N are
+up, polled every 0.5 s: the initiator is usually the bottleneck), and the
+responder's CPU (utime + stime) per handshake.
 
 The machine is shared: figures are noisy; compare ratios within one run.
 """
@@ -54,9 +55,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from pyike import esp
 from pyike.ike import ChildSaCreated, Endpoint, IkeSaEstablished, SaPolicy
+from pyike.limits import Limits
 from tests.ike_pair import HOME, HOME_ID, VM, VM_ID, VPN0, VPN1, make_policy
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+BENCH_LIMITS = Limits(
+    ike_sas=1_000_000,
+    ike_sas_per_peer=1_000_000,
+    auth_per_source_per_s=1e9,
+    auth_burst=1_000_000,
+    half_open=1_000_000,
+)
 AUTH_OCTETS = 600  # about what RFC 7296 2.15 signs here: message 1 or 2 + nonce + prf(ID)
 
 
@@ -93,7 +102,9 @@ class Responder:
     """The vm side: one Endpoint and the data plane's SA tables."""
 
     def __init__(self, policy: SaPolicy) -> None:
-        self.endpoint = Endpoint(lambda *_: policy, cookie_threshold=1 << 30)
+        # One source address and one identity for every handshake, and 10,000 SAs: the
+        # flood limits (pyike.limits) would rightly stop that; lift them.
+        self.endpoint = Endpoint(lambda *_: policy, cookie_threshold=1 << 30, limits=BENCH_LIMITS)
         self.sad = esp.Sad()
         self.spd = esp.Spd()
         self.established = 0
@@ -215,12 +226,25 @@ def net_bench(n: int, rounds: int) -> list[str]:
                 body.replace(f" {self.name} {{", f" {self.name}{i} {{", 1)
                 .replace(f" {self.child_name} {{", f" {self.child_name}{i} {{", 1)
                 .replace(f"id = {ident}\n", f"id = c{i}.{ident}\n", 1)
+                .replace(  # the initiator: one source address per connection
+                    f"local_addrs = {self.local_addr}\n",
+                    f"local_addrs = {source_addr(i)}\n" if self.vary == "local" else "",
+                    self.vary == "local",
+                )
                 for i in range(self.conns)
             ]
             return "connections {\n" + "".join(conns) + "}\n"
 
     hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     work = Path(tempfile.mkdtemp(prefix="pyike-hs-"))
+
+    def source_addr(i: int) -> str:
+        # Many peers, as a responder for many homes sees them (and pyike's per-source
+        # limit on IKE_AUTH verifications, pyike.limits, applies per address)
+        return f"192.0.2.{10 + i}"
+
+    if not 1 <= n <= 240:
+        return ["network version: --net takes 1..240 (one source address each)"]
 
     def initiator(home: object, tag: str) -> QuietCharon:
         c = QuietCharon(
@@ -286,6 +310,8 @@ def net_bench(n: int, rounds: int) -> list[str]:
             for kind, responder in (("pyike", pyike_responder), ("charon", charon_responder)):
                 print(f"  net round {r + 1}/{rounds}: {kind} ...", file=sys.stderr, flush=True)
                 with two_hosts() as (home, vm), responder(vm, f"{kind}{r}") as pid:
+                    for i in range(n):
+                        home.run(["ip", "addr", "add", f"{source_addr(i)}/24", "dev", "eth0"])
                     init = initiator(home, f"{kind}{r}")
                     with init:
                         before = cpu_ticks(pid)

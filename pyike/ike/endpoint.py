@@ -18,13 +18,19 @@ from pyike import wire
 from pyike.ike import init
 from pyike.ike.common import ZERO_SPI, Addr, IPAddress, notify, spi_text
 from pyike.ike.events import Event, Transmit
+from pyike.ike.guard import Guard
 from pyike.ike.policy import SaPolicy
 from pyike.ike.sa import IkeSa
 from pyike.ike.states import State
+from pyike.limits import DEFAULT_LIMITS, Limits
 from pyike.registry import ExchangeType, HeaderFlag, NotifyType
 from pyike.wire import Message
 
 log = logging.getLogger("pyike.ike")
+
+# Plain ints for the per-datagram test in receive(): enum operators cost microseconds.
+_IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
+_RESPONSE = int(HeaderFlag.RESPONSE)
 
 PolicyLookup = Callable[[Addr, Addr, tuple[int, bytes] | None], SaPolicy | None]
 
@@ -45,6 +51,26 @@ class _SaTable(dict[bytes, IkeSa]):
     def __setitem__(self, spi: bytes, sa: IkeSa) -> None:
         super().__setitem__(spi, sa)
         self._endpoint.touch(sa)
+        if sa.peer_id is not None:  # an IKE SA rekey's new SA: same peer
+            self._endpoint.note_peer(sa)
+
+
+class _HalfOpenTable(dict[tuple[bytes, Addr], IkeSa]):
+    """Responder SAs waiting for IKE_AUTH by (SPIi, peer address it came from); keeps
+    each SA's key, since the SA's own peer address may move (to port 4500) later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_of: dict[bytes, tuple[bytes, Addr]] = {}  # our SPI -> key here
+
+    def __setitem__(self, key: tuple[bytes, Addr], sa: IkeSa) -> None:
+        super().__setitem__(key, sa)
+        self.key_of[sa.our_spi] = key
+
+    def forget(self, sa: IkeSa) -> None:
+        key = self.key_of.pop(sa.our_spi, None)
+        if key is not None and self.get(key) is sa:
+            del self[key]
 
 
 def _no_policy(_peer: Addr, _local: Addr, _peer_id: tuple[int, bytes] | None) -> SaPolicy | None:
@@ -63,26 +89,33 @@ class Endpoint:
         policy_for: PolicyLookup = _no_policy,
         *,
         rng: Callable[[int], bytes] = os.urandom,
-        cookie_threshold: int = 32,
-        half_open_timeout: float = 30.0,
+        limits: Limits = DEFAULT_LIMITS,
+        cookie_threshold: int | None = None,
     ) -> None:
         self.policy_for = policy_for
         self.rng = rng
-        self.cookie_threshold = cookie_threshold
-        self.half_open_timeout = half_open_timeout
+        self.limits = limits
+        self.cookie_threshold = (
+            limits.cookie_threshold if cookie_threshold is None else cookie_threshold
+        )
+        self.half_open_timeout = limits.half_open_timeout
+        self.guard = Guard(limits)
         # Timers and reaping cost O(log n) per event, not a pass over every SA: SAs
         # something happened to (a datagram, a timer, a state move, a message sent, a
         # new entry in `sas`) are "touched"; only those get their next_deadline()
         # recomputed into a heap of (deadline, n, SPI) and are checked for removal.
         # A heap entry whose deadline is no longer the SA's is skipped when it surfaces.
         self._touched: set[bytes] = set()  # for the timer heap
-        self._reap_touched: set[bytes] = set()  # for _reap
+        self._reap_touched: set[bytes] = set()  # for reap()
         self._deadline: dict[bytes, float] = {}  # SPI -> deadline in the heap
         self._heap: list[tuple[float, int, bytes]] = []
         self._heap_n = itertools.count()
         self._resync_at = float("-inf")
+        # Peer identity -> its IKE SAs (the per-peer limit looks there, not at all SAs);
+        # pruned of SAs that are gone whenever it is read.
+        self._by_peer: dict[tuple[int, bytes], list[IkeSa]] = {}
         self.sas: dict[bytes, IkeSa] = _SaTable(self)  # by our SPI
-        self.half_open: dict[tuple[bytes, Addr], IkeSa] = {}  # responder, by (SPIi, peer)
+        self.half_open: _HalfOpenTable = _HalfOpenTable()  # responder, by (SPIi, peer)
         self.cookie_secret = rng(32)
         self._child_spis: set[int] = set()
         self.transmits: list[Transmit] = []
@@ -134,6 +167,23 @@ class Endpoint:
         self._touched.add(spi)
         self._reap_touched.add(spi)
 
+    def note_peer(self, sa: IkeSa) -> None:
+        """``sa`` knows its peer's identity now (IKE_AUTH, or an IKE SA rekey)."""
+        assert sa.peer_id is not None
+        same = self._by_peer.setdefault(sa.peer_id, [])
+        if sa not in same:
+            same.append(sa)
+
+    def peer_sas(self, peer_id: tuple[int, bytes]) -> list[IkeSa]:
+        """The IKE SAs we hold with this peer identity (any state)."""
+        same = self._by_peer.get(peer_id, [])
+        live = [sa for sa in same if self.sas.get(sa.our_spi) is sa and sa.peer_id == peer_id]
+        if live:
+            self._by_peer[peer_id] = live
+        else:
+            self._by_peer.pop(peer_id, None)
+        return live
+
     def _refresh(self) -> None:
         """Recompute the deadlines of touched SAs into the heap."""
         touched, self._touched = self._touched, set()
@@ -173,7 +223,7 @@ class Endpoint:
             if sa is not None:
                 sa.handle_timer(now)
                 self.touch(sa)
-        self._reap()
+        self.reap()
 
     def new_child_spi(self) -> int:
         """A fresh inbound ESP SPI (>= 256: 1-255 are reserved, RFC 4303 2.1)."""
@@ -194,11 +244,25 @@ class Endpoint:
 
     def receive(self, data: bytes, src: Addr, dst: Addr, now: float) -> None:
         """One IKE datagram (non-ESP marker already removed). Never raises."""
+        if (
+            len(self.half_open) >= self.cookie_threshold
+            and len(data) > 19
+            and data[18] == _IKE_SA_INIT
+            and not data[19] & _RESPONSE
+        ):
+            # 2.6 under load: answer a cookie-less IKE_SA_INIT before parsing it at all,
+            # so that a spoofed flood costs a hash per datagram (see guard.py).
+            reply = self.guard.cookie_fast_path(data, src, self.cookie_secret, now)
+            if reply is not None:
+                self.transmits.append(Transmit(reply, dst, src))
+                return
         try:
             msg = wire.parse_message(data)
         except wire.WireError as e:
             self.dropped += 1
-            log.warning("drop datagram from [%s]:%d: %s", src[0], src[1], e)
+            self.guard.note(
+                "ike_malformed", now, "drop datagram from [%s]:%d: %s", src[0], src[1], e
+            )
             return
         try:
             self._dispatch(msg, data, src, dst, now)
@@ -210,7 +274,7 @@ class Endpoint:
                 src[0],
                 src[1],
             )
-        self._reap()
+        self.reap()
 
     def _dispatch(self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float) -> None:
         if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.is_response:
@@ -224,7 +288,9 @@ class Endpoint:
         sa = self.sas.get(ours)
         if sa is None:
             self.dropped += 1
-            log.info(
+            self.guard.note(
+                "ike_unknown_spi",
+                now,
                 "drop %s %s #%d from [%s]:%d: unknown SPI %s",
                 ExchangeType.name_of(msg.exchange),
                 "response" if msg.is_response else "request",
@@ -232,6 +298,7 @@ class Endpoint:
                 src[0],
                 src[1],
                 spi_text(ours),
+                level=logging.INFO,
             )
             if (
                 not msg.is_response
@@ -269,16 +336,19 @@ class Endpoint:
             msg.message_id,
             [notify(NotifyType.INVALID_IKE_SPI)],
         )
-        log.info(
+        self.guard.note(
+            "invalid_spi_sent",
+            now,
             "send INVALID_IKE_SPI to [%s]:%d for %s #%d",
             src[0],
             src[1],
             ExchangeType.name_of(msg.exchange),
             msg.message_id,
+            level=logging.INFO,
         )
         self.transmits.append(Transmit(wire.build_message(reply), dst, src))
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
         """Forget closed SAs and half-open entries that completed: only touched SAs
         can have changed state (see ``touch``)."""
         touched, self._reap_touched = self._reap_touched, set()
@@ -289,8 +359,8 @@ class Endpoint:
             if sa.state == State.CLOSED:
                 del self.sas[spi]
                 self._deadline.pop(spi, None)
-                self.half_open.pop((sa.spi_i, sa.peer), None)
+                self.half_open.forget(sa)
                 for c in sa.children:
                     self._child_spis.discard(c)
-            elif sa.state != State.INIT_DONE and self.half_open.get((sa.spi_i, sa.peer)) is sa:
-                del self.half_open[(sa.spi_i, sa.peer)]
+            elif sa.state != State.INIT_DONE:
+                self.half_open.forget(sa)
