@@ -40,7 +40,9 @@ The machine is shared: figures are noisy; compare ratios within one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import itertools
 import os
 import re
 import statistics
@@ -56,9 +58,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from pyike import esp
 from pyike.ike import ChildSaCreated, Endpoint, IkeSaEstablished, SaPolicy
 from pyike.limits import Limits
+from pyike.registry import IdType
 from tests.ike_pair import HOME, HOME_ID, VM, VM_ID, VPN0, VPN1, make_policy
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+_PEER_N = itertools.count()
 BENCH_LIMITS = Limits(
     ike_sas=1_000_000,
     ike_sas_per_peer=1_000_000,
@@ -138,7 +142,11 @@ class Responder:
 
 
 def handshake(resp: Responder, home_policy: SaPolicy, now: float) -> tuple[float, float]:
-    """One IKE SA + Child SA with a fresh initiator: (responder s, initiator s) of CPU."""
+    """One IKE SA + Child SA with a fresh initiator: (responder s, initiator s) of CPU.
+    Each initiator has its own ID (c<n>.carinho.lan), as many peers would."""
+    home_policy = dataclasses.replace(
+        home_policy, local_id=(IdType.ID_FQDN, f"c{next(_PEER_N)}.carinho.lan".encode())
+    )
     t0 = time.process_time()
     home = Endpoint(lambda *_: home_policy)
     home.connect(home_policy, HOME, VM, now)
@@ -369,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         remote_net=VPN0,
         force_encap=True,
     )
+    home_public = home_key.public_key()
+    # Any initiator ID (each handshake has its own), all with home's key.
+    vm_policy = dataclasses.replace(vm_policy, peer_id=None, peer_key=lambda _t, _d: home_public)
     floor_before = floor_us(args.floor_reps)
     resp = Responder(vm_policy)
     now = 1000.0
