@@ -367,24 +367,27 @@ def pyike_setup(work: Path, src: Path = REPO, children: int = 1) -> Iterator[Set
     carries the traffic; the others cover extra vm addresses nobody sends to."""
     hk, vk = _keys()
     home_ids = [HOME_ID] + [f"c{i}.{HOME_ID}" for i in range(1, children)]
+    # The vm under as many IDs: pyike allows only a few IKE SAs per peer identity
+    # (pyike.limits ike_sas_per_peer), and here each policy is its own IKE SA.
+    vm_ids = [VM_ID] + [f"c{i}.{VM_ID}" for i in range(1, children)]
     vm_inner = [VM_INNER] + [_extra_inner(i) for i in range(1, children)]
-    home_keys = write_keydir(work / "home-keys", hk, {VM_ID: vk.public_key()})
+    home_keys = write_keydir(work / "home-keys", hk, {i: vk.public_key() for i in vm_ids})
     vm_keys = write_keydir(work / "vm-keys", vk, {i: hk.public_key() for i in home_ids})
     home_conf, vm_conf = work / "home-bench.conf", work / "vm-bench.conf"
     home_conf.write_text(
         "".join(
             f'ikev2 "bench{i}" active esp from {HOME_INNER} to {inner} '
             f"peer {VM_ADDR} {PYIKE_SUITES} "
-            f"srcid {hid} dstid {VM_ID} ecdsa384\n"
-            for i, (hid, inner) in enumerate(zip(home_ids, vm_inner, strict=True))
+            f"srcid {hid} dstid {vid} ecdsa384\n"
+            for i, (hid, vid, inner) in enumerate(zip(home_ids, vm_ids, vm_inner, strict=True))
         )
     )
     vm_conf.write_text(
         "".join(
             f'ikev2 "bench{i}" passive esp from {inner} to {HOME_INNER} '
             f"local {VM_ADDR} peer any {PYIKE_SUITES} "
-            f"srcid {VM_ID} dstid {hid} ecdsa384\n"
-            for i, (hid, inner) in enumerate(zip(home_ids, vm_inner, strict=True))
+            f"srcid {vid} dstid {hid} ecdsa384\n"
+            for i, (hid, vid, inner) in enumerate(zip(home_ids, vm_ids, vm_inner, strict=True))
         )
     )
     for conf in (home_conf, vm_conf):
