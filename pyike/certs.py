@@ -29,7 +29,7 @@ import hashlib
 import ipaddress
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,13 +192,60 @@ def id_payload_data(id_type: int, text: str) -> bytes:
 # --------------------------------------------------------------------------- reading files
 
 
+def _checked(cert: x509.Certificate) -> x509.Certificate:
+    """``cert`` once every field pyike reads has parsed: cryptography parses names,
+    dates and extensions lazily, so a malformed issuer would otherwise raise later,
+    in a log line (found by tools/fuzz)."""
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    _ = cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number
+    list(cert.extensions)
+    cert.public_key()
+    return cert
+
+
+def _parse_cert(load: Callable[[bytes], x509.Certificate], data: bytes) -> x509.Certificate:
+    """One certificate from outside (a file or the peer); ValueError if it is unreadable.
+
+    The peer's bytes are untrusted and cryptography reports malformed ones with several
+    exception types (ValueError, TypeError for a bad name attribute, InvalidVersion,
+    UnsupportedAlgorithm, DuplicateExtension: all found by tools/fuzz), so at this one
+    boundary every exception from parsing means "not a usable certificate".
+    """
+    try:
+        return _checked(load(data))
+    except Exception as e:  # every parse failure, see the docstring
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def _der_cert(der: bytes) -> x509.Certificate:
+    return _parse_cert(x509.load_der_x509_certificate, der)
+
+
 def _load_certs(data: bytes) -> list[x509.Certificate]:
     if b"-----BEGIN" in data:
         blocks = _PEM_CERT.findall(data)
         if not blocks:
             raise ValueError("no PEM 'CERTIFICATE' block")
-        return [x509.load_pem_x509_certificate(b) for b in blocks]
-    return [x509.load_der_x509_certificate(data)]
+        return [_parse_cert(x509.load_pem_x509_certificate, b) for b in blocks]
+    return [_der_cert(data)]
+
+
+def _parse_crl(
+    load: Callable[[bytes], x509.CertificateRevocationList], data: bytes
+) -> x509.CertificateRevocationList:
+    """One CRL from crls/, every field pyike reads parsed; ValueError if unreadable
+    (as for certificates, cryptography parses lazily and raises several types)."""
+    try:
+        crl = load(data)
+        crl.issuer.rfc4514_string()
+        _ = crl.last_update_utc, crl.next_update_utc
+        list(crl.extensions)
+        for revoked in crl:
+            _ = revoked.serial_number, revoked.revocation_date_utc
+        return crl
+    except Exception as e:  # every parse failure, see _parse_cert
+        raise ValueError(f"{type(e).__name__}: {e}") from None
 
 
 def _load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
@@ -206,8 +253,8 @@ def _load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
         blocks = _PEM_CRL.findall(data)
         if not blocks:
             raise ValueError("no PEM 'X509 CRL' block")
-        return [x509.load_pem_x509_crl(b) for b in blocks]
-    return [x509.load_der_x509_crl(data)]
+        return [_parse_crl(x509.load_pem_x509_crl, b) for b in blocks]
+    return [_parse_crl(x509.load_der_x509_crl, data)]
 
 
 def _is_self_issued(cert: x509.Certificate) -> bool:
@@ -386,7 +433,7 @@ class CertStore:
         certs = []
         for i, der in enumerate(der_certs, 1):
             try:
-                certs.append(x509.load_der_x509_certificate(bytes(der)))
+                certs.append(_der_cert(bytes(der)))
             except ValueError:
                 raise CertError(
                     f"CERT payload {i} of {len(der_certs)} is not a DER X.509 certificate"

@@ -82,7 +82,13 @@ def _daemon_parser() -> argparse.ArgumentParser:
         dest="socket",
         type=Path,
         default=None,
-        help="control socket (not implemented yet; accepted for compatibility)",
+        help="control socket for pyikectl (default: /run/pyike.sock; root's, mode 0600)",
+    )
+    p.add_argument(
+        "--socket-group",
+        default=None,
+        metavar="GROUP",
+        help="let GROUP use the control socket too (mode 0660)",
     )
     p.add_argument(
         "--keydir",
@@ -147,18 +153,9 @@ def _daemon_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose >= 2 else logging.INFO
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    # Per-message send/recv lines only from -v on (they are iked's -v lines too).
-    msg_level = logging.INFO if verbose >= 1 else logging.WARNING
-    logging.getLogger("pyike.driver").setLevel(min(msg_level, level) if verbose else msg_level)
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pyike import logs
+
+    logs.setup(verbose)
 
 
 def _macros(items: list[str]) -> dict[str, str]:
@@ -221,12 +218,38 @@ def run_daemon(argv: list[str]) -> int:
         replace_after=args.replace_after,
         invalid_spi=not args.no_invalid_spi,
     )
+    from pyike import control
     from pyike.dataplane import attach_dataplane
+    from pyike.service import Service
 
+    # The control socket is made here, with privileges (root's, 0600), and then only
+    # served by the daemon's event loop (pyike.control). The default path is shared by
+    # every pyike on the host: if another one holds it, this one runs without.
+    ctl_sock = None
+    path = args.socket or control.DEFAULT_SOCKET
+    try:
+        ctl_sock = control.bind_control_socket(path, args.socket_group)
+    except control.ControlError as e:
+        if args.socket is not None:
+            print(f"pyike: {e}", file=sys.stderr)
+            return 1
+        logging.getLogger("pyike").warning("no control socket: %s", e)
+    options.socket_path = ctl_sock.path if ctl_sock is not None else None
     daemon = Daemon(options)
     attach_dataplane(daemon)
+    gid = None
+    if ctl_sock is not None and args.socket_group is not None:
+        import grp
+
+        gid = grp.getgrnam(args.socket_group).gr_gid
+    # Hooks itself into the daemon: serves the socket and notifies systemd from the
+    # daemon's event loop once it has started.
+    service = Service(daemon, ctl_sock, allowed_gid=gid)
     try:
-        asyncio.run(daemon.run())
+        try:
+            asyncio.run(daemon.run())
+        finally:
+            service.close()
     except DaemonError as e:
         print(f"pyike: {e}", file=sys.stderr)
         return 1
@@ -244,6 +267,9 @@ def run_daemon(argv: list[str]) -> int:
         logging.getLogger("pyike").debug("internal error", exc_info=True)
         print(f"pyike: internal error: {e!r} (run with -vv for the traceback)", file=sys.stderr)
         return 70
+    finally:
+        if ctl_sock is not None:
+            ctl_sock.close()
     return 0
 
 
@@ -460,15 +486,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ctl_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="pyikectl",
-        description="Control a running pyike (not implemented yet: "
-        "use the daemon's logs and signals: SIGHUP "
-        "reloads, SIGTERM deletes all SAs and exits).",
-    )
-    p.parse_args(sys.argv[1:] if argv is None else argv)
-    p.print_help()
-    return 0
+    from pyike.ctl import main as ctl
+
+    return ctl(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

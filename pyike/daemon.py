@@ -31,7 +31,7 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyike import authn, certs, keylog, keys, proposals, signatures, ts
+from pyike import authn, certs, keylog, keys, proposals, signatures, status, ts
 from pyike import config as cfg
 from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
@@ -341,6 +341,16 @@ class Daemon:
         self.driver = Driver(
             self.endpoint, ports=options.ports, on_event=self._on_event, on_reload=self.reload
         )
+        # Hooks for pyike.service (control socket, sd_notify): every core event, start
+        # (policies loaded, sockets bound), stop, reload ("start" / "done", error).
+        self.counters = status.Counters()
+        self.driver.on_ike_message = self.counters.ike_message
+        self.observers: list[Callable[[Event], None]] = []
+        self.on_started: list[Callable[[], None]] = []
+        self.on_stopping: list[Callable[[], None]] = []
+        self.reload_hooks: list[Callable[..., None]] = []
+        self.driver.on_stop = self._stop_hooks
+        self.passive = False  # pyikectl passive: initiate nothing until `active`
         self.ike_keylog = self.esp_keylog = None
         if options.keylog_dir is not None:
             # Only on explicit request: these files let anyone decrypt the traffic.
@@ -397,16 +407,37 @@ class Daemon:
             self.options.config_file,
         )
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config; SAs of vanished policies are deleted."""
-        log.info("SIGHUP: reloading %s", self.options.config_file)
+    def reload(self) -> str | None:
+        """SIGHUP or pyikectl reload: re-read the config; SAs of vanished policies are
+        deleted, new active ones start. Returns the error if the file is refused."""
+        log.info("reloading %s", self.options.config_file)
+        for hook in self.reload_hooks:
+            hook("start")
         try:
             self.load()  # the supervisor deletes the SAs of policies that are gone
         except DaemonError as e:
             log.error("reload failed, keeping the old configuration: %s", e)
-            return
+            for hook in self.reload_hooks:
+                hook("done", str(e))
+            return str(e)
         self.supervisor.start_active(self.driver.now())
         self._carry_out()
+        for hook in self.reload_hooks:
+            hook("done", None)
+        return None
+
+    def _stop_hooks(self) -> None:
+        for hook in self.on_stopping:
+            hook()
+
+    def set_passive(self, passive: bool) -> None:
+        """pyikectl passive/active (as ikectl): passive starts no IKE SA (existing ones
+        stay and are answered; attempts due are dropped); active starts the active
+        policies again now."""
+        self.passive = passive
+        if not passive:
+            self.supervisor.retry_now(self.driver.now())
+            self._carry_out()
 
     def _policy_for(
         self, peer: Addr, local: Addr, peer_id: tuple[int, bytes] | None
@@ -483,9 +514,11 @@ class Daemon:
         """Start an IKE SA for the policy, from the address the kernel would use."""
         key = cmd.policy
         p, policy = self.configured.get(key), self.policies.get(key)
-        if p is None or policy is None:
+        if p is None or policy is None or self.passive:
             self.supervisor.initiate_failed(key, now, retry=False)
             return
+        if cmd.replaces is not None:
+            self.counters.event("recovery: replacement")
         addresses = self._peer_addresses(p)  # resolved afresh: the peer may move
         if cmd.replaces is not None:
             old = self.endpoint.sas.get(cmd.replaces)
@@ -513,7 +546,8 @@ class Daemon:
             self.supervisor.initiate_failed(key, now)
             return
         if cmd.replaces is None:
-            log.info(
+            retrying = self.supervisor.backoff_of(key) > self.supervisor.backoff_start
+            (log.debug if retrying else log.info)(  # retries: -v lines (quiet logs)
                 "policy '%s': initiating to [%s]:%d from [%s]:%d",
                 key,
                 peer[0],
@@ -611,6 +645,8 @@ class Daemon:
             self._esp_children[event.child.spi_in] = (event.sa, event.child)
         elif isinstance(event, ChildSaDeleted):
             self._esp_children.pop(event.child.spi_in, None)
+        for observer in self.observers:  # first: a deleted Child SA's counters still exist
+            observer(event)
         if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
             self.on_child(event)
 
@@ -625,6 +661,7 @@ class Daemon:
 
     def reestablish(self, peer_id: tuple[int, bytes] | None, reason: str) -> None:
         """Forget every IKE SA with this peer and start the active policies again now."""
+        self.counters.event("recovery: re-established")
         self.supervisor.reestablish(self.driver.now(), peer_id, reason)
         self._carry_out()
 
@@ -713,6 +750,8 @@ class Daemon:
             self._carry_out()
             if self.options.netwatch:
                 self._netwatch_task = loop.create_task(self._start_netwatch())
+            for hook in self.on_started:
+                hook()
 
         try:
             if dp is not None:

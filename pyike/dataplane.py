@@ -132,6 +132,7 @@ class DataPlane:
             "tun_in": 0,
             "tun_out": 0,
             "no_sa": 0,
+            "link_local": 0,
             "esp_drop": 0,
             "send_err": 0,
             "udp_sends": 0,
@@ -359,6 +360,9 @@ class DataPlane:
                 pkt = frame
             sa = match(pkt)  # RFC 4301 5.1: which Child SA's selectors cover it
             if sa is None:
+                if _link_scope(pkt):  # the kernel's own (router solicitations): never ours
+                    self.counters["link_local"] += 1
+                    continue
                 self.counters["no_sa"] += 1
                 self._rate_log(
                     "no_sa",
@@ -531,6 +535,16 @@ class DataPlane:
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "spd_no_sa": self.spd.no_sa, "unknown_spi": self.sad.unknown_spi}
+
+
+def _link_scope(pkt: bytes) -> bool:
+    """An IPv6 packet from a link-local address or to a link-local multicast group
+    (ff02::/16): the kernel sends router solicitations and MLD reports on the TUN by
+    itself; such packets are never forwarded off the link (RFC 4291 2.5.6, 2.7), so
+    no policy can cover them and they are not worth a log line."""
+    if len(pkt) < 40 or pkt[0] >> 4 != 6:
+        return False
+    return (pkt[8] == 0xFE and pkt[9] & 0xC0 == 0x80) or (pkt[24] == 0xFF and pkt[25] & 0x0F == 2)
 
 
 def _netlink(what: str, call: object, *args: object, **kw: object) -> None:

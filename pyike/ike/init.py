@@ -176,14 +176,22 @@ def check_nat(sa: IkeSa, msg: Message, src: Addr, dst: Addr, *, spi_r: bytes | N
     peer_nat = crypto.nat_detection_hash(sa.spi_i, spi_r, src[0], src[1]) not in src_hashes
     our_nat = crypto.nat_detection_hash(sa.spi_i, spi_r, dst[0], dst[1]) not in dst_hashes
     sa.nat_detected = peer_nat or our_nat or sa.policy.force_encap
-    if peer_nat or our_nat:
-        log.info(
-            "%s: NAT detected (%s)",
-            sa.label,
-            " and ".join(
-                x for x, y in (("peer behind NAT", peer_nat), ("we are behind NAT", our_nat)) if y
-            ),
+    # A peer that forces UDP encapsulation (iked -t, charon encap=yes, pyike always)
+    # does so by sending a NAT_DETECTION_SOURCE_IP that cannot match (RFC 7296 2.23),
+    # so "the peer is behind a NAT" cannot be told apart from that. When we force
+    # encapsulation anyway the finding changes nothing: only a NAT on our side, real
+    # news for a home box, is worth a line then.
+    findings = [
+        text
+        for text, found in (
+            ("the peer is behind a NAT or forces UDP encapsulation", peer_nat),
+            ("we are behind a NAT", our_nat),
         )
+        if found
+    ]
+    if findings:
+        quiet = sa.policy.force_encap and not our_nat
+        (log.debug if quiet else log.info)("%s: NAT detection: %s", sa.label, "; ".join(findings))
 
 
 def sig_hashes(msg: Message) -> set[int]:

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING
 from pyike import crypto, wire
 from pyike.ike import auth, create_child, informational
 from pyike.ike.child import ChildSa
-from pyike.ike.common import ZERO_SPI, Addr, ProtocolError, id_text, notify, spi_text
+from pyike.ike.common import (
+    IKE_PORT,
+    NATT_PORT,
+    ZERO_SPI,
+    Addr,
+    ProtocolError,
+    id_text,
+    notify,
+    spi_text,
+)
 from pyike.ike.events import (
     ChildSaDeleted,
     Event,
@@ -704,7 +713,14 @@ class IkeSa:
     def _note_peer_address(self, src: Addr, dst: Addr) -> None:
         """Follow the peer to a new address once a message from there authenticated."""
         if src != self.peer and self.state in (State.ESTABLISHED, State.INIT_DONE, State.AUTH_SENT):
-            log.info(
+            # The initiator's switch from 500 to 4500 at IKE_AUTH (RFC 7296 2.23) is
+            # the normal NAT-T float, not news; another address or port is.
+            floated = (
+                self.state == State.INIT_DONE
+                and src[0] == self.peer[0]
+                and (self.peer[1], src[1]) == (IKE_PORT, NATT_PORT)
+            )
+            (log.debug if floated else log.info)(
                 "%s: peer moved from [%s]:%d to [%s]:%d",
                 self.label,
                 self.peer[0],
