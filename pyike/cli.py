@@ -139,12 +139,28 @@ def _daemon_parser() -> argparse.ArgumentParser:
         "--no-netwatch", action="store_true", help="do not react to link, address and route changes"
     )
     p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a resource limit, e.g. --limit half_open=64 (repeatable; the limits "
+        "and their defaults are in docs/security.md)",
+    )
+    p.add_argument(
         "--replace-after",
         type=float,
         default=4.0,
         metavar="SECONDS",
         help="negotiate a replacement for an IKE SA whose liveness probe is "
         "unanswered this long (default 4; 0 = never)",
+    )
+    p.add_argument(
+        "--fragment-size",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="with `set fragmentation`: largest IP datagram of an IKE message before it "
+        "is sent as RFC 7383 fragments (default 0: 1280 for IPv6, 576 for IPv4)",
     )
     p.add_argument("--no-invalid-spi", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT", help=argparse.SUPPRESS)
@@ -175,6 +191,13 @@ def run_daemon(argv: list[str]) -> int:
     from pyike.daemon import Daemon, DaemonError, Options
 
     macros = _macros(args.macros)
+    from pyike.limits import DEFAULT_LIMITS
+
+    try:
+        limits = DEFAULT_LIMITS.with_overrides(args.limit)
+    except ValueError as e:
+        print(f"pyike: --limit: {e}", file=sys.stderr)
+        return 1
     if args.check:
         try:
             conf = cfg.load_config(args.file, macros)
@@ -217,6 +240,8 @@ def run_daemon(argv: list[str]) -> int:
         netwatch=not args.no_netwatch,
         replace_after=args.replace_after,
         invalid_spi=not args.no_invalid_spi,
+        fragment_size=args.fragment_size,
+        limits=limits,
     )
     from pyike import control
     from pyike.dataplane import attach_dataplane

@@ -49,7 +49,9 @@ from pyike.ike import (
     PeerLostSa,
     SaPolicy,
     State,
+    mobike,
 )
+from pyike.limits import DEFAULT_LIMITS, Limits
 from pyike.registry import IdType, ProtocolId
 from pyike.supervisor import (
     DEFAULT_REPLACE_AFTER,
@@ -104,6 +106,8 @@ class Options:
     netwatch: bool = True  # react to link/address/route changes (pyroute2)
     replace_after: float = DEFAULT_REPLACE_AFTER  # 0: never negotiate a replacement
     invalid_spi: bool = True  # answer requests for unknown SAs (off: behave like iked)
+    fragment_size: int = 0  # RFC 7383 fragments above this IP datagram size (0: 2.5.1)
+    limits: Limits = DEFAULT_LIMITS  # --limit NAME=VALUE (pyike/limits.py)
 
 
 def retransmit_tries(base: float, cap: float, give_up: float = GIVE_UP_AFTER) -> int:
@@ -240,6 +244,9 @@ def sa_policy(
         dpd_interval=float(dpd),
         retransmit_cap=options.retransmit_cap,
         retransmit_tries=retransmit_tries(2.0, options.retransmit_cap),
+        fragmentation=bool(getattr(global_options, "fragmentation", False)),
+        fragment_size=options.fragment_size,
+        mobike=bool(getattr(global_options, "mobike", True)),
     )
 
 
@@ -337,7 +344,7 @@ class Daemon:
         self.config: cfg.Config | None = None
         self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
         self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
-        self.endpoint = Endpoint(self._policy_for)
+        self.endpoint = Endpoint(self._policy_for, limits=options.limits)
         self.driver = Driver(
             self.endpoint, ports=options.ports, on_event=self._on_event, on_reload=self.reload
         )
@@ -684,6 +691,10 @@ class Daemon:
                 paths[sa.our_spi] = PathChange.NO_ROUTE  # the next change will tell
                 continue
             if not address_is_ours(sa.local[0]) or (sa.initiator and source != sa.local[0]):
+                if mobike.move(sa, (source, sa.local[1]), self.driver.now()):
+                    # RFC 4555: same SAs, UPDATE_SA_ADDRESSES from the new address.
+                    paths[sa.our_spi] = PathChange.MOBIKE
+                    continue
                 log.info(
                     "%s: local address %s is no longer the way to [%s] (now %s)",
                     sa.label,

@@ -110,7 +110,7 @@ class Service:
         self.daemon = daemon
         self.notifier = notifier if notifier is not None else Notifier()
         self.control = (
-            ControlServer(control_socket.sock, self.handle, allowed_gid)
+            ControlServer(control_socket.sock, self.handle, allowed_gid, daemon.options.limits)
             if control_socket is not None
             else None
         )

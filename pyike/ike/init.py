@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyike import crypto, proposals, wire
-from pyike.ike import auth, guard
+from pyike.ike import auth, fragments, guard
 from pyike.ike.common import (
     FIRST_STATUS_NOTIFY,
     NATT_PORT,
@@ -70,6 +70,8 @@ class InitRequest(Request):
         ]
         if sa.policy.rfc7427:
             payloads.append(sig_hash_notify())
+        if sa.policy.fragmentation:
+            payloads.append(fragments.supported_notify())
         # A repeated IKE_SA_INIT (cookie, other group) keeps message ID 0 (2.6, 1.2).
         sa.window.next_id = 0
         sa.send_request(self, payloads, now, plain=True)
@@ -124,6 +126,7 @@ class InitRequest(Request):
         sa.nr = nonce.data
         sa.init_response = response.data
         sa.peer_hashes = sig_hashes(msg)
+        sa.fragmentation = sa.policy.fragmentation and fragments.offered(msg)
         sa.peer_certreqs = msg.find_all(wire.CertReqPayload)
         check_nat(sa, msg, response.src, response.dst)
         try:
@@ -377,6 +380,9 @@ def _answer(
     ]
     if sa.policy.rfc7427:
         payloads.append(sig_hash_notify())
+    if sa.policy.fragmentation and fragments.offered(msg):
+        sa.fragmentation = True  # RFC 7383 2.3: answer the offer, then both may fragment
+        payloads.append(fragments.supported_notify())
     if sa.policy.psk is None:
         payloads += auth.credentials(sa).certreqs()  # 3.7: the CAs we trust
     reply = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, payloads)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyike import crypto, wire
-from pyike.ike import auth, create_child, informational
+from pyike.ike import auth, create_child, fragments, informational, mobike
 from pyike.ike.child import ChildSa
 from pyike.ike.common import (
     IKE_PORT,
@@ -37,7 +37,6 @@ from pyike.ike.events import (
     IkeSaClosed,
     IkeSaEstablished,
     PeerLostSa,
-    Transmit,
 )
 from pyike.ike.policy import SaPolicy
 from pyike.ike.requests import Request, RequestWindow, Response
@@ -61,7 +60,7 @@ RequestHandler = Callable[["IkeSa", Message, list[wire.Payload], float], list[wi
 # state. Anything not listed is dropped with a log line.
 REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
     (State.INIT_DONE, ExchangeType.IKE_AUTH): auth.on_auth_request,
-    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): informational.on_request,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): mobike.on_informational,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): create_child.on_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): informational.on_request,
     (State.DELETING, ExchangeType.CREATE_CHILD_SA): create_child.refuse_while_deleting,
@@ -143,6 +142,11 @@ class IkeSa:
         self.ike_rekeys: list[IkeRekey] = []  # completed rekeys of this IKE SA (2.8.2)
         self.child_rekeys: dict[int, list[ChildRekey]] = {}  # by the old child's spi_in
         self.lost_reported = False  # PeerLostSa emitted (once per SA)
+        # RFC 7383: negotiated in IKE_SA_INIT (init.py); fragments.py does the rest.
+        self.fragmentation = False
+        self.fragments_out = fragments.Outgoing()
+        self.fragments_in = fragments.Reassembly()
+        self.mobike = mobike.MobikeState()  # RFC 4555, negotiated in IKE_AUTH (auth.py)
 
     def note_alive(self, now: float) -> None:
         """The driver saw authenticated traffic (ESP) from the peer: no probe needed."""
@@ -264,7 +268,7 @@ class IkeSa:
             self.local[1],
             len(data),
         )
-        self.endpoint.transmits.append(Transmit(data, self.local, self.peer))
+        fragments.send(self, data, self.local, self.peer)
         self.endpoint.touch(self)  # a request sent: a retransmission deadline
 
     def flags(self, response: bool) -> int:
@@ -299,11 +303,15 @@ class IkeSa:
             wire.HEADER_LEN + 4 + body_len,
         ).pack()
         aad = header + wire.payload_header(first, 4 + body_len)
-        return aad + self.cipher_out.seal(aad, inner)
+        whole = aad + self.cipher_out.seal(aad, inner)
+        fragments.protect(self, exchange, message_id, self.flags(response), first, inner, whole)
+        return whole
 
     def unprotect(self, data: bytes, msg: Message) -> list[wire.Payload]:
         """Check and decrypt the SK payload; raises IntegrityError or WireError."""
         sk = msg.payloads[-1] if msg.payloads else None
+        if isinstance(sk, fragments.Reassembled):  # each fragment was checked (RFC 7383 2.6)
+            return wire.parse_payloads(sk.first_inner, sk.plain)
         if not isinstance(sk, wire.SkPayload) or self.cipher_in is None:
             raise wire.WireError("expected an encrypted (SK) payload")
         aad = data[: len(data) - len(sk.data)]
@@ -402,7 +410,7 @@ class IkeSa:
             log.debug(
                 "%s: nothing received for %.0f s, probing", self.label, now - self.last_heard()
             )
-            self.queue_request(informational.LivenessRequest(), now)
+            self.queue_request(mobike.liveness_request(self), now)
 
     def _check_lifetimes(self, now: float) -> None:
         """Soft expiry starts a rekey, hard expiry deletes (RFC 7296 2.8, RFC 4301 4.4.2.1)."""
@@ -429,7 +437,7 @@ class IkeSa:
             r.sent_at = now
             self.transmit(r.data, f"{r.describe()} (network changed)")
         elif self.state == State.ESTABLISHED:
-            self.queue_request(informational.LivenessRequest(), now)
+            self.queue_request(mobike.liveness_request(self), now)
 
     def delete(self, now: float, reason: str = "closed by us") -> None:
         """Send a DELETE for the whole IKE SA (and so all its Child SAs, 1.4.1)."""
@@ -515,13 +523,14 @@ class IkeSa:
             self.emit(ChildSaDeleted(self, child, reason))
         self.children.clear()
         self.window.clear()
+        self.fragments_in.clear()
         level = logging.DEBUG if half_open else logging.WARNING if error else logging.INFO
         log.log(level, "%s: IKE SA closed: %s", self.label, reason)
         self.emit(IkeSaClosed(self, reason, error))
 
     def successor(self, *, initiator: bool, now: float) -> IkeSa:
         """A new IKE SA with this one's policy and addresses, for a rekey (2.18)."""
-        return IkeSa(
+        new = IkeSa(
             self.endpoint,
             self.policy,
             initiator=initiator,
@@ -530,6 +539,9 @@ class IkeSa:
             now=now,
             established=True,
         )
+        new.fragmentation = self.fragmentation  # a property of the IKE SA (RFC 7383 2.3)
+        new.mobike.negotiated = self.mobike.negotiated
+        return new
 
     # ------------------------------------------------------------------ receive
 
@@ -537,6 +549,11 @@ class IkeSa:
         """Handle one parsed message addressed to this SA."""
         if self.state == State.CLOSED:
             return
+        if msg.payloads and isinstance(msg.payloads[-1], wire.SkfPayload):
+            whole = fragments.receive(self, msg, data, src, dst, now)
+            if whole is None:
+                return
+            msg = whole
         if msg.is_response:
             self._receive_response(msg, data, src, dst, now)
         else:
@@ -611,7 +628,7 @@ class IkeSa:
             # 2.1: a retransmitted request gets the very same response again.
             mid, resp, _, _ = self.last_response
             log.debug("%s: retransmitted request #%d, resending response", self.label, mid)
-            self.endpoint.transmits.append(Transmit(resp, dst, src))
+            fragments.send(self, resp, dst, src)
             return
         if msg.message_id != self.peer_next_id:
             log.debug(
@@ -672,7 +689,8 @@ class IkeSa:
             )
             return
         self.last_received = now
-        self._note_peer_address(src, dst)
+        if not mobike.hold_move(self, msg, payloads, src, dst):
+            self._note_peer_address(src, dst)
         self.close_after_response = ""
         self.fail_after_response = ""
         try:
@@ -708,7 +726,7 @@ class IkeSa:
             dst[1],
             len(data),
         )
-        self.endpoint.transmits.append(Transmit(data, dst, src))
+        fragments.send(self, data, dst, src)
 
     def _note_peer_address(self, src: Addr, dst: Addr) -> None:
         """Follow the peer to a new address once a message from there authenticated."""
