@@ -375,14 +375,31 @@ class Daemon:
         self._carry_out_soon = False
         self.netwatch: object | None = None
         self._netwatch_task: asyncio.Task | None = None
+        # pyike.privsep: start-up done as root before the drop (prepare()), and what
+        # the unprivileged process does after a reload or a network change.
+        self.prepared = False
+        self.after_reload: list[Callable[[], None]] = []
+        self.after_network_change: list[Callable[[], None]] = []
         if not options.invalid_spi:
             self.endpoint.invalid_spi_burst = 0
 
     # ------------------------------------------------------------------ config
 
+    def read_config(self) -> cfg.Config:
+        """The parsed configuration file (privsep: read by the parent instead)."""
+        return cfg.load_config(self.options.config_file, self.options.macros)
+
+    def key_store(self) -> keys.KeyStore:
+        """Where keys come from (privsep: through the parent once unprivileged)."""
+        return keys.KeyStore(self.options.keydir)
+
+    def cert_store(self) -> certs.CertStore:
+        """ca/, certs/ and crls/ of the key directory (privsep: read by the parent)."""
+        return certs.CertStore.load(self.options.keydir)
+
     def load(self) -> None:
         try:
-            self.config = cfg.load_config(self.options.config_file, self.options.macros)
+            self.config = self.read_config()
         except cfg.ConfigError as e:
             raise DaemonError(str(e)) from e
         except OSError as e:
@@ -391,8 +408,8 @@ class Daemon:
             log.warning("%s", warning)
         for note in cfg.check_policies(self.config):  # `pyike -n` shows these as warnings
             log.info("note: %s", note)
-        store = keys.KeyStore(self.options.keydir)
-        cert_store = certs.CertStore.load(self.options.keydir)
+        store = self.key_store()
+        cert_store = self.cert_store()
         for problem in cert_store.problems:
             log.warning("%s", problem)
         table: dict[cfg.PolicyKey, SaPolicy] = {}
@@ -427,6 +444,8 @@ class Daemon:
             for hook in self.reload_hooks:
                 hook("done", str(e))
             return str(e)
+        for hook in self.after_reload:
+            hook()
         self.supervisor.start_active(self.driver.now())
         self._carry_out()
         for hook in self.reload_hooks:
@@ -703,6 +722,8 @@ class Daemon:
                     source,
                 )
                 paths[sa.our_spi] = PathChange.MOVED
+        for hook in self.after_network_change:
+            hook()
         self.supervisor.network_changed(self.driver.now(), paths)
         self._carry_out()
 
@@ -743,14 +764,42 @@ class Daemon:
 
     # ------------------------------------------------------------------ run
 
+    def tun_plan(self) -> tuple[list, list, int, dict]:
+        """The TUN device's addresses, routes, the outer address family and the
+        routes' source addresses (pyike.dataplane.route_sources)."""
+        from pyike.dataplane import local_addresses_and_routes, route_sources
+
+        assert self.config is not None
+        policies = self.config.policies
+        local, remote = local_addresses_and_routes(policies)
+        v6 = any(p.peer is not None and ip_network(p.peer).version == 6 for p in policies)
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        return local, remote, family, route_sources(policies)
+
+    def prepare(self) -> None:
+        """Start-up that needs root, done before pyike.privsep drops privileges:
+        configuration and keys, the UDP sockets, the TUN device and its routes."""
+        from pyike.dataplane import DataPlaneError
+
+        self.load()
+        self.driver.open()
+        dp = self.dataplane
+        if dp is not None:
+            try:
+                dp.open(*self.tun_plan())  # no event loop runs yet: no thread needed
+            except DataPlaneError as e:
+                raise DaemonError(str(e)) from e
+        self.prepared = True
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # A SIGHUP during start-up (TUN set-up takes a moment) is kept for when the
         # driver runs, instead of killing the daemon (SIGHUP's default action).
         early_hup: list[bool] = []
         loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
-        self.load()
-        self.driver.open()
+        if not self.prepared:
+            self.load()
+            self.driver.open()
         dp = self.dataplane
 
         def started() -> None:  # the driver's signal handlers are in place now
@@ -765,27 +814,16 @@ class Daemon:
                 hook()
 
         try:
-            if dp is not None:
-                from pyike.dataplane import local_addresses_and_routes, route_sources
-
-                assert self.config is not None
-                local, remote = local_addresses_and_routes(self.config.policies)
-                family = (
-                    socket.AF_INET6
-                    if any(
-                        p.peer is not None and ip_network(p.peer).version == 6
-                        for p in self.config.policies
-                    )
-                    else socket.AF_INET
-                )
+            if dp is not None and not self.prepared:
+                local, remote, family, sources = self.tun_plan()
                 from pyike.dataplane import DataPlaneError
 
                 try:
                     # Netlink set-up blocks (and pyroute2 runs its own loop): a thread.
-                    sources = route_sources(self.config.policies)
                     await asyncio.to_thread(dp.open, local, remote, family, sources)
                 except DataPlaneError as e:
                     raise DaemonError(str(e)) from e
+            if dp is not None:
                 dp.start(asyncio.get_running_loop())
             if self.options.natt_keepalive > 0:
                 asyncio.get_running_loop().call_later(

@@ -258,7 +258,7 @@ class DataPlane:
                 c["tun_out"],
                 c["tun_writes"],
                 c["merged_writes"],
-                c["no_sa"],
+                c["no_sa"] + c["link_local"],  # the kernel's link-local ones have none either
                 c["esp_drop"],
                 c["send_err"],
             )

@@ -1,7 +1,7 @@
 """Data-plane throughput of pyike next to strongSwan and bare veth, in one run.
 
 Usage (root): .venv/bin/python tools/bench_tunnel.py [--seconds N] [--runs K]
-                 [--only pyike|pyike3|pyike100|wireguard|strongswan|veth|baseline]
+                 [--only pyike|pyike3|pyike100|noprivsep|wireguard|strongswan|veth|baseline]
                  [--baseline DIR] [--profile S] [--no-veth-gro] [--keep]
 
 The set-ups, each in a fresh pair of network namespaces joined by veth
@@ -18,6 +18,9 @@ RFC 3849):
 - ``strongswan``: charon <-> charon with kernel-libipsec (userspace ESP on a
   TUN, ``encap = yes``), the C reference for "userspace ESP on one core";
 - ``veth``: the inner addresses straight on the veth, no tunnel (the ceiling);
+- ``noprivsep``: as ``pyike``, both daemons with ``--no-privsep`` (one root
+  process): the cost of privilege separation, same run (``pyike`` runs
+  separated; CPU figures are the network process's);
 - ``baseline`` (with ``--baseline DIR``): pyike <-> pyike as in ``pyike``, but the
   pyike package of another tree (e.g. ``git archive <commit> | tar -x -C DIR``),
   for before/after figures in one run.
@@ -95,7 +98,9 @@ WG_PORT = 51820
 WG_MTU = 1420  # wireguard-go's default
 SETUP_TIMEOUT_S = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("pyike", "pyike3", "pyike100", "wireguard", "strongswan", "veth", "baseline")
+SCENARIOS = (
+    "pyike", "pyike3", "pyike100", "noprivsep", "wireguard", "strongswan", "veth", "baseline",
+)  # fmt: skip
 DEFAULT_SCENARIOS = ("pyike", "wireguard", "strongswan", "veth", "baseline")
 
 # The same suites on both tunnels: the data plane is AES-256-GCM-16 either way.
@@ -354,13 +359,25 @@ class QuietPyike(PyikeProc):
 BASELINE_SRC: Path | None = None  # --baseline DIR
 
 
+def network_pid(pid: int) -> int:
+    """The process that moves the packets: pyike's unprivileged child under privilege
+    separation (the root parent only serves requests), else ``pid`` itself."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(kids[0]) if len(kids) == 1 else pid
+
+
 def _extra_inner(i: int) -> str:
     """The vm's inner address of the i-th extra Child SA (pyike3, pyike100)."""
     return f"2001:db8:c1da:1::{i:x}"
 
 
 @contextlib.contextmanager
-def pyike_setup(work: Path, src: Path = REPO, children: int = 1) -> Iterator[Setup]:
+def pyike_setup(
+    work: Path, src: Path = REPO, children: int = 1, args: tuple[str, ...] = ()
+) -> Iterator[Setup]:
     """pyike <-> pyike; with ``children`` > 1, that many policies (each its own IKE SA
     and Child SA: home uses a distinct ID per policy, which is how the vm's responder
     tells them apart, RFC 7296 2.9 leaving the choice of policy to it). The first one
@@ -393,7 +410,7 @@ def pyike_setup(work: Path, src: Path = REPO, children: int = 1) -> Iterator[Set
     for conf in (home_conf, vm_conf):
         conf.chmod(0o600)  # as iked wants (pyike warns otherwise)
     with two_hosts() as (home, vm):
-        vm_p = QuietPyike(vm, work, vm_conf, vm_keys)
+        vm_p = QuietPyike(vm, work, vm_conf, vm_keys, list(args))
         vm_p.src = src
         vm_p.start()
         home_p = None
@@ -401,7 +418,7 @@ def pyike_setup(work: Path, src: Path = REPO, children: int = 1) -> Iterator[Set
             # Without -v the driver's "listening" line is not logged; the TUN line
             # comes after the sockets are bound.
             vm_p.wait_log(r"TUN \S+ up", timeout=15)
-            home_p = QuietPyike(home, work, home_conf, home_keys)
+            home_p = QuietPyike(home, work, home_conf, home_keys, list(args))
             home_p.src = src
             home_p.start()
             wait = SETUP_TIMEOUT_S + children * 0.5
@@ -412,7 +429,7 @@ def pyike_setup(work: Path, src: Path = REPO, children: int = 1) -> Iterator[Set
             yield Setup(
                 home,
                 vm,
-                {"home": home_p.proc.pid, "vm": vm_p.proc.pid},
+                {"home": network_pid(home_p.proc.pid), "vm": network_pid(vm_p.proc.pid)},
                 note=f"{src}: {children} child SA(s), first{child}",
             )
         except AssertionError as e:
@@ -594,8 +611,15 @@ def baseline_setup(work: Path) -> Iterator[Setup]:
         yield s
 
 
+@contextlib.contextmanager
+def noprivsep_setup(work: Path) -> Iterator[Setup]:
+    with pyike_setup(work, REPO, args=("--no-privsep",)) as s:
+        yield s
+
+
 SETUPS = {
     "pyike": pyike_setup,
+    "noprivsep": noprivsep_setup,
     "pyike3": pyike3_setup,
     "pyike100": pyike100_setup,
     "wireguard": wireguard_setup,
@@ -819,7 +843,7 @@ def table(
         "encrypts, vm only decrypts); kpps: packets received per second"
     )
     for ours in [n for n in figures if n.startswith("pyike")]:
-        for other in ("wireguard", "strongswan", "baseline"):
+        for other in ("noprivsep", "wireguard", "strongswan", "baseline"):
             if other in figures:
                 p, c = figures[ours], figures[other]
 
