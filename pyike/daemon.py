@@ -29,17 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyike import authn, certs, keylog, keys, proposals, signatures, status, ts
 from pyike import config as cfg
 from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
     Addr,
+    ChildSa,
     ChildSaCreated,
     ChildSaDeleted,
     Endpoint,
     Event,
     IkeKeysDerived,
+    IkeSa,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
@@ -64,6 +67,9 @@ from pyike.supervisor import (
     SupervisedPolicy,
     Supervisor,
 )
+
+if TYPE_CHECKING:
+    from pyike.dataplane import DataPlane
 
 log = logging.getLogger("pyike")
 
@@ -342,6 +348,11 @@ class Daemon:
     def __init__(self, options: Options, on_child: Callable[[Event], None] | None = None) -> None:
         self.options = options
         self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
+        self.dataplane: DataPlane | None = None  # set by pyike.dataplane.attach_dataplane
+        # Inbound SPI -> (IKE SA it was created on, its Child SA), for note_esp() and
+        # _poll_usage() (the ChildSa object moves with its IKE SA's children when
+        # that is rekeyed: follow IkeSa.rekeyed_to for the current one).
+        self._esp_children: dict[int, tuple[IkeSa, ChildSa]] = {}
         self.config: cfg.Config | None = None
         self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
         self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
@@ -588,13 +599,20 @@ class Daemon:
         self.supervisor.initiated(key, sa.our_spi, now)
 
     def _poll_usage(self, now: float) -> None:
-        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``)."""
-        dp = getattr(self, "dataplane", None)
+        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``):
+        only for the Child SAs that carried traffic since the last poll, so an idle
+        daemon with many SAs does no per-SA work here."""
+        dp = self.dataplane
         if dp is None:
             return
-        for sa in list(self.endpoint.sas.values()):
-            for child in list(sa.children.values()):
-                sa.note_child_usage(child.spi_in, dp.octets(child), now)
+        for spi_in in dp.take_used():
+            entry = self._esp_children.get(spi_in)
+            if entry is None:
+                continue
+            sa, child = entry
+            while sa.rekeyed_to is not None:  # the child moved with an IKE SA rekey
+                sa = sa.rekeyed_to
+            sa.note_child_usage(spi_in, dp.octets(child), now)
 
     def _arm_supervisor_timer(self) -> None:
         if self._supervisor_timer is not None:
@@ -646,10 +664,21 @@ class Daemon:
                         key[1],
                     )
                 )
+        if isinstance(event, ChildSaCreated):
+            self._esp_children[event.child.spi_in] = (event.sa, event.child)
+        elif isinstance(event, ChildSaDeleted):
+            self._esp_children.pop(event.child.spi_in, None)
         for observer in self.observers:  # first: a deleted Child SA's counters still exist
             observer(event)
         if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
             self.on_child(event)
+
+    def note_esp(self, spi_in: int, now: float) -> None:
+        """The data plane authenticated ESP on inbound SPI ``spi_in`` at ``now``: the
+        peer is alive, so its IKE SA's liveness check need not probe (RFC 7296 2.4)."""
+        entry = self._esp_children.get(spi_in)
+        if entry is not None:
+            entry[1].last_inbound = max(entry[1].last_inbound, now)
 
     # ------------------------------------------------------------------ recovery
 
@@ -698,7 +727,7 @@ class Daemon:
     async def _start_netwatch(self) -> None:
         from pyike.netwatch import NetWatch
 
-        dp = getattr(self, "dataplane", None)
+        dp = self.dataplane
         watch = NetWatch(
             self.network_changed, ignore_ifnames=[dp.tun_name] if dp is not None else []
         )
@@ -751,7 +780,7 @@ class Daemon:
 
         self.load()
         self.driver.open()
-        dp = getattr(self, "dataplane", None)
+        dp = self.dataplane
         if dp is not None:
             try:
                 dp.open(*self.tun_plan())  # no event loop runs yet: no thread needed
@@ -768,7 +797,7 @@ class Daemon:
         if not self.prepared:
             self.load()
             self.driver.open()
-        dp = getattr(self, "dataplane", None)
+        dp = self.dataplane
 
         def started() -> None:  # the driver's signal handlers are in place now
             if early_hup:
