@@ -385,6 +385,16 @@ def v4_packet(size: int = 100, src: str = "198.51.100.7", dst: str = "192.0.2.5"
     return raw(base / Raw(b"\xcd" * max(0, size - len(base))))
 
 
+@pytest.mark.parametrize("name,encr,bits,integ", SUITES, ids=[s[0] for s in SUITES])
+def test_seal_takes_a_memoryview(name: str, encr: int, bits: int, integ: int) -> None:
+    """The data plane seals TUN frames as memoryviews (zero copy): every suite must
+    take one (AES-CBC once raised TypeError on bytes + memoryview)."""
+    out, inb = sa_pair(encr, bits, integ)
+    for size in (64, 100, 1390):
+        pkt = v6_packet(size)
+        assert inb.open(out.seal(memoryview(pkt), 41)) == (41, pkt)
+
+
 # --------------------------------------------------------------------------------------
 # RFC 7634 Appendix A: the ChaCha20-Poly1305 ESP example (copied from the RFC text)
 
