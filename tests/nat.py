@@ -18,15 +18,16 @@ PORTS_A, PORTS_B = "40000-40099", "41000-41099"
 _FLUSH = "from pyroute2 import Conntrack\nConntrack().flush()\n"
 
 
-def masquerade(nat: Netns, ports: str) -> None:
-    """UDP leaving the NAT's public side (eth1) is masqueraded to ``ports``."""
+def masquerade(nat: Netns, ports: str, family: str = "ip", oif: str = "eth1") -> None:
+    """UDP leaving the NAT's public side ``oif`` is masqueraded to ``ports``
+    (``family`` "ip6" for NAT66, as the qemu iked case needs IPv6 outer addresses)."""
     nat.run(["nft", "flush ruleset"])
     nat.run(
         [
             "nft",
-            "add table ip pyikenat; add chain ip pyikenat post "
-            "{ type nat hook postrouting priority 100; }; add rule ip pyikenat post "
-            f'oifname "eth1" meta l4proto udp masquerade to :{ports}',
+            f"add table {family} pyikenat; add chain {family} pyikenat post "
+            f"{{ type nat hook postrouting priority 100; }}; add rule {family} pyikenat post "
+            f'oifname "{oif}" meta l4proto udp masquerade to :{ports}',
         ]
     )
 
@@ -40,7 +41,7 @@ def wire_nat(home: Netns, nat: Netns, vm: Netns, ports: str = PORTS_A) -> None:
     masquerade(nat, ports)
 
 
-def change_mapping(nat: Netns, ports: str) -> None:
+def change_mapping(nat: Netns, ports: str, family: str = "ip", oif: str = "eth1") -> None:
     """The NAT forgets its mappings; new ones come from ``ports``."""
-    masquerade(nat, ports)
+    masquerade(nat, ports, family, oif)
     nat.run([sys.executable, "-c", _FLUSH])
