@@ -8,12 +8,15 @@ After the tunnel is up and idle, the NAT's port range changes and its conntrack
 table is flushed, so home's next packets leave from a new public port. Nothing is
 sent from home but pyike's own liveness checks; the proof is the guest's ping6
 to home getting through within 10 s of the change (the guide's issue: iked's
-outbound ESP black-holed on the old port while every liveness check succeeds).
+outbound ESP black-holed on the old port while every liveness check succeeds),
+then an SMTP dialogue from the guest to home's port 25, and iked's kernel SAs
+sending to the new port.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from pyike import keys
 from tests.nat import PORTS_A, PORTS_B, change_mapping, masquerade
 from tests.netns import Netns, require_binary, requires_root, veth_pair
 from tests.pyike_proc import PyikeProc, write_keydir
+from tests.recovery import SMTP_SERVER
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow, requires_root]
 
@@ -67,7 +71,7 @@ def test_nat_rebind_on_idle_tunnel_iked_vm(tmp_path: Path) -> None:
             host_addr=f"{NAT_OUT}/64",
             vm_addr=f"{VM_OUTER}/64",
         )
-        pyike = None
+        pyike = smtp = None
         try:
             try:
                 vm.start()
@@ -85,6 +89,10 @@ def test_nat_rebind_on_idle_tunnel_iked_vm(tmp_path: Path) -> None:
             before = vm.run("ip-full xfrm state")
             # Idle until pyike's NAT-D liveness checks know how iked sees it.
             pyike.wait_log(r"recv INFORMATIONAL res \d+ peer", timeout=3 * DPD + 10, count=2)
+            (tmp_path / "mail").mkdir()
+            smtp = home.popen(
+                [sys.executable, "-c", SMTP_SERVER, HOME_INNER, str(tmp_path / "mail")]
+            )
             change_mapping(nat, PORTS_B, family="ip6", oif="tap0")
             changed = time.monotonic()
             answered = None
@@ -99,6 +107,12 @@ def test_nat_rebind_on_idle_tunnel_iked_vm(tmp_path: Path) -> None:
                 f"after:\n{after}\n{vm.diagnostics(80)}\n{log[-5000:]}"
             )
             print(f"\nNAT mapping change to a ping6 from the iked VM: {answered - changed:.2f} s")
+            smtp_out = vm.run(
+                f"printf 'EHLO namorar.example.com\\r\\nQUIT\\r\\n' | nc -w 5 {HOME_INNER} 25",
+                timeout=20,
+            )
+            assert "220 home ESMTP" in smtp_out and "221 bye" in smtp_out, smtp_out
+            print(f"SMTP from the VM to home: {time.monotonic() - changed:.2f} s after the change")
             print(f"xfrm after:\n{after}")
             assert "NAT mapping changed" in log, log[-3000:]
             # iked's kernel sends ESP to the new mapping (the old SAs are gone).
@@ -112,6 +126,8 @@ def test_nat_rebind_on_idle_tunnel_iked_vm(tmp_path: Path) -> None:
             assert re.search(r"rekeying Child SA", log), log[-3000:]
             assert "re-establishing" not in log and "negotiating a replacement" not in log
         finally:
+            if smtp is not None:
+                home.stop(smtp)
             if pyike is not None:
                 pyike.stop()
             vm.stop()
