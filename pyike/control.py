@@ -33,15 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyike.limits import DEFAULT_LIMITS, Limits
+
 log = logging.getLogger("pyike.control")
 
 DEFAULT_SOCKET = Path("/run/pyike.sock")  # like iked's /var/run/iked.sock
 # conf/pyike.service's (ProtectSystem=strict leaves only its RuntimeDirectory writable)
 SERVICE_SOCKET = Path("/run/pyike/pyike.sock")
-MAX_REQUEST = 1024  # bytes of one request line: the longest valid one is far shorter
+# Bytes of one request line (the longest valid one is far shorter) and connections served
+# at once (monitors included): pyike/limits.py, changed with --limit.
+MAX_REQUEST = DEFAULT_LIMITS.control_request_bytes
 MAX_ARG = 255  # a policy name or an ID
 REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request
-MAX_CLIENTS = 16  # connections served at once (monitors included)
+MAX_CLIENTS = DEFAULT_LIMITS.control_clients
 MONITOR_QUEUE = 256  # events buffered for one slow monitor before it is cut off
 
 # verb -> whether it takes an argument
@@ -72,10 +76,10 @@ class Request:
     arg: str | None = None
 
 
-def parse_request(line: bytes) -> Request:
+def parse_request(line: bytes, max_request: int = MAX_REQUEST) -> Request:
     """One request line -> Request; ControlError says exactly what is wrong."""
-    if len(line) > MAX_REQUEST:
-        raise ControlError(f"request longer than {MAX_REQUEST} bytes")
+    if len(line) > max_request:
+        raise ControlError(f"request longer than {max_request} bytes")
     try:
         obj = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -121,9 +125,10 @@ class ControlSocket:
 
     def unlink(self) -> None:
         """Remove the path if it is still ours (another daemon may have replaced it;
-        removing that one would cut it off from pyikectl). With privilege separation
-        the root parent, which handed the socket itself to the unprivileged process,
-        calls only this at exit (the unprivileged one may not write /run)."""
+                removing that one would cut it off from pyike.limits import DEFAULT_LIMITS, Limits
+        from pyikectl). With privilege separation
+                the root parent, which handed the socket itself to the unprivileged process,
+                calls only this at exit (the unprivileged one may not write /run)."""
         with contextlib.suppress(OSError):
             if os.lstat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
@@ -211,18 +216,24 @@ class ControlServer:
     """
 
     def __init__(
-        self, sock: socket.socket, handler: Handler, allowed_gid: int | None = None
+        self,
+        sock: socket.socket,
+        handler: Handler,
+        allowed_gid: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.sock = sock
         self.handler = handler
         self.allowed_gid = allowed_gid
+        self.max_request = limits.control_request_bytes
+        self.max_clients = limits.control_clients
         self._server: asyncio.AbstractServer | None = None
         self._monitors: set[asyncio.Queue[bytes | None]] = set()
         self._clients = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(
-            self._serve, sock=self.sock, limit=MAX_REQUEST + 2
+            self._serve, sock=self.sock, limit=self.max_request + 2
         )
 
     def close(self) -> None:
@@ -289,14 +300,17 @@ class ControlServer:
             writer.write(encode({"ok": False, "error": "permission denied"}))
             await writer.drain()
             return
-        if self._clients > MAX_CLIENTS:
+        if self._clients > self.max_clients:
             writer.write(encode({"ok": False, "error": "too many control connections"}))
             await writer.drain()
             return
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), REQUEST_TIMEOUT)
         except asyncio.LimitOverrunError:
-            reply: dict[str, Any] = {"ok": False, "error": f"request longer than {MAX_REQUEST}"}
+            reply: dict[str, Any] = {
+                "ok": False,
+                "error": f"request longer than {self.max_request}",
+            }
             writer.write(encode(reply))
             await writer.drain()
             return
@@ -305,7 +319,7 @@ class ControlServer:
             await writer.drain()
             return
         try:
-            request = parse_request(line.rstrip(b"\n"))
+            request = parse_request(line.rstrip(b"\n"), self.max_request)
         except ControlError as e:
             log.info("control socket: bad request from %s: %s", who, e)
             writer.write(encode({"ok": False, "error": str(e)}))

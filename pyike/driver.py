@@ -344,7 +344,7 @@ class Driver:
                     if esp:
                         self._deliver_esp(esp, esp_src)
                         esp = []
-                    self._receive_ike(s, d[4:], anc, src)
+                    self._receive_ike(s, bytes(d[4:]), anc, src)
                 # else a NAT-T keepalive (RFC 3948 2.3) or a runt: ignored
         if esp:
             self._deliver_esp(esp, esp_src)
