@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from interop.vm import image
-from interop.vm.case import OUTER6, classify_frames, run_case
+from interop.vm.case import CONF, OUTER6, classify_frames, run_case, with_auth_keyword
 from interop.vm.runner import IkedVM, VMError
 from tests.netns import Netns, require_binary, require_root
 
@@ -97,21 +97,47 @@ def test_cpio_unpacks(tmp_path: Path) -> None:
     assert (root / "etc/pyike-vm.env").read_text() == "A=1\n"
 
 
+def test_with_auth_keyword() -> None:
+    """The guide's files with another auth keyword: every ecdsa384 line replaced, the
+    policy lines still joined (a dangling backslash would swallow the next policy)."""
+    home = (CONF / "home-iked.conf").read_text()
+    vm = (CONF / "vm-iked.conf").read_text()
+    rsa = with_auth_keyword(home, "rsa")
+    assert "ecdsa384" not in rsa and rsa.count("\\\n\trsa\n") == home.count("ecdsa384") == 3
+    none = with_auth_keyword(vm, "")
+    assert "ecdsa384" not in none
+    assert none.endswith("srcid namorar.example.com dstid carinho.lan\n"), none[-80:]
+    with pytest.raises(ValueError):
+        with_auth_keyword(none, "rsa")
+
+
 @pytest.mark.netns
 @pytest.mark.interop
 @pytest.mark.slow
-@pytest.mark.parametrize("guide_home", [True, False], ids=["guide-home", "one-policy"])
-def test_pyike_iked_vm_kernel_esp(tmp_path: Path, guide_home: bool) -> None:
+@pytest.mark.parametrize(
+    "guide_home,auth",
+    [(True, "p384"), (False, "p384"), (False, "ikectl-ca"), (False, "rsa2048")],
+    ids=["guide-home", "one-policy", "ikectl-ca", "rsa2048"],
+)
+def test_pyike_iked_vm_kernel_esp(tmp_path: Path, guide_home: bool, auth: str) -> None:
     """The guide's files at both ends (three home policies against iked's one, which
-    sends everything on one Child SA: esp.PeerFlows), and a one-policy home."""
+    sends everything on one Child SA: esp.PeerFlows), and a one-policy home with the
+    guide's P-384 raw keys, with certificates from ``ikectl ca`` on both sides (iked
+    validates pyike's against its ca/), and with RSA-2048 raw keys (interop/vm/auth.py)."""
     require_root()
     for binary in ("qemu-system-x86_64", "busybox", "/usr/sbin/iked", "tcpdump"):
         require_binary(binary, image.DEBIAN_PACKAGES + " tcpdump")
-    result = run_case(tmp_path, guide_home=guide_home)
+    if auth == "ikectl-ca":
+        require_binary("ikectl", "openiked")
+        require_binary("unshare", "util-linux")
+    result = run_case(tmp_path, guide_home=guide_home, auth=auth)
     table = result.table()
     print(table)
     names = [c.name for c in result.checks]
     assert result.passed, f"{table}\n{result.error}"
+    ike_sa = result.checks[names.index("ike sa")].detail
+    how = {"ikectl-ca": "with the certificate '/CN=namorar.example.com"}.get(auth, "raw public key")
+    assert how in ike_sa, table
     bulk = "tcp bulk to 25" if guide_home else "tcp bulk"
     assert names == [
         "boot",

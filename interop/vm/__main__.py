@@ -37,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=("pyike with conf/home-iked.conf as it is (three policies): TCP replies fail"),
     )
+    p.add_argument(
+        "--auth",
+        choices=("p384", "ikectl-ca", "rsa2048"),
+        default="p384",
+        help=(
+            "keys on both sides: ECDSA P-384 raw keys (the guide's), certificates from "
+            "`ikectl ca`, or RSA-2048 raw keys (see interop/vm/auth.py)"
+        ),
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no diagnostics on failure")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -48,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     from interop.vm.case import run_case
 
     result = run_case(
-        args.workdir, verbose=not args.quiet, outer4=args.outer4, guide_home=args.guide_home
+        args.workdir,
+        verbose=not args.quiet,
+        outer4=args.outer4,
+        guide_home=args.guide_home,
+        auth=args.auth,
     )
     print(result.table())
     return 0 if result.passed else 1

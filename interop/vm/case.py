@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -48,10 +47,8 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
+from interop.vm import auth as vm_auth
 from interop.vm.runner import IkedVM, VMError
-from pyike import keys
 
 if TYPE_CHECKING:
     from tests.netns import Netns
@@ -386,11 +383,21 @@ def _bulk_to_home(ns: Netns, vm: IkedVM, ok: Callable[[bool, str], None]) -> Non
     )
 
 
+def with_auth_keyword(conf: str, keyword: str) -> str:
+    """The guide's iked.conf text with its ``ecdsa384`` lines replaced by ``keyword``
+    (none: iked's default, any signature)."""
+    new, n = re.subn(r" \\\n\tecdsa384\n", f" \\\n\t{keyword}\n" if keyword else "\n", conf)
+    if n == 0:
+        raise ValueError("no ecdsa384 line to replace")
+    return new
+
+
 def run_case(
     workdir: Path | None = None,
     verbose: bool = False,
     outer4: bool = False,
     guide_home: bool = False,
+    auth: str = "p384",
 ) -> Result:
     """Run the whole case; never raises for a failed check (see ``Result``).
 
@@ -398,33 +405,39 @@ def run_case(
     and the SAs come up, but the guest kernel drops the IPv6 inner packets.
     ``guide_home`` runs pyike with conf/home-iked.conf as it is (three policies):
     ping6 works, TCP replies arrive on the wrong Child SA (see HOME_CONF_ONE_POLICY).
+    ``auth`` picks the key set-up (interop/vm/auth.py): ``p384`` raw keys as the
+    guide's files have them, ``ikectl-ca`` certificates made by ``ikectl ca``,
+    ``rsa2048`` RSA raw keys; the ike sa check also requires pyike's log (and, for
+    certificates, iked's) to show that the peer was authenticated that way.
     """
     home_addr, vm_addr, plen = OUTER4 if outer4 else OUTER6
     from tests.netns import Netns, capture, ping
-    from tests.pyike_proc import PyikeProc, write_keydir
+    from tests.pyike_proc import PyikeProc
 
     t_start = time.monotonic()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="pyike-iked-vm-"))
     workdir.mkdir(parents=True, exist_ok=True)
     result = Result(workdir=workdir)
     r = _Runner(result)
-    home_key = ec.generate_private_key(ec.SECP384R1())
-    vm_key = ec.generate_private_key(ec.SECP384R1())
-    vm_keys = {
-        "etc/iked/private/local.key": keys.private_key_pem(vm_key),
-        "etc/iked/local.pub": keys.public_key_pem(vm_key.public_key()),
-        f"etc/iked/pubkeys/fqdn/{HOME_ID}": keys.public_key_pem(home_key.public_key()),
-    }
-    # A reused --workdir: fresh keys every run, and write_keydir never overwrites.
-    shutil.rmtree(workdir / "home-keys", ignore_errors=True)
-    home_keys = write_keydir(workdir / "home-keys", home_key, {VM_ID: vm_key.public_key()})
+    try:
+        setup = vm_auth.make(auth, workdir, HOME_ID, VM_ID)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        result.error = f"key set-up {auth}: {type(exc).__name__}: {exc}"
+        result.total_seconds = time.monotonic() - t_start
+        return result
+    vm_keys, home_keys = setup.vm_files, setup.home_keydir
+    vm_conf = (CONF / "vm-iked.conf").read_text()
     pcap = workdir / "outer.pcap"
-    if guide_home:
+    if guide_home and auth == "p384":
         home_conf, n_children = CONF / "home-iked.conf", len(GUIDE_HOME_POLICIES)
     else:
-        home_conf, n_children = workdir / "home-iked.conf", 1
-        home_conf.write_text(HOME_CONF_ONE_POLICY)
+        home_text = (CONF / "home-iked.conf").read_text() if guide_home else HOME_CONF_ONE_POLICY
+        n_children = len(GUIDE_HOME_POLICIES) if guide_home else 1
+        home_conf = workdir / "home-iked.conf"
+        home_conf.write_text(setup.conf_head + with_auth_keyword(home_text, setup.keyword))
         home_conf.chmod(0o600)
+    if auth != "p384":
+        vm_conf = setup.conf_head + with_auth_keyword(vm_conf, setup.keyword)
     vm = None
     pyike = None
     try:
@@ -432,7 +445,7 @@ def run_case(
             vm = IkedVM(
                 ns,
                 workdir / "vm",
-                (CONF / "vm-iked.conf").read_text(),
+                vm_conf,
                 vm_keys,
                 host_addr=f"{home_addr}/{plen}",
                 vm_addr=f"{vm_addr}/{plen}",
@@ -468,7 +481,19 @@ def run_case(
                         vm.wait_console(
                             r"established peer", IKE_TIMEOUT_S, "iked to log the IKE SA"
                         )
-                        ok(True, re.sub(r"^.*?established", "established", line)[:110])
+                        how = re.search(setup.home_log, pyike.log())
+                        if setup.vm_log:
+                            vm.wait_console(setup.vm_log, 5.0, "iked to accept our certificate")
+                        ok(
+                            how is not None,
+                            re.sub(r"^.*?established", "established", line)[:70]
+                            + f"; {auth}: "
+                            + (
+                                re.sub(r"^.*authenticated: ", "", how.group(0))[:90]
+                                if how
+                                else f"pyike's log lacks {setup.home_log!r}"
+                            ),
+                        )
                     with r.check("child sas") as ok:
                         lines = pyike.wait_log(
                             r"created Child SA", timeout=IKE_TIMEOUT_S, count=n_children
