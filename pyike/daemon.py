@@ -42,6 +42,7 @@ from pyike.ike import (
     IkeSaEstablished,
     InitialContact,
     PeerLostSa,
+    PeerMoved,
     SaPolicy,
     State,
 )
@@ -196,6 +197,10 @@ def id_text_or_any(peer_id: tuple[int, bytes] | None) -> str:
     return id_text(*peer_id) if peer_id else "any peer"
 
 
+def _spi_of(sa: IkeSa | None) -> bytes | None:
+    return sa.our_spi if sa is not None else None
+
+
 def local_address_for(peer: Addr) -> Addr:
     """The source address the kernel would use towards ``peer`` (no packet is sent:
     connecting a UDP socket only consults the routing table)."""
@@ -232,7 +237,7 @@ class Daemon:
 
     def __init__(self, options: Options, on_child: Callable[[Event], None] | None = None) -> None:
         self.options = options
-        self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
+        self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted, PeerMoved)
         self.config: cfg.Config | None = None
         self.policies: dict[str, SaPolicy] = {}
         self.endpoint = Endpoint(self._policy_for)
@@ -417,13 +422,11 @@ class Daemon:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, IkeKeysDerived) and self.ike_keylog is not None:
-            s = event.sa.suite
-            assert s is not None
-            k = event.keys
+            s, k = event.suite, event.keys
             self.ike_keylog.write(
                 keylog.IkeKeyRecord(
-                    event.sa.spi_i,
-                    event.sa.spi_r,
+                    event.spi_i,
+                    event.spi_r,
                     s.encr,
                     s.key_bits,
                     s.integ,
@@ -434,24 +437,28 @@ class Daemon:
                 )
             )
         elif isinstance(event, IkeSaEstablished):
-            if event.replaces is not None:  # an IKE SA rekey: follow the children
-                for name, sa in list(self._active_sa.items()):
-                    if sa is event.replaces:
-                        self._active_sa[name] = event.sa
-            self._backoff.pop(event.sa.policy.name, None)
-            self._replacement_done(event.sa)
+            new = self.endpoint.ike_sa(event.spi)
+            if event.replaces is not None and new is not None:  # an IKE SA rekey: follow
+                for name, sa in list(self._active_sa.items()):  # the children
+                    if sa.our_spi == event.replaces:
+                        self._active_sa[name] = new
+            self._backoff.pop(event.policy, None)
+            if new is not None:
+                self._replacement_done(new)
             asyncio.get_running_loop().call_soon(self.start_active)
         elif isinstance(event, InitialContact):
-            self._drop_older_sas(event.sa, event.peer_id)
+            if (sa := self.endpoint.ike_sa(event.spi)) is not None:
+                self._drop_older_sas(sa, event.peer_id)
         elif isinstance(event, PeerLostSa):
-            asyncio.get_running_loop().call_soon(self._peer_lost, event.sa)
+            if (sa := self.endpoint.ike_sa(event.spi)) is not None:
+                asyncio.get_running_loop().call_soon(self._peer_lost, sa)
         elif isinstance(event, IkeSaClosed):
-            name = event.sa.policy.name
-            if self._replacing.get(name) is event.sa:
+            name = event.policy
+            if _spi_of(self._replacing.get(name)) == event.spi:
                 del self._replacing[name]  # the replacement failed; the suspect check
                 if name not in self._active_sa and not self.driver.stopping:  # tries
                     self._schedule_retry(name)  # again while the old one lives
-            elif self._active_sa.get(name) is event.sa:
+            elif _spi_of(self._active_sa.get(name)) == event.spi:
                 del self._active_sa[name]
                 if name in self._replacing:
                     pass  # its replacement is already being negotiated
@@ -479,7 +486,7 @@ class Daemon:
                         key[1],
                     )
                 )
-        if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
+        if isinstance(event, ChildSaCreated | ChildSaDeleted | PeerMoved) and self.on_child:
             self.on_child(event)
 
     def _drop_older_sas(self, sa: IkeSa, peer_id: tuple[int, bytes]) -> None:
@@ -496,9 +503,8 @@ class Daemon:
         dp = getattr(self, "dataplane", None)
         if dp is not None:
             now = self.driver.now()
-            for sa in list(self.endpoint.sas.values()):
-                for child in list(sa.children.values()):
-                    sa.note_child_usage(child.spi_in, dp.octets(child), now)
+            for child in self.endpoint.child_sas():
+                self.endpoint.note_child_usage(child.spi_in, dp.octets(child), now)
             self.driver.pump()
         asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
 

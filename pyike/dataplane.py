@@ -41,7 +41,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network, summarize_address_ra
 from pyroute2 import IPRoute, NetlinkError
 
 from pyike import esp, offload
-from pyike.ike import ChildSa, ChildSaCreated, ChildSaDeleted, Event, IkeSa
+from pyike.ike import ChildSaCreated, ChildSaDeleted, ChildSaInfo, Event, PeerMoved
 from pyike.registry import EncrId, IntegId
 
 log = logging.getLogger("pyike.dataplane")
@@ -80,8 +80,7 @@ class _Tx:
     """One outbound SA with where its packets go."""
 
     sa: esp.OutboundSa
-    child: ChildSa
-    ike: IkeSa
+    child: ChildSaInfo  # replaced when the peer moves (PeerMoved)
     sock: socket.socket
     addr: tuple[str, int]
     remote: object  # the child's remote Addr the cached ``addr`` was built from
@@ -99,9 +98,6 @@ class DataPlane:
         self.spd = esp.Spd()
         self.sad = esp.Sad()
         self._tx: dict[int, _Tx] = {}  # outbound SA by its SPI
-        # Inbound SPI -> its ChildSa, whose last_inbound feeds the IKE SA's liveness
-        # check (the ChildSa moves with its children when the IKE SA is rekeyed).
-        self._child_by_spi_in: dict[int, ChildSa] = {}
         # Per peer (IKE identity): the selectors of all its Child SAs (esp.PeerFlows),
         # and each inbound SPI's entry there, removed with its SA.
         self._peer_flows: dict[object, esp.PeerFlows] = {}
@@ -250,10 +246,15 @@ class DataPlane:
             self._add(event)
         elif isinstance(event, ChildSaDeleted):
             self._remove(event.child)
+        elif isinstance(event, PeerMoved):
+            for c in event.children:
+                tx = self._tx.get(c.spi_out)
+                if tx is not None:
+                    tx.child = c  # _send follows c.remote
 
     def _add(self, event: ChildSaCreated) -> None:
         c, s = event.child, event.child.suite
-        peer = event.sa.peer_id or event.sa.peer[0]
+        peer = event.peer_id or c.remote[0]
         flows = self._peer_flows.setdefault(peer, esp.PeerFlows())
         self._flow_keys[c.spi_in] = (peer, flows.add(c.ts_local, c.ts_remote))
         if c.peer_ts_wider:
@@ -282,25 +283,21 @@ class DataPlane:
             log.error("no UDP %d socket for %s; Child SA unusable", c.local[1], c.remote[0])
             return
         self.sad.add(inbound)
-        self._child_by_spi_in[c.spi_in] = c
         # New outbound SA first in the SPD: traffic moves to it at once; the old
         # one keeps receiving until the peer deletes it (RFC 7296 2.8).
         self.spd.add(outbound, c.ts_local, c.ts_remote)
-        self._tx[c.spi_out] = _Tx(
-            outbound, c, event.sa, sock, (str(c.remote[0]), c.remote[1]), c.remote
-        )
+        self._tx[c.spi_out] = _Tx(outbound, c, sock, (str(c.remote[0]), c.remote[1]), c.remote)
 
-    def _remove(self, c: ChildSa) -> None:
+    def _remove(self, c: ChildSaInfo) -> None:
         peer, key = self._flow_keys.pop(c.spi_in, (None, None))
         if peer in self._peer_flows:
             self._peer_flows[peer].remove(key)  # type: ignore[arg-type]
         self.sad.remove(c.spi_in)
-        self._child_by_spi_in.pop(c.spi_in, None)
         tx = self._tx.pop(c.spi_out, None)
         if tx is not None:
             self.spd.remove(tx.sa)
 
-    def _socket_for(self, c: ChildSa) -> socket.socket | None:
+    def _socket_for(self, c: ChildSaInfo) -> socket.socket | None:
         driver = self.daemon.driver  # type: ignore[attr-defined]
         s = driver.socket_for(c.local)
         return s.sock if s is not None else None
@@ -421,9 +418,9 @@ class DataPlane:
             inner.append(pkt)
             if data[:4] != last_spi:  # once per SA and batch, not per packet
                 last_spi = data[:4]
-                child = self._child_by_spi_in.get(int.from_bytes(last_spi, "big"))
-                if child is not None:
-                    child.last_inbound = time.monotonic()  # authenticated: peer is alive
+                # Authenticated: the peer is alive (the core skips its liveness probe).
+                endpoint = self.daemon.endpoint  # type: ignore[attr-defined]
+                endpoint.note_alive(int.from_bytes(last_spi, "big"), time.monotonic())
         if inner:
             self._write_tun(inner)
 
@@ -474,7 +471,7 @@ class DataPlane:
             self._last_log[key] = now
             log.warning("%s", text)
 
-    def octets(self, c: ChildSa) -> int:
+    def octets(self, c: ChildSaInfo) -> int:
         """Inner bytes a Child SA has carried both ways (its byte lifetime, RFC 4301 4.4.2.1)."""
         inbound = self.sad.get(c.spi_in)
         tx = self._tx.get(c.spi_out)

@@ -51,7 +51,7 @@ from tests.ike_pair import (
 def established(p: Pair) -> tuple:
     (h,) = p.events("home", IkeSaEstablished)
     (v,) = p.events("vm", IkeSaEstablished)
-    return h.sa, v.sa
+    return p.sa("home", h.spi), p.sa("vm", v.spi)
 
 
 def child_pair(p: Pair) -> tuple:

@@ -185,8 +185,7 @@ def test_gso_refusal_falls_back_to_one_send_per_packet() -> None:
         remote = ("127.0.0.1", addr[1])
         tx = _Tx(
             sa=None,
-            child=SimpleNamespace(remote=remote),
-            ike=None,  # type: ignore[arg-type]
+            child=SimpleNamespace(remote=remote),  # type: ignore[arg-type]
             sock=sock,
             addr=addr,
             remote=remote,

@@ -29,12 +29,14 @@ from pyike.ike.endpoint import Endpoint
 from pyike.ike.events import (
     ChildSaCreated,
     ChildSaDeleted,
+    ChildSaInfo,
     Event,
     IkeKeysDerived,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
     PeerLostSa,
+    PeerMoved,
     Transmit,
 )
 from pyike.ike.policy import SaPolicy
@@ -51,6 +53,7 @@ __all__ = [
     "ChildSa",
     "ChildSaCreated",
     "ChildSaDeleted",
+    "ChildSaInfo",
     "ChildState",
     "Endpoint",
     "Event",
@@ -61,6 +64,7 @@ __all__ = [
     "IkeSaEstablished",
     "InitialContact",
     "PeerLostSa",
+    "PeerMoved",
     "ProtocolError",
     "SaPolicy",
     "State",

@@ -23,11 +23,13 @@ from pyike.ike import auth, create_child, informational
 from pyike.ike.child import ChildSa
 from pyike.ike.common import ZERO_SPI, Addr, ProtocolError, id_text, notify, spi_text
 from pyike.ike.events import (
+    ChildSaCreated,
     ChildSaDeleted,
     Event,
     IkeSaClosed,
     IkeSaEstablished,
     PeerLostSa,
+    PeerMoved,
     Transmit,
 )
 from pyike.ike.policy import SaPolicy
@@ -134,10 +136,6 @@ class IkeSa:
         self.child_rekeys: dict[int, list[ChildRekey]] = {}  # by the old child's spi_in
         self.lost_reported = False  # PeerLostSa emitted (once per SA)
 
-    def note_alive(self, now: float) -> None:
-        """The driver saw authenticated traffic (ESP) from the peer: no probe needed."""
-        self.last_received = max(self.last_received, now)
-
     def last_heard(self) -> float:
         """When the peer last proved it is alive: an IKE message, or ESP on a child."""
         return max([self.last_received, *(c.last_inbound for c in self.children.values())])
@@ -156,7 +154,7 @@ class IkeSa:
         self.established_at = now
         self.rekey_at = self.soft_deadline(now, self.policy.ike_lifetime)
         log.info("%s: established %s", self.label, self.describe())
-        self.emit(IkeSaEstablished(self))
+        self.emit(self.established_event())
 
     @property
     def is_established(self) -> bool:
@@ -211,6 +209,30 @@ class IkeSa:
 
     def emit(self, event: Event) -> None:
         self.endpoint.events.append(event)
+
+    def established_event(self, replaces: IkeSa | None = None) -> IkeSaEstablished:
+        return IkeSaEstablished(
+            self.our_spi,
+            self.policy.name,
+            self.peer_id,
+            self.local,
+            self.peer,
+            self.initiator,
+            replaces.our_spi if replaces is not None else None,
+        )
+
+    def child_created(self, child: ChildSa, replaces: ChildSa | None = None) -> None:
+        self.emit(
+            ChildSaCreated(
+                self.our_spi,
+                self.peer_id,
+                child.info(),
+                replaces.spi_in if replaces is not None else None,
+            )
+        )
+
+    def child_deleted(self, child: ChildSa, reason: str) -> None:
+        self.emit(ChildSaDeleted(self.our_spi, child.info(), reason))
 
     def transmit(self, data: bytes, what: str) -> None:
         log.info(
@@ -439,7 +461,7 @@ class IkeSa:
         """Stop using a Child SA at once and tell the peer (RFC 4301: hard lifetime)."""
         log.warning("%s: Child SA 0x%08x expired: %s", self.label, child.spi_in, reason)
         self.forget_child(child.spi_in)
-        self.emit(ChildSaDeleted(self, child, reason))
+        self.child_deleted(child, reason)
         self.queue_request(informational.DeleteChildRequest(child.spi_in), now)
 
     def forget_child(self, spi_in: int) -> ChildSa | None:
@@ -459,11 +481,11 @@ class IkeSa:
         self.set_state(State.CLOSED)
         self.close_reason = reason
         for child in list(self.children.values()):
-            self.emit(ChildSaDeleted(self, child, reason))
+            self.child_deleted(child, reason)
         self.children.clear()
         self.window.clear()
         (log.warning if error else log.info)("%s: IKE SA closed: %s", self.label, reason)
-        self.emit(IkeSaClosed(self, reason, error))
+        self.emit(IkeSaClosed(self.our_spi, self.policy.name, self.peer_id, reason, error))
 
     def successor(self, *, initiator: bool, now: float) -> IkeSa:
         """A new IKE SA with this one's policy and addresses, for a rekey (2.18)."""
@@ -522,7 +544,7 @@ class IkeSa:
                     src[0],
                     src[1],
                 )
-                self.emit(PeerLostSa(self))
+                self.emit(PeerLostSa(self.our_spi, self.policy.name, self.peer_id))
             else:
                 log.debug(
                     "%s: drop unprotected %s response #%d",
@@ -648,4 +670,5 @@ class IkeSa:
             self.peer = src
             for child in self.children.values():
                 child.remote = src
+            self.emit(PeerMoved(self.our_spi, src, tuple(c.info() for c in self.children.values())))
         self.local = dst
