@@ -1293,14 +1293,14 @@ class _Parser:
             self.state.warn(tok.pos, f'"set {word}" is parsed but has no effect in pyike')
         elif word == "ocsp":
             url = self.expect_string("the OCSP responder URL")
-            value = url.value
+            ocsp = url.value
             if self.at_kw("tolerate"):
                 self.take()
-                value += f" tolerate {self.time_spec()}"
+                ocsp += f" tolerate {self.time_spec()}"
                 if self.at_kw("maxage"):
                     self.take()
-                    value += f" maxage {self.time_spec()}"
-            opts.generic["ocsp"] = value
+                    ocsp += f" maxage {self.time_spec()}"
+            opts.generic["ocsp"] = ocsp
             self.state.warn(tok.pos, '"set ocsp" is parsed but has no effect in pyike')
         else:
             known = sorted([*_SET_FLAGS, "dpd_check_interval", "ocsp", *_SET_GENERIC])
@@ -2297,8 +2297,8 @@ def select_responder_policy(
     config: Config,
     peer_addr: str | IPAddress,
     local_addr: str | IPAddress,
-    peer_id: tuple[IdType, str] | None = None,
-    local_id: tuple[IdType, str] | None = None,
+    peer_id: tuple[IdType | int, str] | None = None,
+    local_id: tuple[IdType | int, str] | None = None,
 ) -> Policy | None:
     """The policy iked would use for a connection the peer initiates.
 

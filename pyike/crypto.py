@@ -139,7 +139,7 @@ def prf(alg: PrfId, key: bytes, data: bytes) -> bytes:
 
 def prf_output_length(alg: PrfId) -> int:
     """Output length in octets; also the "preferred key length" of RFC 7296 2.14."""
-    return _prf_hash(alg).digest_size
+    return _prf_hash(alg)().digest_size
 
 
 def prf_plus(alg: PrfId, key: bytes, seed: bytes, length: int) -> bytes:
@@ -919,7 +919,7 @@ def _verify_digital_signature(key: PublicSigningKey, octets: bytes, auth_data: b
 
 
 def verify_auth(
-    method: AuthMethod, public_key: PublicSigningKey, octets: bytes, auth_data: bytes
+    method: AuthMethod | int, public_key: PublicSigningKey, octets: bytes, auth_data: bytes
 ) -> None:
     """Verify signature AUTH data (methods 9/10/11/14); raises AuthenticationError only.
 

@@ -47,6 +47,7 @@ from pyike.ike import (
     State,
 )
 from pyike.registry import IdType, ProtocolId
+from pyike.wire import TrafficSelector
 
 log = logging.getLogger("pyike")
 
@@ -121,7 +122,8 @@ def id_bytes(id_type: int, text: str) -> bytes:
 
 def flows_to_selectors(policy: cfg.Policy) -> tuple[list, list]:
     """Local and remote traffic selectors of a policy's from/to flows."""
-    local, remote = [], []
+    local: list[TrafficSelector] = []
+    remote: list[TrafficSelector] = []
     for f in policy.flows:
         for sel, net, port in ((local, f.src, f.src_port), (remote, f.dst, f.dst_port)):
             s = ts.from_network(ip_network(net), f.proto, port)
@@ -226,7 +228,7 @@ def resolve(host: str, family_hint: int | None = None) -> list:
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
     out = []
     for info in infos:
-        a = ip_address(info[4][0].split("%")[0])
+        a = ip_address(str(info[4][0]).split("%")[0])
         if a not in out and (family_hint is None or a.version == family_hint):
             out.append(a)
     return out
@@ -267,7 +269,7 @@ class Daemon:
 
     def load(self) -> None:
         try:
-            self.config = cfg.load_config(self.options.config_file, self.options.macros)
+            self.config = cfg.load_config(str(self.options.config_file), self.options.macros)
         except cfg.ConfigError as e:
             raise DaemonError(str(e)) from e
         except OSError as e:
@@ -447,11 +449,11 @@ class Daemon:
                 self._replacement_done(new)
             asyncio.get_running_loop().call_soon(self.start_active)
         elif isinstance(event, InitialContact):
-            if (sa := self.endpoint.ike_sa(event.spi)) is not None:
-                self._drop_older_sas(sa, event.peer_id)
+            if (found := self.endpoint.ike_sa(event.spi)) is not None:
+                self._drop_older_sas(found, event.peer_id)
         elif isinstance(event, PeerLostSa):
-            if (sa := self.endpoint.ike_sa(event.spi)) is not None:
-                asyncio.get_running_loop().call_soon(self._peer_lost, sa)
+            if (found := self.endpoint.ike_sa(event.spi)) is not None:
+                asyncio.get_running_loop().call_soon(self._peer_lost, found)
         elif isinstance(event, IkeSaClosed):
             name = event.policy
             if _spi_of(self._replacing.get(name)) == event.spi:

@@ -37,6 +37,7 @@ import socket
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network, summarize_address_range
+from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 
@@ -92,7 +93,7 @@ class DataPlane:
     def __init__(self, daemon: object, tun_name: str = DEFAULT_TUN) -> None:
         self.daemon = daemon
         self.tun_name = tun_name
-        self.tun = None
+        self.tun: Any = None  # pytun.TunTapDevice once open (pytun has no type hints)
         self.fd = -1
         self.mtu = 0
         self.spd = esp.Spd()
@@ -324,7 +325,7 @@ class DataPlane:
                 if len(pkt) > offload.VNET_HDR_LEN and not pkt[0] | pkt[1]:
                     pkt = pkt[offload.VNET_HDR_LEN :]
                 else:
-                    pkt = self._unoffload(pkt)
+                    pkt = self._unoffload(pkt)  # type: ignore[assignment]  # None: checked
                 if pkt is None:
                     continue
             sa = spd.match(pkt)  # RFC 4301 5.1: which Child SA's selectors cover it

@@ -36,7 +36,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
@@ -461,8 +461,9 @@ _INTEG = {
     int(IntegId.HMAC_SHA2_384_192): ("sha384", 24, 48),
     int(IntegId.HMAC_SHA2_512_256): ("sha512", 32, 64),
 }
-_HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
-           "sha512": hashes.SHA512}  # fmt: skip
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512
+}  # fmt: skip
 
 
 def suite_of(encr: int, key_bits: int, integ: int) -> Suite:

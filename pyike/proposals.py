@@ -18,7 +18,7 @@ from pyike.wire import Proposal, Transform
 AEAD = frozenset({EncrId.AES_GCM_8, EncrId.AES_GCM_12, EncrId.AES_GCM_16, EncrId.CHACHA20_POLY1305})
 
 # Names as iked.conf(5) spells them, so logs read like iked's.
-_ENCR_NAMES = {
+_ENCR_NAMES: dict[tuple[int, int | None], str] = {
     (EncrId.AES_GCM_16, 128): "aes-128-gcm",
     (EncrId.AES_GCM_16, 256): "aes-256-gcm",
     (EncrId.AES_GCM_12, 128): "aes-128-gcm-12",
@@ -89,10 +89,6 @@ def encr_name(encr: int, key_bits: int | None) -> str:
         or _ENCR_NAMES.get((encr, None))
         or f"{EncrId.name_of(encr)}/{key_bits}"
     )
-
-
-def dh_name(group: int) -> str:
-    return _DH_NAMES.get(group, DhId.name_of(group))
 
 
 def from_specs(specs: Iterable[object], protocol: ProtocolId, spi: bytes = b"") -> list[Proposal]:

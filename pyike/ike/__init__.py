@@ -15,16 +15,7 @@ returns datagrams, a timer deadline and events. docs/architecture.md has the map
 """
 
 from pyike.ike.child import ChildSa
-from pyike.ike.common import (
-    IKE_PORT,
-    NATT_PORT,
-    NONCE_LEN,
-    ZERO_SPI,
-    Addr,
-    IPAddress,
-    ProtocolError,
-    id_text,
-)
+from pyike.ike.common import Addr, id_text
 from pyike.ike.endpoint import Endpoint
 from pyike.ike.events import (
     ChildSaCreated,
@@ -40,15 +31,10 @@ from pyike.ike.events import (
     Transmit,
 )
 from pyike.ike.policy import SaPolicy
-from pyike.ike.sa import REKEYED_GRACE, IkeSa
+from pyike.ike.sa import IkeSa
 from pyike.ike.states import ChildState, State, StateError
 
 __all__ = [
-    "IKE_PORT",
-    "NATT_PORT",
-    "NONCE_LEN",
-    "REKEYED_GRACE",
-    "ZERO_SPI",
     "Addr",
     "ChildSa",
     "ChildSaCreated",
@@ -57,7 +43,6 @@ __all__ = [
     "ChildState",
     "Endpoint",
     "Event",
-    "IPAddress",
     "IkeKeysDerived",
     "IkeSa",
     "IkeSaClosed",
@@ -65,7 +50,6 @@ __all__ = [
     "InitialContact",
     "PeerLostSa",
     "PeerMoved",
-    "ProtocolError",
     "SaPolicy",
     "State",
     "StateError",

@@ -213,9 +213,14 @@ def make_auth(sa: IkeSa) -> AuthPayload:
     assert sa.suite is not None and sa.suite.prf is not None
     if p.psk is not None:
         return AuthPayload(AuthMethod.PSK, crypto.psk_auth(sa.suite.prf, p.psk, octets))
-    if p.local_key is None:
+    key = p.local_key
+    if key is None:
         raise ProtocolError("no local key configured", NotifyType.AUTHENTICATION_FAILED)
-    natural = crypto.auth_method_for_key(p.local_key)
+    if not isinstance(key, crypto.PrivateSigningKey):
+        raise ProtocolError(
+            f"a {type(key).__name__} cannot sign IKE AUTH", NotifyType.AUTHENTICATION_FAILED
+        )
+    natural = crypto.auth_method_for_key(key)
     if p.rfc7427 and sa.peer_hashes:
         # RFC 7427: the hash that matches the curve, if the peer takes it.
         preferred = {
@@ -228,9 +233,9 @@ def make_auth(sa: IkeSa) -> AuthPayload:
             h = preferred if preferred in usable else usable[0]
             return AuthPayload(
                 AuthMethod.DIGITAL_SIGNATURE,
-                crypto.sign_auth(AuthMethod.DIGITAL_SIGNATURE, p.local_key, octets, h),
+                crypto.sign_auth(AuthMethod.DIGITAL_SIGNATURE, key, octets, h),
             )
-    return AuthPayload(natural, crypto.sign_auth(natural, p.local_key, octets))
+    return AuthPayload(natural, crypto.sign_auth(natural, key, octets))
 
 
 def verify_peer(sa: IkeSa, id_payload: IdPayload | None, auth: AuthPayload | None) -> None:
@@ -262,6 +267,8 @@ def verify_peer(sa: IkeSa, id_payload: IdPayload | None, auth: AuthPayload | Non
     key = p.peer_key(*peer_id)
     if key is None:
         raise ProtocolError(f"no public key for {id_text(*peer_id)}", fail)
+    if not isinstance(key, crypto.PublicSigningKey):
+        raise ProtocolError(f"the {type(key).__name__} of {id_text(*peer_id)} cannot sign", fail)
     try:
         crypto.verify_auth(AuthMethod.lookup(auth.method), key, octets, auth.data)
     except crypto.AuthenticationError as e:
