@@ -2,7 +2,7 @@
 
     pyike [-dnStv] [-D macro=value] [-f file] [--keydir dir] [--active] ...
     pyike keygen [--keydir dir] [--curve secp384r1] [--force]
-    pyike decode FILE [--keylog FILE|DIR] [--hex]
+    pyike decode FILE [--keylog FILE|DIR] [--hex] [--ladder] [--svg OUT] [--html OUT]
     pyike demo
 
 Errors are one line on stderr and exit status 1; never a traceback.
@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from pyike import __version__
@@ -270,7 +271,8 @@ def run_decode(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="pyike decode",
         description="Print the IKE messages of a pcap/pcapng capture (or hex) as payload "
-        "trees; decrypt SK payloads with a key log.",
+        "trees, or as the ladder diagram of RFC 7296 section 1.2 (--ladder, --svg, "
+        "--html); decrypt SK payloads with a key log.",
     )
     p.add_argument("file", type=Path, help="capture file, or a hex file with --hex ('-' = stdin)")
     p.add_argument(
@@ -281,10 +283,34 @@ def run_decode(argv: list[str]) -> int:
         help="ikev2_decryption_table file, or the directory pyike --keylog wrote",
     )
     p.add_argument("--hex", action="store_true", help="input is hex, one message per line")
+    p.add_argument(
+        "--ladder",
+        action="store_true",
+        help="print each message as an arrow in RFC 7296 notation (HDR, SAi1, KEi, Ni  -->)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        metavar="COLUMNS",
+        help="wrap --ladder lines at this width (default 100; 0 = never wrap)",
+    )
+    p.add_argument("--svg", type=Path, default=None, metavar="OUT", help="write the ladder as SVG")
+    p.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write the ladder as an HTML page with expandable payload trees",
+    )
+    p.add_argument(
+        "--title", default=None, help="heading of the --svg/--html drawing (default: the file name)"
+    )
     args = p.parse_args(argv)
-    from pyike import decode, keylog, pcap
+    from pyike import decode, keylog, ladder, pcap
 
     text = ""
+    count = 0
     try:
         if args.keylog is not None:
             path = args.keylog
@@ -296,13 +322,51 @@ def run_decode(argv: list[str]) -> int:
             items = decode.decode_hex(data, text)
         else:
             items = decode.decode_capture(args.file, text)
-        count = 0
-        for item in items:
-            print(item.render())
-            count += 1
+        drawings = args.svg is not None or args.html is not None
+        decoded: list[decode.Decoded] = []  # kept for --svg/--html
+        seen = [0]
+
+        def kept() -> Iterator[decode.Decoded]:
+            for item in items:
+                seen[0] += 1
+                if drawings:
+                    decoded.append(item)
+                yield item
+
+        if args.ladder:
+            width = ladder.DEFAULT_WIDTH if args.width is None else args.width
+            for line in ladder.render_text(kept(), width):
+                print(line)
+        elif drawings:
+            for _ in kept():
+                pass
+        else:
+            for item in kept():
+                print(item.render())
+        count = seen[0]
+        if drawings and count:
+            from pyike import ladder_svg
+
+            steps = ladder_svg.steps_of(decoded)
+            title = args.file.name if args.title is None else args.title
+            if args.svg is not None:
+                args.svg.write_text(ladder_svg.render_svg(steps, title=title))
+            if args.html is not None:
+                args.html.write_text(ladder_svg.render_html(steps, title=title))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``pyike decode x | head``): stop quietly, as cat does.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail too.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a C tool here
     except (OSError, pcap.CaptureError, pcap.HexError, keylog.KeylogError) as e:
         print(f"pyike decode: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # a bug: one line, never a traceback (the output so far stands)
+        print(f"pyike decode: internal error: {e!r}", file=sys.stderr)
+        return 70
     if count == 0:
         print("pyike decode: no IKE messages found", file=sys.stderr)
         return 1

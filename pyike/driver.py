@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import functools
 import logging
 import signal
 import socket
@@ -54,11 +56,15 @@ class UdpSocket:
     port: int
 
 
-def open_udp(family: int, port: int, bind: str | None = None) -> UdpSocket:
+def open_udp(
+    family: int, port: int, bind: str | None = None, *, reuseport: bool = False
+) -> UdpSocket:
     """A non-blocking UDP socket with packet info enabled, ready for IKE/ESP."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # FORCE (root) may exceed net.core.[rw]mem_max, whose defaults are too small
         # for a data plane burst; unprivileged, the capped value is still better.
         for force, opt in (
@@ -84,6 +90,39 @@ def open_udp(family: int, port: int, bind: str | None = None) -> UdpSocket:
     return UdpSocket(sock, family, port)
 
 
+# Classic BPF for SO_ATTACH_REUSEPORT_CBPF on port 500 (ip(7), socket(7)): the program
+# sees the UDP payload and returns the index of the socket in the reuseport group.
+# An IKE message whose first payload is a Notify (next payload 41 at octet 16 of the
+# header, RFC 7296 3.1) goes to socket 1: that is how an initiator that echoes a COOKIE
+# (2.6) sends its IKE_SA_INIT, and how stateless error answers come. Everything else
+# goes to socket 0. Under a flood socket 0's buffer overflows, socket 1's does not, and
+# the driver serves socket 1 first: a real initiator that got a cookie gets in.
+_BPF_LD_B_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x30, 0x15, 0x06
+_STEER_COOKIES = [
+    (_BPF_LD_B_ABS, 0, 0, 16),  # A = payload[16] (the IKE header's Next Payload)
+    (_BPF_JEQ_K, 0, 1, 41),  # A == NOTIFY ? fall through : skip one
+    (_BPF_RET_K, 0, 0, 1),  # socket 1: the priority socket
+    (_BPF_RET_K, 0, 0, 0),  # socket 0
+]
+SO_ATTACH_REUSEPORT_CBPF = 51  # not in Python's socket module
+PRIORITY_EVERY = 8  # while draining socket 0, look at the priority socket this often
+
+
+def attach_cookie_steering(s: UdpSocket) -> bool:
+    """Attach the steering program to ``s``'s reuseport group (logged once if refused)."""
+    prog = b"".join(struct.pack("HBBI", *insn) for insn in _STEER_COOKIES)
+    buf = ctypes.create_string_buffer(prog)
+    fprog = struct.pack("HL", len(_STEER_COOKIES), ctypes.addressof(buf))
+    try:
+        s.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+        return True
+    except OSError as e:
+        _log_once(
+            "steer", "reuseport steering refused by the kernel (%s): one IKE socket", e.strerror
+        )
+        return False
+
+
 def enable_gro(s: UdpSocket) -> bool:
     """Ask for UDP GRO (Linux 5.0+): one receive may return many ESP datagrams of a
     flow glued together; the driver splits them (pyike.offload.split_gro). Logged
@@ -105,19 +144,36 @@ def _log_once(key: str, fmt: str, *args: object) -> None:
         log.info(fmt, *args)
 
 
+# Address objects from the socket API's text and packed forms, and back: a flood from a
+# few thousand sources (spoofed or not) then costs a dict look-up per datagram, not a
+# parse (ipaddress is pure Python). Bounded LRU caches.
+_ip_from_text = functools.lru_cache(maxsize=4096)(lambda text: ip_address(text.split("%")[0]))
+_ipv4_from_packed = functools.lru_cache(maxsize=256)(IPv4Address)
+_ipv6_from_packed = functools.lru_cache(maxsize=256)(IPv6Address)
+_text_of = functools.lru_cache(maxsize=4096)(str)
+
+
+@functools.lru_cache(maxsize=256)
+def _pktinfo(family: int, local: IPv4Address | IPv6Address) -> list[tuple[int, int, bytes]]:
+    """The ancillary data that sends from ``local`` (RFC 3542 / ip(7) packet info)."""
+    if family == socket.AF_INET6:
+        return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(local.packed, 0))]
+    return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, local.packed, b"\0" * 4))]
+
+
 def datagram_addresses(s: UdpSocket, anc: list, src: tuple) -> tuple[Addr, Addr]:
     """(source, local address it arrived on) of a datagram, from recvmsg()'s results."""
     local_ip: IPv4Address | IPv6Address | None = None
     for level, kind, value in anc:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
-            local_ip = IPv4Address(_IN_PKTINFO.unpack_from(value)[1])
+            local_ip = _ipv4_from_packed(_IN_PKTINFO.unpack_from(value)[1])
         elif (
             level == socket.IPPROTO_IPV6
             and kind == IPV6_PKTINFO
             and len(value) >= _IN6_PKTINFO.size
         ):
-            local_ip = IPv6Address(_IN6_PKTINFO.unpack_from(value)[0])
-    src_ip = ip_address(src[0].split("%")[0])
+            local_ip = _ipv6_from_packed(_IN6_PKTINFO.unpack_from(value)[0])
+    src_ip = _ip_from_text(src[0])
     if local_ip is None:
         local_ip = ip_address(s.sock.getsockname()[0].split("%")[0])
     return (src_ip, src[1]), (local_ip, s.port)
@@ -134,12 +190,8 @@ def recv_datagram(s: UdpSocket) -> tuple[bytes, Addr, Addr] | None:
 
 def send_datagram(s: UdpSocket, data: bytes, local: Addr, remote: Addr) -> None:
     """Send from a chosen local address (packet info), to ``remote``."""
-    if s.family == socket.AF_INET6:
-        anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(local[0].packed, 0))]
-    else:
-        anc = [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, local[0].packed, b"\0" * 4))]
     try:
-        s.sock.sendmsg([data], anc, 0, (str(remote[0]), remote[1]))
+        s.sock.sendmsg([data], _pktinfo(s.family, local[0]), 0, (_text_of(remote[0]), remote[1]))
     except OSError as e:
         if e.errno == errno.EINVAL and not local[0].is_unspecified:
             # Our address went away (dynamic IP): let the kernel choose one.
@@ -184,6 +236,8 @@ class Driver:
         self.on_esp = on_esp
         self.on_reload = on_reload
         self.sockets: dict[tuple[int, int], UdpSocket] = {}
+        # Port 500's second socket per family, fed by attach_cookie_steering.
+        self.priority: dict[int, UdpSocket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopping: asyncio.Event | None = None
@@ -203,8 +257,10 @@ class Driver:
         for family in self.families:
             for port in self.ports:
                 try:
-                    self.sockets[(family, port)] = open_udp(family, port)
-                    if port == self.ports[1]:
+                    if port == self.ports[0]:
+                        self._open_steered(family, port)
+                    else:
+                        self.sockets[(family, port)] = open_udp(family, port)
                         enable_gro(self.sockets[(family, port)])
                 except OSError as e:
                     name = "IPv6" if family == socket.AF_INET6 else "IPv4"
@@ -221,12 +277,25 @@ class Driver:
                 s.port,
             )
 
+    def _open_steered(self, family: int, port: int) -> None:
+        """Port 500 as a reuseport pair: socket 0 for everything, socket 1 for the
+        Notify-first messages the steering program picks (see _STEER_COOKIES)."""
+        main = open_udp(family, port, reuseport=True)
+        self.sockets[(family, port)] = main
+        if not attach_cookie_steering(main):
+            return
+        try:
+            self.priority[family] = open_udp(family, port, reuseport=True)
+        except OSError as e:
+            _log_once("steer-open", "no priority IKE socket (%s)", e.strerror)
+
     def close(self) -> None:
-        for s in self.sockets.values():
+        for s in [*self.sockets.values(), *self.priority.values()]:
             if self._loop is not None:
                 self._loop.remove_reader(s.sock.fileno())
             s.sock.close()
         self.sockets.clear()
+        self.priority.clear()
 
     def socket_for(self, local: Addr) -> UdpSocket | None:
         family = socket.AF_INET6 if local[0].version == 6 else socket.AF_INET
@@ -236,9 +305,14 @@ class Driver:
 
     def _readable(self, s: UdpSocket) -> None:
         natt = s.port == self.ports[1]
+        priority = self.priority.get(s.family) if s.port == self.ports[0] else None
+        if priority is s:
+            priority = None
         esp: list[bytes] = []  # ESP datagrams in arrival order, for the data plane
         esp_src: object = None
-        for _ in range(RECV_BATCH):
+        for n in range(RECV_BATCH):
+            if priority is not None and n % PRIORITY_EVERY == 0:
+                self._drain(priority)
             try:
                 data, anc, flags, src = s.sock.recvmsg(RECV_SIZE, 256)
             except (BlockingIOError, InterruptedError):
@@ -272,6 +346,18 @@ class Driver:
         if esp:
             self._deliver_esp(esp, esp_src)
         self.pump()
+
+    def _drain(self, s: UdpSocket) -> None:
+        """Whatever waits on the priority socket, now (it only carries IKE)."""
+        for _ in range(RECV_BATCH):
+            try:
+                data, anc, flags, src = s.sock.recvmsg(RECV_SIZE, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not flags & socket.MSG_TRUNC:
+                self._receive_ike(s, data, anc, src)
 
     def _deliver_esp(self, datagrams: list[bytes], src: object) -> None:
         if self.on_esp is not None:
@@ -373,7 +459,7 @@ class Driver:
         self._stopping = asyncio.Event()
         if not self.sockets:
             self.open()
-        for s in self.sockets.values():
+        for s in [*self.sockets.values(), *self.priority.values()]:
             self._loop.add_reader(s.sock.fileno(), self._readable, s)
         self._loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
         self._loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")

@@ -336,6 +336,13 @@ def on_request(
             raise ProtocolError(
                 f"Child SA 0x{old.spi_in:08x} is being deleted", NotifyType.TEMPORARY_FAILURE
             )
+    if old is None and len(sa.children) >= sa.endpoint.limits.child_sas_per_ike_sa:
+        # 3.10.1: NO_ADDITIONAL_SAS, "unwilling to accept any more Child SAs on this
+        # IKE SA" (a rekey replaces one, so it is always let through).
+        raise ProtocolError(
+            f"{len(sa.children)} Child SAs, the limit (--limit child_sas_per_ike_sa)",
+            NotifyType.NO_ADDITIONAL_SAS,
+        )
     chosen, local, remote = negotiation.answer(
         sa, sa_p, find_ts(payloads, PayloadType.TSi), find_ts(payloads, PayloadType.TSr)
     )

@@ -17,13 +17,19 @@ from pyike.ike import init
 from pyike.ike.child import ChildSa
 from pyike.ike.common import ZERO_SPI, Addr, IPAddress, notify, spi_text
 from pyike.ike.events import ChildSaInfo, Event, Transmit
+from pyike.ike.guard import Guard
 from pyike.ike.policy import SaPolicy
 from pyike.ike.sa import IkeSa
 from pyike.ike.states import State
+from pyike.limits import DEFAULT_LIMITS, Limits
 from pyike.registry import ExchangeType, HeaderFlag, NotifyType
 from pyike.wire import Message
 
 log = logging.getLogger("pyike.ike")
+
+# Plain ints for the per-datagram test in receive(): enum operators cost microseconds.
+_IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
+_RESPONSE = int(HeaderFlag.RESPONSE)
 
 PolicyLookup = Callable[[Addr, Addr, tuple[int, bytes] | None], SaPolicy | None]
 
@@ -44,13 +50,17 @@ class Endpoint:
         policy_for: PolicyLookup = _no_policy,
         *,
         rng: Callable[[int], bytes] = os.urandom,
-        cookie_threshold: int = 32,
-        half_open_timeout: float = 30.0,
+        limits: Limits = DEFAULT_LIMITS,
+        cookie_threshold: int | None = None,
     ) -> None:
         self.policy_for = policy_for
         self.rng = rng
-        self.cookie_threshold = cookie_threshold
-        self.half_open_timeout = half_open_timeout
+        self.limits = limits
+        self.cookie_threshold = (
+            limits.cookie_threshold if cookie_threshold is None else cookie_threshold
+        )
+        self.half_open_timeout = limits.half_open_timeout
+        self.guard = Guard(limits)
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI
         self.half_open: dict[tuple[bytes, Addr], IkeSa] = {}  # responder, by (SPIi, peer)
         self.cookie_secret = rng(32)
@@ -107,7 +117,7 @@ class Endpoint:
             deadline = sa.next_deadline()
             if deadline is not None and now >= deadline:
                 sa.handle_timer(now)
-        self._reap()
+        self.reap()
 
     # ------------------------------------------------------------------ queries and commands by ID
 
@@ -161,11 +171,25 @@ class Endpoint:
 
     def receive(self, data: bytes, src: Addr, dst: Addr, now: float) -> None:
         """One IKE datagram (non-ESP marker already removed). Never raises."""
+        if (
+            len(self.half_open) >= self.cookie_threshold
+            and len(data) > 19
+            and data[18] == _IKE_SA_INIT
+            and not data[19] & _RESPONSE
+        ):
+            # 2.6 under load: answer a cookie-less IKE_SA_INIT before parsing it at all,
+            # so that a spoofed flood costs a hash per datagram (see guard.py).
+            reply = self.guard.cookie_fast_path(data, src, self.cookie_secret, now)
+            if reply is not None:
+                self.transmits.append(Transmit(reply, dst, src))
+                return
         try:
             msg = wire.parse_message(data)
         except wire.WireError as e:
             self.dropped += 1
-            log.warning("drop datagram from [%s]:%d: %s", src[0], src[1], e)
+            self.guard.note(
+                "ike_malformed", now, "drop datagram from [%s]:%d: %s", src[0], src[1], e
+            )
             return
         try:
             self._dispatch(msg, data, src, dst, now)
@@ -177,7 +201,7 @@ class Endpoint:
                 src[0],
                 src[1],
             )
-        self._reap()
+        self.reap()
 
     def _dispatch(self, msg: Message, data: bytes, src: Addr, dst: Addr, now: float) -> None:
         if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.is_response:
@@ -191,7 +215,9 @@ class Endpoint:
         sa = self.sas.get(ours)
         if sa is None:
             self.dropped += 1
-            log.info(
+            self.guard.note(
+                "ike_unknown_spi",
+                now,
                 "drop %s %s #%d from [%s]:%d: unknown SPI %s",
                 ExchangeType.name_of(msg.exchange),
                 "response" if msg.is_response else "request",
@@ -199,6 +225,7 @@ class Endpoint:
                 src[0],
                 src[1],
                 spi_text(ours),
+                level=logging.INFO,
             )
             if (
                 not msg.is_response
@@ -235,16 +262,19 @@ class Endpoint:
             msg.message_id,
             [notify(NotifyType.INVALID_IKE_SPI)],
         )
-        log.info(
+        self.guard.note(
+            "invalid_spi_sent",
+            now,
             "send INVALID_IKE_SPI to [%s]:%d for %s #%d",
             src[0],
             src[1],
             ExchangeType.name_of(msg.exchange),
             msg.message_id,
+            level=logging.INFO,
         )
         self.transmits.append(Transmit(wire.build_message(reply), dst, src))
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
         for spi, sa in list(self.sas.items()):
             if sa.state == State.CLOSED:
                 del self.sas[spi]

@@ -9,14 +9,13 @@ from the first datagram of an unknown peer to the answer, is
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyike import crypto, proposals, wire
-from pyike.ike import auth
+from pyike.ike import auth, guard
 from pyike.ike.common import (
     FIRST_STATUS_NOTIFY,
     NATT_PORT,
@@ -229,9 +228,8 @@ def plain_reply(
 
 
 def cookie_for(endpoint: Endpoint, msg: Message, nonce: bytes, src: Addr) -> bytes:
-    """2.6: <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)."""
-    h = hashlib.sha256(nonce + src[0].packed + msg.spi_i + endpoint.cookie_secret).digest()
-    return b"\x00" + h
+    """2.6: the cookie this initiator must echo (see guard.cookie_value)."""
+    return guard.cookie_value(endpoint.cookie_secret, nonce, src[0], msg.spi_i)
 
 
 def on_init_request(
@@ -239,12 +237,20 @@ def on_init_request(
 ) -> None:
     """Responder: an IKE_SA_INIT request from a new peer. Keeps no state until the
     initiator has shown it receives (cookie under load) and sent an acceptable KE."""
+    note = endpoint.guard.note
     if msg.message_id != 0 or msg.spi_r != ZERO_SPI:
-        log.info("drop IKE_SA_INIT from [%s]:%d: bad message ID or SPIr", src[0], src[1])
+        note(
+            "init_malformed",
+            now,
+            "drop IKE_SA_INIT from [%s]:%d: bad message ID or SPIr",
+            src[0],
+            src[1],
+            level=logging.INFO,
+        )
         return
     sa_p, ke, nonce = msg.find(SaPayload), msg.find(KePayload), msg.find(NoncePayload)
     if sa_p is None or ke is None or nonce is None:
-        log.warning("IKE_SA_INIT from [%s]:%d lacks SA, KE or Nonce", src[0], src[1])
+        note("init_malformed", now, "IKE_SA_INIT from [%s]:%d lacks SA, KE or Nonce", *src)
         plain_reply(endpoint, msg, NotifyType.INVALID_SYNTAX, b"", src, dst)
         return
     if len(endpoint.half_open) >= endpoint.cookie_threshold:
@@ -252,22 +258,37 @@ def on_init_request(
         expected = cookie_for(endpoint, msg, nonce.data, src)
         got = msg.notify(NotifyType.COOKIE)
         if got is None or not hmac.compare_digest(got.data, expected):
-            log.info(
+            note(
+                "cookie_sent",
+                now,
                 "IKE_SA_INIT from [%s]:%d: %d half-open SAs, asking for a cookie",
                 src[0],
                 src[1],
                 len(endpoint.half_open),
+                level=logging.INFO,
             )
             plain_reply(endpoint, msg, NotifyType.COOKIE, expected, src, dst)
             return
+    if len(endpoint.sas) >= endpoint.limits.ike_sas:
+        note(
+            "limit_ike_sas",
+            now,
+            "drop IKE_SA_INIT from [%s]:%d: %d IKE SAs, the limit (--limit ike_sas)",
+            src[0],
+            src[1],
+            len(endpoint.sas),
+        )
+        return
     policy = endpoint.policy_for(src, dst, None)
     if policy is None:
-        log.warning("IKE_SA_INIT from [%s]:%d: no policy for this peer", src[0], src[1])
+        note("init_no_policy", now, "IKE_SA_INIT from [%s]:%d: no policy for this peer", *src)
         plain_reply(endpoint, msg, NotifyType.NO_PROPOSAL_CHOSEN, b"", src, dst)
         return
     chosen = proposals.select(sa_p.proposals, policy.ike_proposals)
     if chosen is None:
-        log.warning(
+        note(
+            "init_no_proposal",
+            now,
             "IKE_SA_INIT from [%s]:%d: no proposal chosen (policy '%s')",
             src[0],
             src[1],
@@ -278,12 +299,15 @@ def on_init_request(
     suite = proposals.suite_of(chosen)
     if ke.group != suite.dh:
         # 1.2/3.4: tell the initiator which group we want; keep no state.
-        log.info(
+        note(
+            "init_invalid_ke",
+            now,
             "IKE_SA_INIT from [%s]:%d: KE group %s, asking for %s",
             src[0],
             src[1],
             DhId.name_of(ke.group),
             DhId.name_of(suite.dh),
+            level=logging.INFO,
         )
         plain_reply(
             endpoint, msg, NotifyType.INVALID_KE_PAYLOAD, int(suite.dh).to_bytes(2, "big"), src, dst
@@ -295,9 +319,23 @@ def on_init_request(
     try:
         _answer(sa, msg, data, nonce.data, ke, chosen, suite, src, dst)
     except crypto.InvalidKeyExchange as e:
-        log.warning("IKE_SA_INIT from [%s]:%d: invalid KE: %s", src[0], src[1], e)
+        note("init_bad_ke", now, "IKE_SA_INIT from [%s]:%d: invalid KE: %s", *src, e)
         plain_reply(endpoint, msg, NotifyType.INVALID_SYNTAX, b"", src, dst)
         return
+    if len(endpoint.half_open) >= endpoint.limits.half_open:
+        # The table is full of SAs whose initiators echoed a cookie (real addresses) but
+        # never authenticated: the oldest makes room, so new initiators still get in.
+        _key, oldest = next(iter(endpoint.half_open.items()))
+        note(
+            "half_open_evicted",
+            now,
+            "half-open table full (%d, --limit half_open): dropping the oldest, from [%s]:%d",
+            len(endpoint.half_open),
+            oldest.peer[0],
+            oldest.peer[1],
+        )
+        oldest.close("half-open table full", now, error=False)
+        endpoint.reap()
     endpoint.sas[sa.spi_r] = sa
     endpoint.half_open[(sa.spi_i, src)] = sa
 

@@ -155,6 +155,36 @@ class IkeSa:
         self.rekey_at = self.soft_deadline(now, self.policy.ike_lifetime)
         log.info("%s: established %s", self.label, self.describe())
         self.emit(self.established_event())
+        self._enforce_per_peer_limit(now)
+
+    def _enforce_per_peer_limit(self, now: float) -> None:
+        """At most ``limits.ike_sas_per_peer`` live IKE SAs per peer identity: an
+        authenticated peer that keeps making new ones (a loop, or a stolen key) cannot
+        fill the table; the oldest ones are deleted (with a DELETE, 1.4.1)."""
+        limit = self.endpoint.limits.ike_sas_per_peer
+        if self.peer_id is None:
+            return
+        same = [
+            sa
+            for sa in self.endpoint.sas.values()
+            if sa is not self
+            and sa.peer_id == self.peer_id
+            and sa.state == State.ESTABLISHED
+            and sa.rekeyed_to is None
+        ]
+        for old in sorted(same, key=lambda sa: sa.established_at or 0.0)[
+            : max(0, len(same) + 1 - limit)
+        ]:
+            self.endpoint.guard.note(
+                "limit_ike_sas_per_peer",
+                now,
+                "%s: %d IKE SAs with %s, the limit (--limit ike_sas_per_peer): deleting %s",
+                self.label,
+                len(same) + 1,
+                id_text(*self.peer_id) if self.peer_id else "this peer",
+                old.label,
+            )
+            old.delete(now, "too many IKE SAs with this peer")
 
     @property
     def is_established(self) -> bool:
@@ -346,6 +376,14 @@ class IkeSa:
         if self.state == State.CLOSED:
             return
         if self.state == State.INIT_DONE and now >= self.created + self.endpoint.half_open_timeout:
+            self.endpoint.guard.note(
+                "half_open_expired",
+                now,
+                "%s: no IKE_AUTH from the initiator in %.0f s",
+                self.label,
+                self.endpoint.half_open_timeout,
+                level=logging.INFO,
+            )
             self.close("no IKE_AUTH from the initiator", now)
             return
         r = self.window.outstanding
@@ -478,13 +516,17 @@ class IkeSa:
     def close(self, reason: str, now: float, *, error: bool = True) -> None:
         if self.state == State.CLOSED:
             return
+        # A responder's half-open SA never got past IKE_SA_INIT: under a flood there are
+        # many, so the caller counts them (guard.note) and this line is debug only.
+        half_open = self.state == State.INIT_DONE
         self.set_state(State.CLOSED)
         self.close_reason = reason
         for child in list(self.children.values()):
             self.child_deleted(child, reason)
         self.children.clear()
         self.window.clear()
-        (log.warning if error else log.info)("%s: IKE SA closed: %s", self.label, reason)
+        level = logging.DEBUG if half_open else logging.WARNING if error else logging.INFO
+        log.log(level, "%s: IKE SA closed: %s", self.label, reason)
         self.emit(IkeSaClosed(self.our_spi, self.policy.name, self.peer_id, reason, error))
 
     def successor(self, *, initiator: bool, now: float) -> IkeSa:
@@ -598,7 +640,9 @@ class IkeSa:
         try:
             payloads = self.unprotect(data, msg)
         except crypto.IntegrityError as e:
-            log.warning(
+            self.endpoint.guard.note(
+                "ike_integrity",
+                now,
                 "%s: drop %s request #%d: %s",
                 self.label,
                 ExchangeType.name_of(msg.exchange),
@@ -608,7 +652,9 @@ class IkeSa:
             return
         except wire.WireError as e:
             # Authenticated but malformed: answer with the error (2.21.2).
-            log.warning(
+            self.endpoint.guard.note(
+                "ike_bad_request",
+                now,
                 "%s: bad %s request #%d: %s",
                 self.label,
                 ExchangeType.name_of(msg.exchange),
@@ -616,6 +662,24 @@ class IkeSa:
                 e,
             )
             self._respond(msg, [notify(e.notify, e.data)], src, dst)
+            return
+        if (
+            self.state == State.INIT_DONE
+            and msg.exchange == ExchangeType.IKE_AUTH
+            and not self.endpoint.guard.allow_auth(src[0], now)
+        ):
+            # Signature checks are the costly step an initiator that passed the cookie
+            # can make us do: past the per-source budget the request is dropped unanswered
+            # (a real initiator retransmits, 2.1) and the message ID stays where it is.
+            self.endpoint.guard.note(
+                "auth_rate_limited",
+                now,
+                "%s: IKE_AUTH from [%s]:%d over the signature budget (--limit "
+                "auth_per_source_per_s); dropped",
+                self.label,
+                src[0],
+                src[1],
+            )
             return
         self.last_received = now
         self._note_peer_address(src, dst)

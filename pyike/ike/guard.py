@@ -1,0 +1,181 @@
+"""Admission control for what anyone on the internet can send: cookies, limits, rates.
+
+An unauthenticated sender can make a responder do three expensive things: keep state
+(a half-open IKE SA), compute a Diffie-Hellman shared secret, and verify a signature.
+RFC 7296 2.6 answers the first two with cookies: above a threshold of half-open SAs,
+a responder keeps no state and does no DH for an initiator until it echoes a COOKIE
+that proves it receives at its claimed address. This module makes that answer cheap
+(``cookie_fast_path``: no full parse, no log line, one hash, one small datagram) so a
+flood is answered at the rate it arrives, bounds the tables that remain, and limits
+signature checks per source address (a flood with real addresses passes cookies).
+
+Every refusal is counted in ``Guard.counters`` and logged at most once a minute per kind
+(``Guard.note``), so a flood cannot fill the journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import struct
+from collections import Counter
+from dataclasses import dataclass
+
+from pyike.ike.common import Addr, IPAddress
+from pyike.limits import Limits
+from pyike.registry import ExchangeType, HeaderFlag, NotifyType, PayloadType
+
+log = logging.getLogger("pyike.ike")
+
+_HDR = struct.Struct("!8s8sBBBBII")
+_GENERIC = struct.Struct("!BBH")
+_NOTIFY_FIXED = struct.Struct("!BBH")  # protocol, SPI size, type (3.10)
+HEADER_LEN = 28
+COOKIE_NOTIFY = int(NotifyType.COOKIE)
+# Plain ints: enum operators cost microseconds, and this runs for every flood datagram.
+_IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
+_RESPONSE = int(HeaderFlag.RESPONSE)
+_NONE, _NONCE, _NOTIFY = int(PayloadType.NONE), int(PayloadType.NONCE), int(PayloadType.NOTIFY)
+LOG_WINDOW_S = 60.0
+MAX_BUCKETS = 4096  # per-source rate state kept; beyond, the table starts afresh
+
+
+@dataclass(frozen=True, slots=True)
+class InitScan:
+    """What the cookie check needs from an IKE_SA_INIT request, found by walking the
+    generic payload headers only (3.2), without decoding any payload body."""
+
+    spi_i: bytes
+    nonce: bytes
+    cookie: bytes | None  # the COOKIE notify's data, if the first payload is one (2.6)
+
+
+def scan_init_request(data: bytes) -> InitScan | None:
+    """The SPIi, Ni and COOKIE of a well-framed IKE_SA_INIT request; None otherwise
+    (the full parser then decides what is wrong with it)."""
+    if len(data) < HEADER_LEN:
+        return None
+    spi_i, _spi_r, nxt, version, exchange, flags, message_id, length = _HDR.unpack_from(data)
+    if (
+        exchange != _IKE_SA_INIT
+        or flags & _RESPONSE
+        or version >> 4 != 2
+        or length != len(data)
+        or message_id != 0
+    ):
+        return None
+    off, nonce, cookie, first = HEADER_LEN, None, None, True
+    for _ in range(64):  # bounded walk: no real IKE_SA_INIT has more payloads
+        if nxt == _NONE:
+            break
+        if off + 4 > length:
+            return None
+        following, _critical, plen = _GENERIC.unpack_from(data, off)
+        if plen < 4 or off + plen > length:
+            return None
+        if nxt == _NONCE:
+            nonce = data[off + 4 : off + plen]
+            break  # the COOKIE, if any, came first (2.6): nothing after Ni matters here
+        if nxt == _NOTIFY and first and plen >= 8:
+            _proto, spi_size, ntype = _NOTIFY_FIXED.unpack_from(data, off + 4)
+            if ntype == COOKIE_NOTIFY:
+                cookie = data[off + 8 + spi_size : off + plen]
+        first = False
+        nxt, off = following, off + plen
+    if nonce is None or not 16 <= len(nonce) <= 256:  # 2.10: 16..256 octets
+        return None
+    return InitScan(spi_i, nonce, cookie)
+
+
+def cookie_value(secret: bytes, nonce: bytes, src: IPAddress, spi_i: bytes) -> bytes:
+    """2.6: <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)."""
+    return b"\x00" + hashlib.sha256(nonce + src.packed + spi_i + secret).digest()
+
+
+def _cookie_reply_middle(cookie_len: int) -> bytes:
+    """The octets of HDR(SPIi, 0), N(COOKIE) between SPIi and the cookie (3.1, 3.10)."""
+    notify_len = 8 + cookie_len
+    return (
+        _HDR.pack(
+            bytes(8),
+            bytes(8),
+            PayloadType.NOTIFY,
+            0x20,
+            ExchangeType.IKE_SA_INIT,
+            HeaderFlag.RESPONSE,
+            0,
+            HEADER_LEN + notify_len,
+        )[8:]
+        + _GENERIC.pack(PayloadType.NONE, 0, notify_len)
+        + _NOTIFY_FIXED.pack(0, 0, COOKIE_NOTIFY)
+    )
+
+
+_OUR_COOKIE_MIDDLE = _cookie_reply_middle(33)  # cookie_value(): 1 + SHA-256
+
+
+def cookie_reply(spi_i: bytes, cookie: bytes) -> bytes:
+    """HDR(SPIi, 0), N(COOKIE): the responder's stateless answer (2.6, figure in 1.2)."""
+    middle = _OUR_COOKIE_MIDDLE if len(cookie) == 33 else _cookie_reply_middle(len(cookie))
+    return spi_i + middle + cookie
+
+
+class Guard:
+    """Counters, rate-limited logging and per-source budgets of one Endpoint."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.counters: Counter[str] = Counter()
+        self._logged: dict[str, tuple[float, int]] = {}  # kind -> (window start, lines)
+        self._suppressed: Counter[str] = Counter()
+        self._auth_buckets: dict[IPAddress, tuple[float, float]] = {}  # tokens, at
+
+    def note(
+        self, kind: str, now: float, fmt: str, *args: object, level: int = logging.WARNING
+    ) -> None:
+        """Count one ``kind`` event; log it unless this minute's lines for it are used."""
+        self.counters[kind] += 1
+        start, lines = self._logged.get(kind, (now, 0))
+        if now - start >= LOG_WINDOW_S:
+            start, lines = now, 0
+        if lines >= self.limits.log_repeats_per_minute:
+            self._suppressed[kind] += 1
+            self._logged[kind] = (start, lines)
+            return
+        more = self._suppressed.pop(kind, 0)
+        suffix = f" ({more} more like this in the last minute)" if more else ""
+        log.log(level, fmt + suffix, *args)
+        self._logged[kind] = (start, lines + 1)
+
+    def cookie_fast_path(self, data: bytes, src: Addr, secret: bytes, now: float) -> bytes | None:
+        """Under load (2.6): the COOKIE answer to a request without the right cookie, or
+        None when the request must go on to the full parser (it has the right cookie,
+        or it is not a well-framed IKE_SA_INIT request)."""
+        scan = scan_init_request(data)
+        if scan is None:
+            return None
+        expected = cookie_value(secret, scan.nonce, src[0], scan.spi_i)
+        if scan.cookie is not None and hmac.compare_digest(scan.cookie, expected):
+            return None
+        self.note(
+            "cookie_sent",
+            now,
+            "under load: answering IKE_SA_INIT with a COOKIE (2.6), e.g. to [%s]:%d",
+            src[0],
+            src[1],
+        )
+        return cookie_reply(scan.spi_i, expected)
+
+    def allow_auth(self, src: IPAddress, now: float) -> bool:
+        """A token for one signature verification from ``src`` (bucket per address)."""
+        rate, burst = self.limits.auth_per_source_per_s, float(self.limits.auth_burst)
+        tokens, at = self._auth_buckets.get(src, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if len(self._auth_buckets) >= MAX_BUCKETS and src not in self._auth_buckets:
+            self._auth_buckets.clear()
+        if tokens < 1.0:
+            self._auth_buckets[src] = (tokens, now)
+            return False
+        self._auth_buckets[src] = (tokens - 1.0, now)
+        return True
