@@ -2,7 +2,8 @@
 a thread: an :class:`Endpoint` takes datagrams, the time and API calls and
 returns datagrams, a timer deadline and events. docs/architecture.md has the map.
 
-  endpoint.py       Endpoint: demultiplexing, responder creation, INVALID_IKE_SPI
+  endpoint.py       Endpoint: demultiplexing, responder creation, INVALID_IKE_SPI, queries
+  guard.py          admission control: the cookie fast path, bounded tables, rates
   sa.py             IkeSa: shared SA state, message protection, the state table, timers
   states.py         State, ChildState and the moves allowed between them
   requests.py       Request (one class per kind of our requests) and the RequestWindow
