@@ -253,6 +253,29 @@ class Config:
     files: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class PolicyKey:
+    """Which configured policy: its name and, because iked accepts a name twice
+    (check_policies only warns), which policy of that name (0: the first in the
+    file). Stable across a reload as long as the file keeps its names."""
+
+    name: str
+    ordinal: int = 0
+
+    def __str__(self) -> str:
+        return self.name if self.ordinal == 0 else f"{self.name}#{self.ordinal + 1}"
+
+
+def policy_keys(policies: Sequence[Policy]) -> list[PolicyKey]:
+    """One key per policy, in file order (the nth policy of a name gets ordinal n-1)."""
+    seen: dict[str, int] = {}
+    keys: list[PolicyKey] = []
+    for pol in policies:
+        keys.append(PolicyKey(pol.name, seen.get(pol.name, 0)))
+        seen[pol.name] = seen.get(pol.name, 0) + 1
+    return keys
+
+
 # ---------------------------------------------------------------------------
 # Transform, protocol and service tables (iked parse.y order: the order
 # matters, because iked accepts any prefix of a name and takes the first match)

@@ -1,10 +1,13 @@
 """The pyike daemon: iked.conf policies + key files + the IKE core + the driver.
 
-This module holds the decisions iked makes outside the protocol itself:
-turning a parsed policy into what the core negotiates (:func:`sa_policy`),
-which policy answers a responder (pyike.config's rule), starting active
-policies, re-initiating with capped backoff when an SA dies (re-resolving
-the peer's host name every time), key logging, and reload on SIGHUP.
+This module turns a parsed policy into what the core negotiates
+(:func:`sa_policy`; policies are known by their :class:`~pyike.config.PolicyKey`,
+since two may share a name), picks the policy that answers a responder
+(pyike.config's rule), and carries out the recovery decisions of the sans-IO
+:class:`~pyike.supervisor.Supervisor` (starting active policies, capped backoff,
+replacements): it resolves the peer's host name afresh for every attempt, finds
+local addresses and routes, and feeds the supervisor the core's events as values.
+Also key logging and reload on SIGHUP.
 
 Staying up by itself (the guide's home side needed ``ping -i 5`` and 30-minute
 rekeys with iked): an idle IKE SA is probed after ``dpd_interval`` seconds
@@ -37,7 +40,6 @@ from pyike.ike import (
     Endpoint,
     Event,
     IkeKeysDerived,
-    IkeSa,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
@@ -47,25 +49,32 @@ from pyike.ike import (
     State,
 )
 from pyike.registry import IdType, ProtocolId
+from pyike.supervisor import (
+    DEFAULT_REPLACE_AFTER,
+    CheckAlive,
+    Command,
+    DeleteSa,
+    DropSa,
+    Initiate,
+    PathChange,
+    PollUsage,
+    SaPhase,
+    SaView,
+    SupervisedPolicy,
+    Supervisor,
+)
 from pyike.wire import TrafficSelector
 
 log = logging.getLogger("pyike")
 
-BACKOFF_START = 1.0
-BACKOFF_CAP = 30.0  # re-initiation backoff ceiling (seconds)
-USAGE_CHECK_INTERVAL = 5.0  # seconds between byte-lifetime checks
 # Liveness defaults: with these a peer that restarts or a path that comes back is
 # noticed within about 5 s on an idle tunnel (no traffic generator needed), at the
 # cost of one small INFORMATIONAL exchange per IKE SA every 5 s while idle.
 DEFAULT_DPD_INTERVAL = 5.0
 DEFAULT_RETRANSMIT_CAP = 5.0
 GIVE_UP_AFTER = 60.0  # seconds of unanswered retransmissions before an SA is dead
-# An active SA whose liveness probe has gone unanswered this long (two sends) gets a
-# replacement IKE SA negotiated next to it: a restarted peer that does not answer
-# INVALID_IKE_SPI (OpenIKED does not) is back in service in seconds, not after the
-# minute of retransmissions. A lossy path costs at most an extra handshake.
-DEFAULT_REPLACE_AFTER = 4.0
-SUSPECT_CHECK_EVERY = 1.0
+# Recovery (backoff, replacement SAs after DEFAULT_REPLACE_AFTER s without an answer
+# to a probe, INVALID_IKE_SPI, network changes) is decided in pyike.supervisor.
 
 
 class DaemonError(Exception):
@@ -132,10 +141,21 @@ def flows_to_selectors(policy: cfg.Policy) -> tuple[list, list]:
     return local, remote
 
 
+def policy_key(policy: SaPolicy) -> cfg.PolicyKey | None:
+    """Which configured policy an SA's policy is: two may share a name (iked
+    accepts that), so SAs are matched to policies by this key, never by name."""
+    return policy.key if isinstance(policy.key, cfg.PolicyKey) else None
+
+
 def sa_policy(
-    policy: cfg.Policy, store: keys.KeyStore, options: Options, global_options: object | None = None
+    policy: cfg.Policy,
+    store: keys.KeyStore,
+    options: Options,
+    global_options: object | None = None,
+    key: cfg.PolicyKey | None = None,
 ) -> SaPolicy:
     """What the IKE core negotiates for one iked.conf policy."""
+    key = key or cfg.PolicyKey(policy.name)
     if policy.srcid is None:
         raise DaemonError(f"policy '{policy.name}': no srcid")
     local_id = (int(policy.srcid[0]), id_bytes(*policy.srcid))
@@ -170,7 +190,8 @@ def sa_policy(
     local_ts, remote_ts = flows_to_selectors(policy)
     dpd = effective_dpd(options, global_options)
     return SaPolicy(
-        name=policy.name,
+        key=key,
+        name=str(key),  # the name, with "#2" for a second policy of that name
         ike_proposals=proposals.from_specs(policy.ike_proposals, ProtocolId.IKE),
         child_proposals=proposals.from_specs(policy.child_proposals, ProtocolId.ESP),
         local_id=local_id,
@@ -197,10 +218,6 @@ def id_text_or_any(peer_id: tuple[int, bytes] | None) -> str:
     from pyike.ike import id_text
 
     return id_text(*peer_id) if peer_id else "any peer"
-
-
-def _spi_of(sa: IkeSa | None) -> bytes | None:
-    return sa.our_spi if sa is not None else None
 
 
 def local_address_for(peer: Addr) -> Addr:
@@ -234,14 +251,57 @@ def resolve(host: str, family_hint: int | None = None) -> list:
     return out
 
 
+_PHASES = {
+    State.INIT_SENT: SaPhase.PENDING,
+    State.AUTH_SENT: SaPhase.PENDING,
+    State.INIT_DONE: SaPhase.PENDING,
+    State.ESTABLISHED: SaPhase.ESTABLISHED,
+    State.DELETING: SaPhase.DELETING,
+    State.CLOSED: SaPhase.CLOSED,
+}
+
+
+def sa_views(endpoint: Endpoint) -> list[SaView]:
+    """The supervisor's view of the core: one value snapshot per IKE SA."""
+    return [
+        SaView(
+            spi=sa.our_spi,
+            policy=policy_key(sa.policy),
+            phase=_PHASES[sa.state],
+            initiator=sa.initiator,
+            local=sa.local,
+            peer=sa.peer,
+            peer_id=sa.peer_id,
+            policy_peer_id=sa.policy.peer_id,
+            last_heard=sa.last_heard(),
+            dpd_interval=sa.policy.dpd_interval,
+        )
+        for sa in endpoint.sas.values()
+    ]
+
+
+def feed_event(supervisor: Supervisor, event: Event, now: float) -> None:
+    """Hand one core event to the supervisor, as values."""
+    if isinstance(event, IkeSaEstablished):
+        supervisor.sa_established(now, event.spi, event.replaces)
+    elif isinstance(event, InitialContact):
+        supervisor.initial_contact(now, event.spi, event.peer_id)
+    elif isinstance(event, PeerLostSa):
+        supervisor.peer_lost(now, event.spi)
+    elif isinstance(event, IkeSaClosed):
+        supervisor.sa_closed(now, event.spi)
+
+
 class Daemon:
-    """Owns the Endpoint, the Driver and the policy table; reacts to core events."""
+    """Owns the Endpoint, the Driver and the policy table; carries out the
+    supervisor's recovery decisions (pyike.supervisor)."""
 
     def __init__(self, options: Options, on_child: Callable[[Event], None] | None = None) -> None:
         self.options = options
         self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted, PeerMoved)
         self.config: cfg.Config | None = None
-        self.policies: dict[str, SaPolicy] = {}
+        self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
+        self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
         self.endpoint = Endpoint(self._policy_for)
         self.driver = Driver(
             self.endpoint, ports=options.ports, on_event=self._on_event, on_reload=self.reload
@@ -256,10 +316,11 @@ class Daemon:
                 "writing SA keys to %s (anyone who reads them can decrypt the traffic)",
                 options.keylog_dir,
             )
-        self._active_sa: dict[str, IkeSa] = {}  # policy name -> its current IKE SA
-        self._backoff: dict[str, float] = {}
-        self._retry: dict[str, asyncio.TimerHandle] = {}
-        self._replacing: dict[str, IkeSa] = {}  # policy name -> replacement in flight
+        self.supervisor = Supervisor(
+            lambda: sa_views(self.endpoint), replace_after=options.replace_after
+        )
+        self._supervisor_timer: asyncio.TimerHandle | None = None
+        self._carry_out_soon = False
         self.netwatch: object | None = None
         self._netwatch_task: asyncio.Task | None = None
         if not options.invalid_spi:
@@ -279,12 +340,18 @@ class Daemon:
         for note in cfg.check_policies(self.config):  # `pyike -n` shows these as warnings
             log.info("note: %s", note)
         store = keys.KeyStore(self.options.keydir)
-        table = {}
-        for p in self.config.policies:
+        table: dict[cfg.PolicyKey, SaPolicy] = {}
+        configured: dict[cfg.PolicyKey, cfg.Policy] = {}
+        for key, p in zip(cfg.policy_keys(self.config.policies), self.config.policies, strict=True):
             if self.options.force_active:
                 p.active = True
-            table[p.name] = sa_policy(p, store, self.options, self.config.options)
-        self.policies = table
+            table[key] = sa_policy(p, store, self.options, self.config.options, key)
+            configured[key] = p
+        self.policies, self.configured = table, configured
+        self.supervisor.set_policies(
+            (SupervisedPolicy(key, p.active, table[key].peer_id) for key, p in configured.items()),
+            self.driver.now(),
+        )
         log.info(
             "loaded %d polic%s from %s",
             len(table),
@@ -296,16 +363,12 @@ class Daemon:
         """SIGHUP: re-read the config; SAs of vanished policies are deleted."""
         log.info("SIGHUP: reloading %s", self.options.config_file)
         try:
-            self.load()
+            self.load()  # the supervisor deletes the SAs of policies that are gone
         except DaemonError as e:
             log.error("reload failed, keeping the old configuration: %s", e)
             return
-        now = self.driver.now()
-        for name, sa in list(self._active_sa.items()):
-            if name not in self.policies:
-                sa.delete(now, "policy removed by reload")
-        self.start_active()
-        self.driver.pump()
+        self.supervisor.start_active(self.driver.now())
+        self._carry_out()
 
     def _policy_for(
         self, peer: Addr, local: Addr, peer_id: tuple[int, bytes] | None
@@ -325,32 +388,13 @@ class Daemon:
                 text = data.hex()
             ident = (IdType.lookup(id_type), text)
         chosen = cfg.select_responder_policy(self.config, peer[0], local[0], ident)
-        return self.policies.get(chosen.name) if chosen is not None else None
+        if chosen is None:
+            return None
+        # By identity: the chosen policy object, not the first policy of its name.
+        key = next((k for k, p in self.configured.items() if p is chosen), None)
+        return self.policies.get(key) if key is not None else None
 
-    # ------------------------------------------------------------------ active policies
-
-    def start_active(self) -> None:
-        if self.config is None:
-            return
-        for p in self.config.policies:
-            if (
-                p.active
-                and p.name not in self._active_sa
-                and p.name not in self._retry
-                and p.name not in self._replacing
-            ):
-                self.initiate(p.name)
-
-    def _peer_state(self, peer_id: tuple[int, bytes] | None) -> str:
-        """'established', 'pending' or '' for our IKE SAs with this peer identity."""
-        states = {
-            sa.state
-            for sa in self.endpoint.sas.values()
-            if sa.policy.peer_id == peer_id or sa.peer_id == peer_id
-        }
-        if State.ESTABLISHED in states:
-            return "established"
-        return "pending" if states - {State.CLOSED, State.DELETING} else ""
+    # ------------------------------------------------------------------ supervisor commands
 
     def _peer_addresses(self, p: cfg.Policy) -> list:
         if p.peer_host:
@@ -363,62 +407,114 @@ class Daemon:
             return [ip_network(p.peer).network_address]
         return []
 
-    def initiate(self, name: str) -> None:
-        assert self.config is not None
-        self._retry.pop(name, None)
-        p = next((x for x in self.config.policies if x.name == name), None)
-        policy = self.policies.get(name)
+    def _sync_stopping(self) -> None:
+        if self.driver.stopping and not self.supervisor.stopping:
+            self.supervisor.stop()
+
+    def _carry_out(self) -> None:
+        """Do what the supervisor asked, send what that queued, re-arm its timer."""
+        self._carry_out_soon = False
+        self._sync_stopping()
+        for _ in range(10000):  # carrying out commands may queue more; bounded anyway
+            cmd = self.supervisor.next_command()
+            if cmd is None:
+                break
+            self._do(cmd, self.driver.now())
+        self.driver.pump()
+        self._arm_supervisor_timer()
+
+    def _do(self, cmd: Command, now: float) -> None:
+        if isinstance(cmd, Initiate):
+            self._initiate(cmd, now)
+            return
+        if isinstance(cmd, PollUsage):
+            self._poll_usage(now)
+            return
+        assert isinstance(cmd, DropSa | DeleteSa | CheckAlive)
+        sa = self.endpoint.sas.get(cmd.spi)
+        if sa is None or sa.state == State.CLOSED:
+            return  # it went meanwhile
+        if isinstance(cmd, DropSa):
+            sa.drop(now, cmd.reason)
+        elif isinstance(cmd, DeleteSa):
+            sa.delete(now, cmd.reason)
+        else:
+            sa.check_alive(now)
+
+    def _initiate(self, cmd: Initiate, now: float) -> None:
+        """Start an IKE SA for the policy, from the address the kernel would use."""
+        key = cmd.policy
+        p, policy = self.configured.get(key), self.policies.get(key)
         if p is None or policy is None:
+            self.supervisor.initiate_failed(key, now, retry=False)
             return
-        # Several policies to one peer (the guide has three) make several IKE SAs.
-        # INITIAL_CONTACT goes only on the first (RFC 7296 2.4): the others start
-        # once it is established, without it, so the peer keeps them all.
-        peer_state = self._peer_state(policy.peer_id)
-        if peer_state == "pending":
-            log.debug("policy '%s': waiting for the first IKE SA to this peer", name)
-            return
-        addresses = self._peer_addresses(p)
+        addresses = self._peer_addresses(p)  # resolved afresh: the peer may move
+        if cmd.replaces is not None:
+            old = self.endpoint.sas.get(cmd.replaces)
+            if not addresses and old is not None:
+                addresses = [old.peer[0]]
+            port = self.options.ports[0]
+        else:
+            # -t, like iked -t: start on the NAT-T port (RFC 7296 2.23 allows
+            # IKE_SA_INIT on 4500, with the non-ESP marker); a peer running iked -t
+            # listens only there.
+            port = self.options.ports[1] if self.options.force_encap else self.options.ports[0]
         if not addresses:
             if p.peer_host is None and p.peer is None:
-                log.warning("policy '%s' is active but has no peer; it can only answer", name)
-                return
-            self._schedule_retry(name)
+                log.warning("policy '%s' is active but has no peer; it can only answer", key)
+                self.supervisor.initiate_failed(key, now, retry=False)
+            else:
+                self.supervisor.initiate_failed(key, now)
             return
-        # -t, like iked -t: start on the NAT-T port (RFC 7296 2.23 allows IKE_SA_INIT
-        # on 4500, with the non-ESP marker); a peer running iked -t listens only there.
-        port = self.options.ports[1] if self.options.force_encap else self.options.ports[0]
         peer = (addresses[0], port)
         try:
             local = (ip_address(str(p.local[0])), port) if p.local else local_address_for(peer)
         except OSError as e:
-            log.warning("policy '%s': no route to peer %s: %s", name, peer[0], e.strerror)
-            self._schedule_retry(name)
+            if cmd.replaces is None:  # a replacement is tried again by the next check
+                log.warning("policy '%s': no route to peer %s: %s", key, peer[0], e.strerror)
+            self.supervisor.initiate_failed(key, now)
             return
-        log.info(
-            "policy '%s': initiating to [%s]:%d from [%s]:%d",
-            name,
-            peer[0],
-            peer[1],
-            local[0],
-            local[1],
-        )
+        if cmd.replaces is None:
+            log.info(
+                "policy '%s': initiating to [%s]:%d from [%s]:%d",
+                key,
+                peer[0],
+                peer[1],
+                local[0],
+                local[1],
+            )
         sa = self.endpoint.connect(
-            policy,
-            (local[0], port),
-            peer,
-            self.driver.now(),
-            initial_contact=peer_state != "established",
+            policy, (local[0], port), peer, now, initial_contact=cmd.initial_contact
         )
-        self._active_sa[name] = sa
-        self.driver.pump()
+        self.supervisor.initiated(key, sa.our_spi, now)
 
-    def _schedule_retry(self, name: str) -> None:
-        """Capped exponential backoff before the next attempt (issue: dynamic IP)."""
-        delay = self._backoff.get(name, BACKOFF_START)
-        self._backoff[name] = min(delay * 2, BACKOFF_CAP)
-        loop = asyncio.get_event_loop()
-        log.info("policy '%s': next attempt in %.0f s", name, delay)
-        self._retry[name] = loop.call_later(delay, self.initiate, name)
+    def _poll_usage(self, now: float) -> None:
+        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``)."""
+        dp = getattr(self, "dataplane", None)
+        if dp is None:
+            return
+        for child in self.endpoint.child_sas():
+            self.endpoint.note_child_usage(child.spi_in, dp.octets(child), now)
+
+    def _arm_supervisor_timer(self) -> None:
+        if self._supervisor_timer is not None:
+            self._supervisor_timer.cancel()
+            self._supervisor_timer = None
+        deadline = self.supervisor.get_timer()
+        if deadline is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not running yet: run() arms it
+        delay = max(0.0, deadline - self.driver.now())
+        self._supervisor_timer = loop.call_later(delay, self._on_supervisor_timer)
+
+    def _on_supervisor_timer(self) -> None:
+        self._supervisor_timer = None
+        self._sync_stopping()
+        self.supervisor.handle_timer(self.driver.now())
+        self._carry_out()
 
     # ------------------------------------------------------------------ events
 
@@ -438,38 +534,13 @@ class Daemon:
                     k.sk_ar,
                 )
             )
-        elif isinstance(event, IkeSaEstablished):
-            new = self.endpoint.ike_sa(event.spi)
-            if event.replaces is not None and new is not None:  # an IKE SA rekey: follow
-                for name, sa in list(self._active_sa.items()):  # the children
-                    if sa.our_spi == event.replaces:
-                        self._active_sa[name] = new
-            self._backoff.pop(event.policy, None)
-            if new is not None:
-                self._replacement_done(new)
-            asyncio.get_running_loop().call_soon(self.start_active)
-        elif isinstance(event, InitialContact):
-            if (found := self.endpoint.ike_sa(event.spi)) is not None:
-                self._drop_older_sas(found, event.peer_id)
-        elif isinstance(event, PeerLostSa):
-            if (found := self.endpoint.ike_sa(event.spi)) is not None:
-                asyncio.get_running_loop().call_soon(self._peer_lost, found)
-        elif isinstance(event, IkeSaClosed):
-            name = event.policy
-            if _spi_of(self._replacing.get(name)) == event.spi:
-                del self._replacing[name]  # the replacement failed; the suspect check
-                if name not in self._active_sa and not self.driver.stopping:  # tries
-                    self._schedule_retry(name)  # again while the old one lives
-            elif _spi_of(self._active_sa.get(name)) == event.spi:
-                del self._active_sa[name]
-                if name in self._replacing:
-                    pass  # its replacement is already being negotiated
-                elif (
-                    not self.driver.stopping
-                    and self.config is not None
-                    and any(p.name == name and p.active for p in self.config.policies)
-                ):
-                    self._schedule_retry(name)
+        elif isinstance(event, IkeSaEstablished | InitialContact | PeerLostSa | IkeSaClosed):
+            self._sync_stopping()
+            feed_event(self.supervisor, event, self.driver.now())
+            if not self._carry_out_soon:
+                # After the driver's pump has handed out this batch of events.
+                self._carry_out_soon = True
+                asyncio.get_running_loop().call_soon(self._carry_out)
         elif isinstance(event, ChildSaCreated) and self.esp_keylog is not None:
             c = event.child
             for spi, (src, dst), key in (
@@ -491,163 +562,32 @@ class Daemon:
         if isinstance(event, ChildSaCreated | ChildSaDeleted | PeerMoved) and self.on_child:
             self.on_child(event)
 
-    def _drop_older_sas(self, sa: IkeSa, peer_id: tuple[int, bytes]) -> None:
-        """INITIAL_CONTACT (RFC 7296 2.4): the peer lost its state; ours is stale."""
-        for other in list(self.endpoint.sas.values()):
-            if other is not sa and other.peer_id == peer_id:
-                log.info("%s: replaced by %s after INITIAL_CONTACT", other.label, sa.label)
-                other.drop(self.driver.now(), "peer sent INITIAL_CONTACT on a new SA")
-
-    # ------------------------------------------------------------------ byte lifetimes
-
-    def _check_usage(self) -> None:
-        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``)."""
-        dp = getattr(self, "dataplane", None)
-        if dp is not None:
-            now = self.driver.now()
-            for child in self.endpoint.child_sas():
-                self.endpoint.note_child_usage(child.spi_in, dp.octets(child), now)
-            self.driver.pump()
-        asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
-
     # ------------------------------------------------------------------ recovery
 
     def reestablish(self, peer_id: tuple[int, bytes] | None, reason: str) -> None:
-        """Forget every IKE SA with this peer and start the active policies again now.
-
-        No DELETE is sent: the peer has lost these SAs, or we cannot reach it from
-        their address any more. The first new IKE SA carries INITIAL_CONTACT, so a
-        peer that still holds the old ones drops them (RFC 7296 2.4)."""
-        now = self.driver.now()
-        dropped = 0
-        for sa in list(self.endpoint.sas.values()):
-            if sa.state in (State.CLOSED,) or (sa.peer_id or sa.policy.peer_id) != peer_id:
-                continue
-            self._forget(sa)  # no backoff retry for this one
-            sa.drop(now, f"re-establishing: {reason}")
-            dropped += 1
-        if dropped:
-            log.info(
-                "re-establishing %d IKE SA(s) with %s: %s", dropped, id_text_or_any(peer_id), reason
-            )
-        self._retry_now()
-
-    def _peer_lost(self, sa: IkeSa) -> None:
-        """The peer answered INVALID_IKE_SPI for ``sa`` (it restarted, most likely).
-
-        Only that SA is dropped (the hint names it, and a newer SA with the same
-        peer may be fine), its policy starts again now, and the other SAs with
-        this peer are probed at once: after a restart they are all gone."""
-        if sa.state == State.CLOSED:
-            return
-        now = self.driver.now()
-        self._forget(sa)
-        sa.drop(now, "the peer does not know it (INVALID_IKE_SPI): it restarted?")
-        peer_id = sa.peer_id or sa.policy.peer_id
-        for other in list(self.endpoint.sas.values()):
-            if (
-                other is not sa
-                and other.state == State.ESTABLISHED
-                and (other.peer_id or other.policy.peer_id) == peer_id
-            ):
-                other.check_alive(now)
-        self._retry_now()
-
-    def _check_suspects(self) -> None:
-        """Start a replacement for each active SA whose probe went unanswered."""
-        loop = asyncio.get_running_loop()
-        loop.call_later(SUSPECT_CHECK_EVERY, self._check_suspects)
-        if self.driver.stopping:
-            return
-        now = self.driver.now()
-        started = False
-        for name, sa in list(self._active_sa.items()):
-            dpd = sa.policy.dpd_interval
-            if (
-                name in self._replacing
-                or sa.state != State.ESTABLISHED
-                or dpd <= 0
-                or now - sa.last_heard() < dpd + self.options.replace_after
-            ):
-                continue
-            p = (
-                next((x for x in self.config.policies if x.name == name), None)
-                if self.config is not None
-                else None
-            )
-            addresses = self._peer_addresses(p) if p is not None else []  # the peer may
-            peer = (addresses[0] if addresses else sa.peer[0], self.options.ports[0])  # move
-            try:
-                local = (
-                    (ip_address(str(p.local[0])), self.options.ports[0])
-                    if p is not None and p.local
-                    else local_address_for(peer)
-                )
-            except OSError:
-                continue  # no route to the peer: netwatch calls when there is one
-            log.info(
-                "%s: no answer for %.0f s; negotiating a replacement next to it",
-                sa.label,
-                now - sa.last_heard(),
-            )
-            # Fresh SPIs; no INITIAL_CONTACT: the other policies' SAs with this peer
-            # may be fine (RFC 7296 2.4).
-            self._replacing[name] = self.endpoint.connect(
-                sa.policy, (local[0], self.options.ports[0]), peer, now, initial_contact=False
-            )
-            started = True
-        if started:
-            self.driver.pump()
-
-    def _replacement_done(self, new: IkeSa) -> None:
-        """A replacement is up: it takes over; the old SA goes (2.8.3's reauthentication
-        order: the new SA first, then the old one is deleted)."""
-        name = new.policy.name
-        if self._replacing.get(name) is not new:
-            return
-        del self._replacing[name]
-        old = self._active_sa.get(name)
-        self._active_sa[name] = new
-        if old is None or old.state == State.CLOSED:
-            return
-        now = self.driver.now()
-        if now - old.last_heard() < old.policy.dpd_interval:
-            old.delete(now, "replaced by " + new.label)  # it answers again: tell the peer
-        else:
-            old.drop(now, "replaced by " + new.label)  # silent: the peer forgot it
-
-    def _forget(self, sa: IkeSa) -> None:
-        """Take ``sa`` out of the policy table, so that closing it starts no backoff."""
-        for table in (self._active_sa, self._replacing):
-            for name, known in list(table.items()):
-                if known is sa:
-                    del table[name]
-
-    def _retry_now(self) -> None:
-        """Policies waiting out their backoff try again now (the network changed)."""
-        for name in list(self._retry):
-            self._retry.pop(name).cancel()
-            self._backoff.pop(name, None)
-        self.start_active()
-        self.driver.pump()
+        """Forget every IKE SA with this peer and start the active policies again now."""
+        self.supervisor.reestablish(self.driver.now(), peer_id, reason)
+        self._carry_out()
 
     def network_changed(self, reason: str) -> None:
-        """netwatch: our links, addresses or routes changed (coalesced burst)."""
-        if self.driver.stopping:
+        """netwatch: our links, addresses or routes changed (coalesced burst).
+
+        The supervisor decides; this only finds, per SA, whether its local address
+        is still the way to the peer (a routing lookup and a bind: I/O)."""
+        self._sync_stopping()
+        if self.supervisor.stopping:
             return
         log.info("network changed: %s", reason)
-        now = self.driver.now()
-        moved: set = set()
+        paths: dict[bytes, PathChange] = {}
         for sa in list(self.endpoint.sas.values()):
             if sa.state == State.CLOSED:
                 continue
             try:
                 source = local_address_for(sa.peer)[0]
             except OSError:
-                continue  # no route to the peer right now: the next change will tell
+                paths[sa.our_spi] = PathChange.NO_ROUTE  # the next change will tell
+                continue
             if not address_is_ours(sa.local[0]) or (sa.initiator and source != sa.local[0]):
-                # Without MOBIKE (RFC 4555) an SA cannot move to another address:
-                # replace it from the address the kernel now uses towards the peer.
                 log.info(
                     "%s: local address %s is no longer the way to [%s] (now %s)",
                     sa.label,
@@ -655,12 +595,9 @@ class Daemon:
                     sa.peer[0],
                     source,
                 )
-                moved.add(sa.peer_id or sa.policy.peer_id)
-            else:
-                sa.check_alive(now)  # probe (or retransmit) now: is the path back?
-        for peer_id in moved:
-            self.reestablish(peer_id, "local address changed")
-        self._retry_now()
+                paths[sa.our_spi] = PathChange.MOVED
+        self.supervisor.network_changed(self.driver.now(), paths)
+        self._carry_out()
 
     async def _start_netwatch(self) -> None:
         from pyike.netwatch import NetWatch
@@ -712,13 +649,15 @@ class Daemon:
         def started() -> None:  # the driver's signal handlers are in place now
             if early_hup:
                 self.reload()
-            self.start_active()
+            # Active policies start now; byte-lifetime polls and suspect checks follow.
+            self.supervisor.start(self.driver.now())
+            self._carry_out()
             if self.options.netwatch:
                 self._netwatch_task = loop.create_task(self._start_netwatch())
 
         try:
             if dp is not None:
-                from pyike.dataplane import local_addresses_and_routes
+                from pyike.dataplane import local_addresses_and_routes, route_sources
 
                 assert self.config is not None
                 local, remote = local_addresses_and_routes(self.config.policies)
@@ -734,22 +673,20 @@ class Daemon:
 
                 try:
                     # Netlink set-up blocks (and pyroute2 runs its own loop): a thread.
-                    await asyncio.to_thread(dp.open, local, remote, family)
+                    sources = route_sources(self.config.policies)
+                    await asyncio.to_thread(dp.open, local, remote, family, sources)
                 except DataPlaneError as e:
                     raise DaemonError(str(e)) from e
                 dp.start(asyncio.get_running_loop())
-            asyncio.get_running_loop().call_later(USAGE_CHECK_INTERVAL, self._check_usage)
             if self.options.natt_keepalive > 0:
                 asyncio.get_running_loop().call_later(
                     self.options.natt_keepalive, self._send_keepalives
                 )
-            if self.options.replace_after > 0:
-                loop.call_later(SUSPECT_CHECK_EVERY, self._check_suspects)
             await self.driver.run(start=started)
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
-            for handle in self._retry.values():
-                handle.cancel()
+            if self._supervisor_timer is not None:
+                self._supervisor_timer.cancel()
             if self.netwatch is not None:
                 self.netwatch.close()  # type: ignore[attr-defined]
             if dp is not None:

@@ -126,8 +126,17 @@ class DataPlane:
 
     # ------------------------------------------------------------------ device
 
-    def open(self, local_addresses: list, remote_networks: list, outer_family: int) -> None:
+    def open(
+        self,
+        local_addresses: list,
+        remote_networks: list,
+        outer_family: int,
+        sources: dict | None = None,
+    ) -> None:
         """Create the TUN device, give it the local flow addresses and routes.
+
+        ``sources`` (see :func:`route_sources`) gives a route its own source
+        address; the others take the first local address of their family.
 
         Blocking (netlink): call it outside the event loop or in a thread, since
         pyroute2's synchronous IPRoute runs an asyncio loop of its own.
@@ -159,7 +168,7 @@ class DataPlane:
             IntegId.HMAC_SHA2_512_256,
         )
         try:
-            self._configure(local_addresses, remote_networks)
+            self._configure(local_addresses, remote_networks, sources or {})
         except (OSError, NetlinkError, DataPlaneError) as e:
             self.close()
             raise DataPlaneError(f"cannot configure {self.tun_name}: {e}") from e
@@ -171,7 +180,7 @@ class DataPlane:
             ", ".join(map(str, remote_networks)) or "none",
         )
 
-    def _configure(self, local_addresses: list, remote_networks: list) -> None:
+    def _configure(self, local_addresses: list, remote_networks: list, sources: dict) -> None:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.tun_name)[0]
             _netlink(
@@ -201,6 +210,8 @@ class DataPlane:
                 self._addresses.add((str(a), prefix))
             for net in remote_networks:
                 src = next((str(a) for a in local_addresses if a.version == net.version), None)
+                if net in sources:
+                    src = str(sources[net])
                 _netlink(
                     f"add route {net}",
                     ipr.route,
@@ -511,6 +522,20 @@ def local_addresses_and_routes(policies: list) -> tuple[list, list]:
             if dst not in remote:
                 remote.append(dst)
     return local, remote
+
+
+def route_sources(policies: list) -> dict:
+    """Each 'to' network's source address: the single-host 'from' address of the
+    (first) policy flow to it. Two policies from different inner addresses (two
+    policies of one name included) then send from their own address, which their
+    own Child SA's selectors allow."""
+    out: dict = {}
+    for p in policies:
+        for f in p.flows:
+            src, dst = ip_network(f.src), ip_network(f.dst)
+            if src.num_addresses == 1 and src.version == dst.version and dst not in out:
+                out[dst] = src.network_address
+    return out
 
 
 def attach_dataplane(daemon: object, tun_name: str = DEFAULT_TUN) -> DataPlane:

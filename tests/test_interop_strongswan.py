@@ -561,3 +561,82 @@ def _wait_charon(charon: Charon, pattern: str, timeout: float = TIMEOUT_S) -> An
             if "=>" not in line and not re.search(r"> +\d+: ", line)
         )[-3000:]
         raise HarnessError(f"{e}\n{tail}") from e
+
+
+# --- two policies of one name ----------------------------------------------------------------
+
+# A second inner pair in another /64, so that the kernel's source address choice
+# (longest common prefix, RFC 6724 rule 8) keeps each ping on its own flow.
+HOME_INNER_B, VM_INNER_B = "2001:db8:c1db::1", "2001:db8:c1db::2"
+
+
+def test_two_policies_with_one_name_get_their_own_child_sa(
+    two_hosts: TwoHosts, tmp_path: Path
+) -> None:
+    """iked accepts a name twice; so must pyike: both policies called "tun" (issue 9,
+    item 6) each negotiate their own Child SA, with their own selectors, and carry
+    their own traffic. charon has one child per flow."""
+    _need_tools()
+    home, vm = two_hosts
+    k = _keys()
+    for addr in (VM_INNER, VM_INNER_B):
+        _add_inner(vm, addr)
+    home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
+    conf = tmp_path / "home-iked.conf"
+    conf.write_text(
+        "".join(
+            f'ikev2 "tun" active esp from {local} to {remote} \\\n'
+            f"\tpeer {VM_ADDR} \\\n"
+            f"\t{GCM.pyike} \\\n"
+            f"\tsrcid {HOME_ID} dstid {VM_ID} \\\n"
+            "\tecdsa384\n"
+            for local, remote in ((HOME_INNER, VM_INNER), (HOME_INNER_B, VM_INNER_B))
+        )
+    )
+    flows = {
+        "a": (f"{VM_INNER}/128", f"{HOME_INNER}/128"),
+        "b": (f"{VM_INNER_B}/128", f"{HOME_INNER_B}/128"),
+    }
+    charon = Charon(
+        vm,
+        tmp_path / "charon",
+        name="tun",
+        local_addr=VM_ADDR,
+        remote_addr=HOME_ADDR,
+        local_id=VM_ID,
+        remote_id=HOME_ID,
+        private_key_pem=keys.private_key_pem(k.vm, pkcs8=True),
+        peer_public_pem=keys.public_key_pem(k.home.public_key()),
+        ike_proposals=GCM.charon,
+        esp_proposals=GCM.esp,
+        children=flows,
+        encap=True,
+    )
+    with charon:
+        charon.load()
+        pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
+        try:
+            pyike.wait_log(r"loaded 2 policies", timeout=TIMEOUT_S)
+            pyike.wait_log(r"created Child SA", count=2, timeout=TIMEOUT_S)
+
+            def installed() -> dict[str, tuple[list[str], list[str]]]:
+                out = {}
+                for sa in charon.list_sas():
+                    for child in sa.get("child-sas", {}).values():
+                        if child.get("state") == "INSTALLED":
+                            out[child["name"]] = (child["local-ts"], child["remote-ts"])
+                return out
+
+            wait_until(lambda: len(installed()) == 2, TIMEOUT_S, what="two Child SAs at charon")
+            got = installed()
+            assert got == {name: ([local], [remote]) for name, (local, remote) in flows.items()}
+            assert len(charon.list_sas()) == 2  # one IKE SA per policy, as iked does
+            # Each flow crosses on its own Child SA.
+            assert ping(home, VM_INNER, count=3) >= 2, pyike.log()[-3000:]
+            assert ping(home, VM_INNER_B, count=3) >= 2, pyike.log()[-3000:]
+            assert ping(vm, HOME_INNER_B, count=3) >= 2, charon.log_text()[-3000:]
+        finally:
+            pyike.stop()
+    log = pyike.log()
+    assert "policy 'tun' as initiator" in log and "policy 'tun#2' as initiator" in log
+    assert "Traceback" not in log

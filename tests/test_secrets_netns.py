@@ -1,18 +1,17 @@
 """No secret ever reaches a log line, at any verbosity.
 
 pyike <-> pyike with the guide's files, both at the highest verbosity (-vvv) and with
-``--keylog``, through IKE SA and Child SA rekeys (short lifetimes via -D macros are not
-in the guide's files: copies of them set short lifetimes). Then every secret that exists is looked for in
-both logs: each key the key logs wrote (SK_ei/er/ai/ar, ESP keys, both directions, all
-SAs), the private keys' scalars, and in several spellings (hex either case, with colons,
-Python's bytes repr, base64). Nonces and DH values are public (they travel in clear), but
-what is derived from them must not appear; the key log is the complete list of those.
+``--keylog``, through IKE SA and Child SA rekeys (copies of the guide's files set short
+lifetimes). Then every secret that exists is looked for in both logs: each key the key
+logs wrote (SK_ei/er/ai/ar, ESP keys, both directions, all SAs), the private keys'
+scalars, in several spellings (hex either case, with colons, Python's bytes repr,
+base64). Nonces and DH values are public (they travel in clear), but what is derived
+from them must not appear; the key log is the complete list of those.
 """
 
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 
 import pytest

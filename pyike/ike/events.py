@@ -9,6 +9,7 @@ back through the ``Endpoint`` API with these identifiers.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from pyike import crypto, ts
@@ -70,7 +71,8 @@ class Event:
 @dataclass(frozen=True, slots=True)
 class IkeSaEstablished(Event):
     spi: bytes  # ours: the IKE SA's name in Endpoint.sas
-    policy: str
+    policy: str  # its name, for logs
+    policy_key: Hashable | None  # which configured policy (SaPolicy.key)
     peer_id: PeerId | None
     local: Addr
     peer: Addr
@@ -82,6 +84,7 @@ class IkeSaEstablished(Event):
 class IkeSaClosed(Event):
     spi: bytes
     policy: str
+    policy_key: Hashable | None
     peer_id: PeerId | None
     reason: str
     error: bool = True  # False for an orderly DELETE or a rekey
@@ -130,6 +133,7 @@ class PeerLostSa(Event):
 
     spi: bytes
     policy: str
+    policy_key: Hashable | None
     peer_id: PeerId | None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from pyike.wire import Proposal, TrafficSelector
@@ -12,7 +12,7 @@ from pyike.wire import Proposal, TrafficSelector
 class SaPolicy:
     """What one IKE SA should negotiate: the core's view of an iked.conf policy."""
 
-    name: str
+    name: str  # for logs; two configured policies may share a name (iked accepts it)
     ike_proposals: list[Proposal]
     child_proposals: list[Proposal]
     local_id: tuple[int, bytes]
@@ -35,3 +35,6 @@ class SaPolicy:
     # Longest wait between two retransmissions (0 = none): a capped backoff finds a
     # peer that came back within this many seconds instead of up to 32 s later.
     retransmit_cap: float = 0.0
+    # Which configured policy this is (pyike.config.PolicyKey), for the driver's
+    # bookkeeping; the core only carries it.
+    key: Hashable | None = None

@@ -244,6 +244,7 @@ class IkeSa:
         return IkeSaEstablished(
             self.our_spi,
             self.policy.name,
+            self.policy.key,
             self.peer_id,
             self.local,
             self.peer,
@@ -527,7 +528,11 @@ class IkeSa:
         self.window.clear()
         level = logging.DEBUG if half_open else logging.WARNING if error else logging.INFO
         log.log(level, "%s: IKE SA closed: %s", self.label, reason)
-        self.emit(IkeSaClosed(self.our_spi, self.policy.name, self.peer_id, reason, error))
+        self.emit(
+            IkeSaClosed(
+                self.our_spi, self.policy.name, self.policy.key, self.peer_id, reason, error
+            )
+        )
 
     def successor(self, *, initiator: bool, now: float) -> IkeSa:
         """A new IKE SA with this one's policy and addresses, for a rekey (2.18)."""
@@ -586,7 +591,7 @@ class IkeSa:
                     src[0],
                     src[1],
                 )
-                self.emit(PeerLostSa(self.our_spi, self.policy.name, self.peer_id))
+                self.emit(PeerLostSa(self.our_spi, self.policy.name, self.policy.key, self.peer_id))
             else:
                 log.debug(
                     "%s: drop unprotected %s response #%d",
