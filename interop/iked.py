@@ -197,6 +197,9 @@ class Iked:
     auto_expire: bool = True
     verbose: int = 2  # -dvv: exchanges, payloads, pfkey calls; 3 adds keys and hex dumps
     standin_delay_ms: float = 0.0  # a slow "kernel": each PF_KEY reply waits this long
+    # More files under /etc/iked (relative path -> contents), e.g. ca/ca.crt,
+    # certs/<host>.crt, crls/ca.crl: written after the key layout.
+    extra_files: Mapping[str, bytes] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
     standin: subprocess.Popen[bytes] | None = field(init=False, default=None)
 
@@ -253,6 +256,9 @@ class Iked:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(exist_ok=True)
         write_key_layout(self.etc_dir, self.local_key_pem, self.peer_pubkeys)
+        for rel, data in self.extra_files.items():
+            (self.etc_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.etc_dir / rel).write_bytes(data)
         # iked refuses a config file that is not owned by root or is readable by
         # group/others (parse.y check_file_secrecy).
         self.conf_path.write_text(self.conf_text)

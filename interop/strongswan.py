@@ -45,6 +45,9 @@ PLUGINS_LIBIPSEC = (
 PLUGINS_IKE_ONLY = PLUGINS_LIBIPSEC.replace("kernel-libipsec ", "")
 # swanctl parses the key files itself before handing them to charon.
 SWANCTL_PLUGINS = "pem pkcs1 pkcs8 openssl pubkey random nonce"
+# With certificates: X.509 parsing, CRL checks (from the CRLs swanctl loads) and
+# path constraints; sha1 for the CERTREQ key identifiers.
+PLUGINS_X509 = "x509 revocation constraints sha1"
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 
@@ -100,6 +103,12 @@ class Charon:
     # Several children under one IKE SA, name -> (local_ts, remote_ts); None: the one
     # child ``child_name`` with ``local_ts``/``remote_ts``.
     children: dict[str, tuple[str, str]] | None = None
+    # Certificates (PEM): ours (then the local side authenticates with it instead of
+    # ``pubkeys``), the CAs we trust for the peer (then the remote side needs a
+    # certificate chaining to one of them instead of ``peer_public_pem``), CRLs.
+    cert_pem: bytes | None = None
+    ca_pems: tuple[bytes, ...] = ()
+    crl_pems: tuple[bytes, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -143,6 +152,8 @@ class Charon:
     # --- configuration ------------------------------------------------------------
     def strongswan_conf(self) -> str:
         plugins = PLUGINS_LIBIPSEC if self.libipsec else PLUGINS_IKE_ONLY
+        if self.uses_x509:
+            plugins = f"{PLUGINS_X509} {plugins}"
         conf = f"""\
             charon {{
                 load_modular = no
@@ -176,7 +187,7 @@ class Charon:
             {textwrap.indent(self.extra_conf, "    ")}
             }}
             swanctl {{
-                load = {SWANCTL_PLUGINS}
+                load = {SWANCTL_PLUGINS}{" x509" if self.uses_x509 else ""}
                 socket = {self.uri}
             }}
             """
@@ -195,12 +206,12 @@ class Charon:
                     local {{
                         auth = pubkey
                         id = {self.local_id}
-                        pubkeys = local.pem
+                        {"certs = local.pem" if self.cert_pem else "pubkeys = local.pem"}
                     }}
                     remote {{
                         auth = pubkey
                         id = {self.remote_id}
-                        pubkeys = peer.pem
+                        {self._remote_trust()}
                     }}
                     children {{
 {{children}}
@@ -222,6 +233,15 @@ class Charon:
             for name, (local, remote) in children.items()
         )
         return textwrap.dedent(conf.replace("{children}\n", blocks))
+
+    @property
+    def uses_x509(self) -> bool:
+        return bool(self.cert_pem or self.ca_pems)
+
+    def _remote_trust(self) -> str:
+        if self.ca_pems:
+            return "cacerts = " + ",".join(f"ca{i}.pem" for i in range(len(self.ca_pems)))
+        return "pubkeys = peer.pem"
 
     def write_config(self) -> None:
         """Write strongswan.conf, swanctl.conf and the keys under ``workdir``."""
@@ -246,6 +266,15 @@ class Charon:
         private.chmod(0o600)
         (self.swanctl_dir / "pubkey" / "local.pem").write_bytes(local_public)
         (self.swanctl_dir / "pubkey" / "peer.pem").write_bytes(self.peer_public_pem)
+        for sub, pems in (
+            ("x509", (self.cert_pem,) if self.cert_pem else ()),
+            ("x509ca", self.ca_pems),
+            ("x509crl", self.crl_pems),
+        ):
+            (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
+            for i, pem in enumerate(pems):
+                name = "local.pem" if sub == "x509" else f"{sub[4:] or 'ca'}{i}.pem"
+                (self.swanctl_dir / sub / name).write_bytes(pem)
 
     # --- lifecycle ----------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:

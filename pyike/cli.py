@@ -1,7 +1,8 @@
 """Command line: ``pyike`` (the daemon, flags as in iked(8)) and its tools.
 
     pyike [-dnStv] [-D macro=value] [-f file] [--keydir dir] [--active] ...
-    pyike keygen [--keydir dir] [--curve secp384r1] [--force]
+    pyike keygen [--keydir dir] [--type rsa|p256|p384|p521] [--force]
+    pyike ca [--cadir dir] NAME create|install|export|certificate HOST ...
     pyike decode FILE [--keylog FILE|DIR] [--hex] [--ladder] [--svg OUT] [--html OUT]
     pyike demo
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pyike import __version__
 
-SUBCOMMANDS = ("keygen", "decode", "demo")
+SUBCOMMANDS = ("keygen", "ca", "decode", "demo")
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
@@ -192,6 +193,10 @@ def run_daemon(argv: list[str]) -> int:
             print(cfg.format_policy(p))
         for w in cfg.check_policies(conf):
             print(f"pyike: warning: {w}", file=sys.stderr)
+        from pyike.authn import check_keydir
+
+        for w in check_keydir(args.keydir, [p for p in conf.policies if not p.skip]):
+            print(f"pyike: warning: {w}", file=sys.stderr)
         print("configuration OK", file=sys.stderr)
         return 0
     try:
@@ -245,17 +250,27 @@ def run_daemon(argv: list[str]) -> int:
 def run_keygen(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="pyike keygen",
-        description="Create an ECDSA key pair in iked's layout (private/local.key and local.pub).",
+        description="Create a key pair in iked's layout (private/local.key and local.pub).",
     )
     p.add_argument("--keydir", type=Path, default=Path("/etc/iked"))
+    p.add_argument(
+        "--type",
+        dest="key_type",
+        default=None,
+        choices=["rsa", "p256", "p384", "p521"],
+        help="key type (default p384); rsa is RSA-2048 unless --bits says otherwise",
+    )
+    p.add_argument("--bits", type=int, default=2048, help="RSA key size (at least 2048)")
     p.add_argument("--curve", default="secp384r1", choices=["secp256r1", "secp384r1", "secp521r1"])
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
     args = p.parse_args(argv)
     from pyike import keys
 
     try:
-        written = keys.keygen(args.keydir, args.curve, args.force)
-    except keys.KeyFileError as e:
+        written = keys.keygen(
+            args.keydir, args.curve, args.force, key_type=args.key_type, rsa_bits=args.bits
+        )
+    except (keys.KeyFileError, ValueError) as e:
         print(f"pyike keygen: {e}", file=sys.stderr)
         return 1
     for path in written:
@@ -264,6 +279,62 @@ def run_keygen(argv: list[str]) -> int:
         "Give local.pub to your peer as pubkeys/fqdn/<your srcid> in its key directory.",
         file=sys.stderr,
     )
+    return 0
+
+
+CA_USAGE = """\
+pyike ca [--cadir /etc/ssl] [--type rsa|p256|p384|p521] NAME COMMAND ...
+  NAME create [password PASSWORD]        a new CA in CADIR/NAME (as ikectl ca NAME create)
+  NAME install [KEYDIR]                  ca/ca.crt and crls/ca.crl into KEYDIR (/etc/iked)
+  NAME export                            ca.tgz here: the CA certificate and CRL
+  NAME certificate HOST create [--days N] [server|client]
+                                         key and certificate for HOST (an FQDN, an IP
+                                         address or user@domain: its subjectAltName)
+  NAME certificate HOST install [KEYDIR] private/local.key, local.pub, certs/HOST.crt
+  NAME certificate HOST export           HOST.tgz here, for tar -C /etc/iked -xzpf
+  NAME certificate HOST revoke           revoke it and re-issue ca.crl"""
+
+
+def run_ca(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pyike ca", usage=CA_USAGE, add_help=True)
+    p.add_argument("--cadir", type=Path, default=Path("/etc/ssl"))
+    p.add_argument(
+        "--type", dest="key_type", default="rsa", choices=["rsa", "p256", "p384", "p521"]
+    )
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("words", nargs="+")
+    args = p.parse_args(argv)
+    from pyike.ca import Ca, CaError
+
+    w = args.words
+    ca = Ca(w[0], args.cadir)
+    try:
+        match w[1:]:
+            case ["create", *rest]:
+                password = rest[1] if len(rest) == 2 and rest[0] == "password" else None
+                if rest and password is None:
+                    p.error(f"unexpected {' '.join(rest)!r} after create")
+                print(ca.create(password=password, key_type=args.key_type))
+            case ["install", *rest] if len(rest) <= 1:
+                for path in ca.install(Path(rest[0]) if rest else Path("/etc/iked")):
+                    print(path)
+            case ["export"]:
+                print(ca.export(None))
+            case ["certificate", host, "create", *rest] if rest in ([], ["server"], ["client"]):
+                usage = rest[0] if rest else "both"
+                print(ca.certificate(host, days=args.days, key_type=args.key_type, usage=usage))
+            case ["certificate", host, "install", *rest] if len(rest) <= 1:
+                for path in ca.install_host(host, Path(rest[0]) if rest else Path("/etc/iked")):
+                    print(path)
+            case ["certificate", host, "export"]:
+                print(ca.export(host))
+            case ["certificate", host, "revoke"]:
+                print(ca.revoke(host))
+            case _:
+                p.error(f"unknown command: {' '.join(w)}")
+    except (CaError, OSError) as e:
+        print(f"pyike ca: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -383,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
-        return {"keygen": run_keygen, "decode": run_decode, "demo": run_demo}[cmd](rest)
+        commands = {"keygen": run_keygen, "ca": run_ca, "decode": run_decode, "demo": run_demo}
+        return commands[cmd](rest)
     return run_daemon(argv)
 
 

@@ -33,6 +33,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
 
+from pyike import algorithms
+from pyike.algorithms import (  # noqa: F401 (kept importable from here)
+    DH_BRAINPOOL_P224R1,
+    DH_BRAINPOOL_P256R1,
+    DH_BRAINPOOL_P384R1,
+    DH_BRAINPOOL_P512R1,
+    DH_ECP_192,
+    DH_ECP_224,
+    DH_SNTRUP761X25519,
+    ENCR_BLOWFISH,
+    ENCR_CAST,
+)
 from pyike.registry import (
     CfgAttr,
     DhId,
@@ -54,17 +66,6 @@ Platform = Literal["openbsd", "linux"]
 # A transform as configured: (type, transform id, key length in bits or None).
 TransformSpec = tuple[TransformType, int, int | None]
 
-# Numbers iked.conf(5) accepts that pyike.registry does not list (defined here
-# rather than editing the shared registry).
-ENCR_CAST = 6  # IANA IKEv2 Transform Type 1, ENCR_CAST (RFC 2144)
-ENCR_BLOWFISH = 7  # IANA IKEv2 Transform Type 1, ENCR_BLOWFISH
-DH_ECP_192 = 25  # RFC 5114 section 3.2
-DH_ECP_224 = 26  # RFC 5114 section 3.2
-DH_BRAINPOOL_P224R1 = 27  # RFC 6954
-DH_BRAINPOOL_P256R1 = 28  # RFC 6954
-DH_BRAINPOOL_P384R1 = 29  # RFC 6954
-DH_BRAINPOOL_P512R1 = 30  # RFC 6954
-DH_SNTRUP761X25519 = 1035  # OpenIKED private-use number (hybrid PQ key exchange)
 CFG_INTERNAL_IP6_NBNS = 11  # RFC 4306 section 3.15.1 (reserved by RFC 7296)
 CFG_INTERNAL_IP4_SERVER = 23456  # MS-IKEE private use, iked's "access-server"
 CFG_INTERNAL_IP6_SERVER = 23457  # MS-IKEE private use, iked's "access-server"
@@ -279,6 +280,9 @@ def policy_keys(policies: Sequence[Policy]) -> list[PolicyKey]:
 # ---------------------------------------------------------------------------
 # Transform, protocol and service tables (iked parse.y order: the order
 # matters, because iked accepts any prefix of a name and takes the first match)
+#
+# The transform names come from pyike.algorithms, the one table that also says
+# what pyike can serve; a configured transform it cannot serve is refused here.
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,99 +292,29 @@ class _Xf:
     length: int = 0  # iked's "length" column in bytes, used when printing
     key_bits: int | None = None  # Key Length attribute (RFC 7296 3.3.5)
     aead: bool = False  # integrity is implicit (RFC 5282, RFC 7634)
+    ike: bool = True  # pyike can serve it for an IKE SA (pyike.algorithms)
+    esp: bool = True  # ... for a Child SA
 
 
-_ENC_IKE: tuple[_Xf, ...] = (
-    _Xf("3des", EncrId.DES3, 24),
-    _Xf("3des-cbc", EncrId.DES3, 24),
-    _Xf("aes-128", EncrId.AES_CBC, 16, 128),
-    _Xf("aes-192", EncrId.AES_CBC, 24, 192),
-    _Xf("aes-256", EncrId.AES_CBC, 32, 256),
-    _Xf("aes-128-gcm", EncrId.AES_GCM_16, 16, 128, True),
-    _Xf("aes-256-gcm", EncrId.AES_GCM_16, 32, 256, True),
-    _Xf("aes-128-gcm-12", EncrId.AES_GCM_12, 16, 128, True),
-    _Xf("aes-256-gcm-12", EncrId.AES_GCM_12, 32, 256, True),
-)
+def _xfs(rows: Sequence[algorithms.EncrAlg | algorithms.IntegAlg | algorithms.PrfAlg
+                        | algorithms.GroupAlg]) -> tuple[_Xf, ...]:  # fmt: skip
+    out: list[_Xf] = []
+    for row in rows:
+        for name in row.names:
+            if isinstance(row, algorithms.EncrAlg):
+                out.append(_Xf(name, row.id, row.iked_length, row.key_bits, row.aead,
+                               row.ike, row.esp))  # fmt: skip
+            else:
+                use_ike, use_esp = row.serves(algorithms.Use.IKE), row.serves(algorithms.Use.ESP)
+                out.append(_Xf(name, row.id, ike=use_ike, esp=use_esp))
+    return tuple(out)
 
-_ENC_ESP: tuple[_Xf, ...] = (
-    _Xf("3des", EncrId.DES3, 24),
-    _Xf("3des-cbc", EncrId.DES3, 24),
-    _Xf("aes-128", EncrId.AES_CBC, 16, 128),
-    _Xf("aes-192", EncrId.AES_CBC, 24, 192),
-    _Xf("aes-256", EncrId.AES_CBC, 32, 256),
-    _Xf("aes-128-ctr", EncrId.AES_CTR, 16, 128),
-    _Xf("aes-192-ctr", EncrId.AES_CTR, 24, 192),
-    _Xf("aes-256-ctr", EncrId.AES_CTR, 32, 256),
-    _Xf("aes-128-gcm", EncrId.AES_GCM_16, 16, 128, True),
-    _Xf("aes-192-gcm", EncrId.AES_GCM_16, 24, 192, True),
-    _Xf("aes-256-gcm", EncrId.AES_GCM_16, 32, 256, True),
-    _Xf("aes-128-gmac", EncrId.NULL_AUTH_AES_GMAC, 16, 128, True),
-    _Xf("aes-192-gmac", EncrId.NULL_AUTH_AES_GMAC, 24, 192, True),
-    _Xf("aes-256-gmac", EncrId.NULL_AUTH_AES_GMAC, 32, 256, True),
-    _Xf("blowfish", ENCR_BLOWFISH, 20, 160),
-    _Xf("cast", ENCR_CAST, 16, 128),
-    # pyike: RFC 7634 section 2 forbids a Key Length attribute for
-    # ChaCha20-Poly1305; iked sends 256 anyway.
-    _Xf("chacha20-poly1305", EncrId.CHACHA20_POLY1305, 32, None, True),
-    _Xf("null", EncrId.NULL, 0),
-)
 
-_AUTH: tuple[_Xf, ...] = (
-    _Xf("hmac-md5", IntegId.HMAC_MD5_96),
-    _Xf("hmac-sha1", IntegId.HMAC_SHA1_96),
-    _Xf("hmac-sha2-256", IntegId.HMAC_SHA2_256_128),
-    _Xf("hmac-sha2-384", IntegId.HMAC_SHA2_384_192),
-    _Xf("hmac-sha2-512", IntegId.HMAC_SHA2_512_256),
-)
-
-_PRF: tuple[_Xf, ...] = (
-    _Xf("hmac-md5", PrfId.HMAC_MD5),
-    _Xf("hmac-sha1", PrfId.HMAC_SHA1),
-    _Xf("hmac-sha2-256", PrfId.HMAC_SHA2_256),
-    _Xf("hmac-sha2-384", PrfId.HMAC_SHA2_384),
-    _Xf("hmac-sha2-512", PrfId.HMAC_SHA2_512),
-)
-
-_GROUP: tuple[_Xf, ...] = (
-    _Xf("none", DhId.NONE),
-    _Xf("modp768", DhId.MODP_768),
-    _Xf("grp1", DhId.MODP_768),
-    _Xf("modp1024", DhId.MODP_1024),
-    _Xf("grp2", DhId.MODP_1024),
-    _Xf("modp1536", DhId.MODP_1536),
-    _Xf("grp5", DhId.MODP_1536),
-    _Xf("modp2048", DhId.MODP_2048),
-    _Xf("grp14", DhId.MODP_2048),
-    _Xf("modp3072", DhId.MODP_3072),
-    _Xf("grp15", DhId.MODP_3072),
-    _Xf("modp4096", DhId.MODP_4096),
-    _Xf("grp16", DhId.MODP_4096),
-    _Xf("modp6144", DhId.MODP_6144),
-    _Xf("grp17", DhId.MODP_6144),
-    _Xf("modp8192", DhId.MODP_8192),
-    _Xf("grp18", DhId.MODP_8192),
-    _Xf("ecp256", DhId.ECP_256),
-    _Xf("grp19", DhId.ECP_256),
-    _Xf("ecp384", DhId.ECP_384),
-    _Xf("grp20", DhId.ECP_384),
-    _Xf("ecp521", DhId.ECP_521),
-    _Xf("grp21", DhId.ECP_521),
-    _Xf("ecp192", DH_ECP_192),
-    _Xf("grp25", DH_ECP_192),
-    _Xf("ecp224", DH_ECP_224),
-    _Xf("grp26", DH_ECP_224),
-    _Xf("brainpool224", DH_BRAINPOOL_P224R1),
-    _Xf("grp27", DH_BRAINPOOL_P224R1),
-    _Xf("brainpool256", DH_BRAINPOOL_P256R1),
-    _Xf("grp28", DH_BRAINPOOL_P256R1),
-    _Xf("brainpool384", DH_BRAINPOOL_P384R1),
-    _Xf("grp29", DH_BRAINPOOL_P384R1),
-    _Xf("brainpool512", DH_BRAINPOOL_P512R1),
-    _Xf("grp30", DH_BRAINPOOL_P512R1),
-    _Xf("curve25519", DhId.CURVE25519),
-    _Xf("grp31", DhId.CURVE25519),
-    _Xf("sntrup761x25519", DH_SNTRUP761X25519),
-)
+_ENC_IKE = _xfs([r for r in algorithms.ENCRS if r.in_ikesa])
+_ENC_ESP = _xfs([r for r in algorithms.ENCRS if r.in_childsa])
+_AUTH = _xfs([r for r in algorithms.INTEGS if r.names])
+_PRF = _xfs([r for r in algorithms.PRFS if r.names])
+_GROUP = _xfs([r for r in algorithms.GROUPS if r.names])
 
 _ESN: tuple[_Xf, ...] = (_Xf("esn", EsnId.ESN), _Xf("noesn", EsnId.NO_ESN))
 
@@ -1111,6 +1045,7 @@ class _State:
     resolver: Resolver
     hostname: Callable[[], str]
     platform: Platform
+    refuse_unservable: bool = True
     options: GlobalOptions = field(default_factory=GlobalOptions)
     policies: list[Policy] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
@@ -1948,6 +1883,7 @@ class _PolicyBuilder:
         for xf in sa.transforms:
             if xf.kind == "enc":
                 found = self.enc(xf, ike)
+                self.served(xf, found, _ENC_IKE if ike else _ENC_ESP, ike, "encryption")
                 given.setdefault(_ENCR, []).append(_t(_ENCR, found.id, found.key_bits))
                 if found.aead:
                     aead += 1
@@ -1955,17 +1891,21 @@ class _PolicyBuilder:
                     plain += 1
             elif xf.kind == "auth":
                 found = self.find(xf, _AUTH, "authentication")
+                self.served(xf, found, _AUTH, ike, "authentication")
                 has_auth = True
                 given.setdefault(_INTEG, []).append(_t(_INTEG, found.id))
             elif xf.kind == "prf":
                 found = self.find(xf, _PRF, "prf")
                 if not ike:
                     self.state.warn(xf.pos, "prf has no meaning in childsa and is ignored")
+                else:
+                    self.served(xf, found, _PRF, ike, "prf")
                 given.setdefault(_PRFT, []).append(_t(_PRFT, found.id))
             elif xf.kind == "group":
                 found = self.find(xf, _GROUP, "group")
                 if ike and found.id == DhId.NONE:
                     _fail(xf.pos, 'IKE group can not be "none"')
+                self.served(xf, found, _GROUP, ike, "group")
                 given.setdefault(_DH, []).append(_t(_DH, found.id))
             else:
                 if ike:
@@ -1985,6 +1925,20 @@ class _PolicyBuilder:
                 'drop "auth" from a proposal with an AEAD cipher',
             )
         return given, aead, plain + (1 if has_auth else 0)
+
+    def served(self, xf: _XfAst, found: _Xf, table: Sequence[_Xf], ike: bool, what: str) -> None:
+        """pyike: refuse what pyike cannot serve where it is written, rather than offer it
+        and fail once a peer accepts it (iked.conf(5) names more than pyike implements)."""
+        if not self.state.refuse_unservable or (found.ike if ike else found.esp):
+            return
+        where = "ikesa" if ike else "childsa"
+        usable = [x.name for x in table if (x.ike if ike else x.esp) and x.name != "none"]
+        usable = [n for n in usable if not re.fullmatch(r"grp\d+", n)]
+        _fail(
+            xf.pos,
+            f'pyike cannot serve {what} transform "{found.name}" in {where} '
+            f"(pyike serves {', '.join(usable)})",
+        )
 
     def find(self, xf: _XfAst, table: Sequence[_Xf], what: str) -> _Xf:
         found = _prefix_match(xf.word, table)
@@ -2142,6 +2096,7 @@ def _new_state(
     resolver: Resolver | None,
     hostname: Callable[[], str] | None,
     platform: Platform,
+    refuse_unservable: bool = True,
 ) -> _State:
     if platform not in ("openbsd", "linux"):
         raise ValueError(f"platform must be 'openbsd' or 'linux', not {platform!r}")
@@ -2150,6 +2105,7 @@ def _new_state(
         resolver=resolver or _default_resolver,
         hostname=hostname or socket.gethostname,
         platform=platform,
+        refuse_unservable=refuse_unservable,
     )
 
 
@@ -2160,12 +2116,15 @@ def parse_config(
     resolver: Resolver | None = None,
     hostname: Callable[[], str] | None = None,
     platform: Platform = "openbsd",
+    refuse_unservable: bool = True,
 ) -> Config:
     """Parse iked.conf text.  ``macros`` are ``-D`` definitions (they win).
 
-    Raises ConfigError listing every error found (file:line:col: message).
+    Raises ConfigError listing every error found (file:line:col: message). A transform
+    pyike cannot serve (pyike.algorithms) is such an error unless ``refuse_unservable``
+    is False, which parses exactly what iked accepts (to compare with ``iked -n``).
     """
-    state = _new_state(macros, resolver, hostname, platform)
+    state = _new_state(macros, resolver, hostname, platform, refuse_unservable)
     _parse_text(text, filename, state)
     return _finish(state)
 
@@ -2176,9 +2135,10 @@ def load_config(
     resolver: Resolver | None = None,
     hostname: Callable[[], str] | None = None,
     platform: Platform = "openbsd",
+    refuse_unservable: bool = True,
 ) -> Config:
-    """Read and parse an iked.conf file (and the files it includes)."""
-    state = _new_state(macros, resolver, hostname, platform)
+    """Read and parse an iked.conf file (and the files it includes); see parse_config."""
+    state = _new_state(macros, resolver, hostname, platform, refuse_unservable)
     try:
         text = _read_config_file(path, None, state)
     except _ParseError as exc:

@@ -1,8 +1,10 @@
 """IKEv2 cryptography: PRFs, key derivation, Diffie-Hellman, SK payload protection, AUTH.
 
-Every primitive (HMAC, hashes, AES-GCM, AES-CBC, ECDH, X25519, MODP DH, ECDSA,
-Ed25519) comes from the ``cryptography`` package; this module only writes the
-IKEv2 constructions around them:
+Every primitive (HMAC, hashes, AES-GCM, ChaCha20-Poly1305, AES-CBC, ECDH, X25519,
+ECDSA, Ed25519) comes from the ``cryptography`` package, except MODP Diffie-Hellman,
+which is modular exponentiation with Python integers (the library deprecates its
+finite-field DH). Which transform has which sizes and constructor is read from
+``pyike.algorithms``. This module writes the IKEv2 constructions around them:
 
 ==========================  ====================================================
 What                        Where (RFC)
@@ -10,12 +12,13 @@ What                        Where (RFC)
 prf, prf+                   ``prf``, ``prf_plus`` (RFC 7296 2.13, RFC 4868)
 SKEYSEED and SK_*           ``derive_ike_keys`` (RFC 7296 2.14, rekey 2.18)
 child SA KEYMAT             ``derive_child_keys`` (RFC 7296 2.17)
-key lengths                 ``encr_keymat_length`` (GCM salt: RFC 4106 8.1 /
-                            RFC 5282 7.1), ``integ_key_length`` (RFC 4868 2.1)
+key lengths                 ``encr_keymat_length`` (AEAD salt: RFC 4106 8.1 /
+                            RFC 5282 7.1 / RFC 7634 3), ``integ_key_length``
+                            (RFC 4868 2.1)
 Diffie-Hellman              ``dh_generate``, ``dh_from_private``, ``DhPrivate``
                             (RFC 7296 3.4, RFC 5903, RFC 7748, RFC 8031,
-                            RFC 3526, RFC 6989)
-SK payload encrypt/decrypt  ``SkCipher`` (RFC 7296 3.14, RFC 5282)
+                            RFC 3526, RFC 6989, NIST SP 800-56A)
+SK payload encrypt/decrypt  ``SkCipher`` (RFC 7296 3.14, RFC 5282, RFC 7634)
 AUTH payload                ``auth_octets``, ``sign_auth``, ``verify_auth``,
                             ``psk_auth`` (RFC 7296 2.15, RFC 4754, RFC 7427,
                             RFC 8420)
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cache
@@ -39,14 +43,14 @@ from hmac import compare_digest
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.asymmetric import dh, ec, ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, modes
 
+from pyike import algorithms
 from pyike.registry import AuthMethod, DhId, EncrId, HashAlgorithm, IntegId, PrfId
 
 __all__ = [
@@ -111,35 +115,28 @@ class AuthenticationError(CryptoError):
 
 # --------------------------------------------------------------------------- PRF
 
-# RFC 7296 3.3.2 / RFC 4868 2.1: every PRF we support is an HMAC.
-_PRF_HASHES: dict[int, type[hashes.HashAlgorithm]] = {
-    PrfId.HMAC_SHA1: hashes.SHA1,
-    PrfId.HMAC_SHA2_256: hashes.SHA256,
-    PrfId.HMAC_SHA2_384: hashes.SHA384,
-    PrfId.HMAC_SHA2_512: hashes.SHA512,
-}
-
 # RFC 7296 2.13: prf+ counts iterations in one octet.
 _PRF_PLUS_MAX_ITERATIONS = 255
 
 
-def _prf_hash(alg: int) -> type[hashes.HashAlgorithm]:
-    try:
-        return _PRF_HASHES[alg]
-    except KeyError:
-        raise UnsupportedAlgorithm(f"PRF {PrfId.name_of(alg)} not supported") from None
+def _prf(alg: int) -> algorithms.PrfAlg:
+    # RFC 7296 3.3.2 / RFC 4868 2.1: every PRF pyike serves is an HMAC (algorithms.PRFS).
+    row = algorithms.prf(alg)
+    if row is None or row.hash is None:
+        raise UnsupportedAlgorithm(f"PRF {PrfId.name_of(alg)} not supported")
+    return row
 
 
 def prf(alg: PrfId, key: bytes, data: bytes) -> bytes:
     """prf(K, S) of RFC 7296 2.13: HMAC with the negotiated hash, full output."""
-    mac = crypto_hmac.HMAC(key, _prf_hash(alg)())
+    mac = _prf(alg).new_prf(key)
     mac.update(data)
     return mac.finalize()
 
 
 def prf_output_length(alg: PrfId) -> int:
     """Output length in octets; also the "preferred key length" of RFC 7296 2.14."""
-    return _prf_hash(alg)().digest_size
+    return _prf(alg).output_len
 
 
 def prf_plus(alg: PrfId, key: bytes, seed: bytes, length: int) -> bytes:
@@ -166,70 +163,60 @@ def prf_plus(alg: PrfId, key: bytes, seed: bytes, length: int) -> bytes:
 
 # --------------------------------------------------------------------------- transforms
 
-_AES_KEY_BITS = frozenset({128, 192, 256})
-# RFC 4106 8.1 and RFC 5282 7.1: AES-GCM key material is the AES key followed by
-# a 4-octet salt that becomes the implicit part of the nonce.
-_GCM_SALT_LEN = 4
-_GCM_EXPLICIT_IV_LEN = 8  # RFC 5282 3.1
-_GCM_ICV_LEN = 16  # AES-GCM-16 (RFC 5282 8)
-_AEAD_ENCRS = frozenset({EncrId.AES_GCM_8, EncrId.AES_GCM_12, EncrId.AES_GCM_16})
+# Sizes and constructors come from the one table, pyike.algorithms.
 
-# RFC 4868 2.1 (key = full hash output, ICV = half) and RFC 2404 (SHA-1, 96 bits).
-_INTEG: dict[int, tuple[type[hashes.HashAlgorithm], int, int]] = {
-    # integ id: (hash, key length, ICV length)
-    IntegId.HMAC_SHA1_96: (hashes.SHA1, 20, 12),
-    IntegId.HMAC_SHA2_256_128: (hashes.SHA256, 32, 16),
-    IntegId.HMAC_SHA2_384_192: (hashes.SHA384, 48, 24),
-    IntegId.HMAC_SHA2_512_256: (hashes.SHA512, 64, 32),
-}
+
+def _encr(encr: int, key_bits: int, use: algorithms.Use | None = None) -> algorithms.EncrAlg:
+    """The table row of a transform pyike serves for `use` (None: IKE or ESP)."""
+    row = algorithms.encr(encr, key_bits)
+    if row is None or not (row.serves(use) if use else row.ike or row.esp):
+        bits = f" with {key_bits}-bit key" if key_bits else ""
+        raise UnsupportedAlgorithm(f"encryption {EncrId.name_of(encr)}{bits} not supported")
+    return row
 
 
 def is_aead(encr: EncrId) -> bool:
     """True for combined-mode ciphers, which take no separate integrity transform."""
-    return encr in _AEAD_ENCRS
+    return any(row.aead for row in algorithms.ENCRS if row.id == encr)
 
 
 def encr_keymat_length(encr: EncrId, key_bits: int) -> int:
-    """Octets of key material an ENCR transform consumes (GCM: key + 4-octet salt)."""
-    if encr == EncrId.AES_CBC or encr in _AEAD_ENCRS:
-        if key_bits not in _AES_KEY_BITS:
-            raise UnsupportedAlgorithm(f"{EncrId.name_of(encr)} with {key_bits}-bit key")
-        salt = _GCM_SALT_LEN if encr in _AEAD_ENCRS else 0
-        return key_bits // 8 + salt
-    raise UnsupportedAlgorithm(f"encryption {EncrId.name_of(encr)} not supported")
+    """Octets of key material an ENCR transform consumes (AEADs: key + 4-octet salt,
+    RFC 5282 7.1, RFC 7634 3)."""
+    return _encr(encr, key_bits).keymat_len
 
 
-def _integ(integ: int) -> tuple[type[hashes.HashAlgorithm], int, int]:
-    try:
-        return _INTEG[integ]
-    except KeyError:
-        raise UnsupportedAlgorithm(f"integrity {IntegId.name_of(integ)} not supported") from None
+def _integ(integ: int) -> algorithms.IntegAlg:
+    row = algorithms.integ(integ)
+    if row is None or row.hash is None:
+        raise UnsupportedAlgorithm(f"integrity {IntegId.name_of(integ)} not supported")
+    return row
 
 
 def integ_key_length(integ: IntegId) -> int:
     """Key length of an INTEG transform in octets (0 for NONE, used with AEAD)."""
     if integ == IntegId.NONE:
         return 0
-    return _integ(integ)[1]
+    return _integ(integ).key_len
 
 
 def integ_icv_length(integ: IntegId) -> int:
     """ICV (truncated MAC) length of an INTEG transform in octets."""
     if integ == IntegId.NONE:
         return 0
-    return _integ(integ)[2]
+    return _integ(integ).icv_len
 
 
 def integ_mac(integ: IntegId, key: bytes, data: bytes) -> bytes:
     """The truncated HMAC of an INTEG transform (RFC 4868 2.1, RFC 2404)."""
-    hash_cls, _, icv_len = _integ(integ)
-    mac = crypto_hmac.HMAC(key, hash_cls())
+    row = _integ(integ)
+    mac = row.new_mac(key)
     mac.update(data)
-    return mac.finalize()[:icv_len]
+    return mac.finalize()[: row.icv_len]
 
 
-def _check_suite(encr: EncrId, key_bits: int, integ: IntegId) -> None:
-    encr_keymat_length(encr, key_bits)
+def _check_suite(encr: EncrId, key_bits: int, integ: IntegId, use: algorithms.Use) -> None:
+    _encr(encr, key_bits, use)
     if is_aead(encr):
         if integ != IntegId.NONE:
             # RFC 7296 3.3: a combined-mode cipher is proposed without INTEG.
@@ -298,7 +285,7 @@ def derive_ike_keys(
     """
     if old_prf is not None and old_sk_d is None:
         raise CryptoError("old_prf given without old_sk_d")
-    _check_suite(encr, key_bits, integ)
+    _check_suite(encr, key_bits, integ, algorithms.Use.IKE)
     if old_sk_d is None:
         skeyseed = prf(prf_alg, ni + nr, shared_secret)
     else:
@@ -327,7 +314,7 @@ def derive_child_keys(
     Keys are taken in the order encr_i, integ_i, encr_r, integ_r: all keys for
     initiator-to-responder traffic first, encryption before integrity.
     """
-    _check_suite(encr, key_bits, integ)
+    _check_suite(encr, key_bits, integ, algorithms.Use.ESP)
     seed = (shared_secret or b"") + ni + nr
     e_len = encr_keymat_length(encr, key_bits)
     a_len = integ_key_length(integ)
@@ -339,7 +326,7 @@ def derive_child_keys(
 # --------------------------------------------------------------------------- Diffie-Hellman
 
 # MODP primes, all with generator 2: group 2 from RFC 2409 6.2, groups 5, 14,
-# 15, 16 from RFC 3526 sections 2, 3, 4, 5.
+# 15, 16, 17, 18 from RFC 3526 sections 2 to 7.
 _MODP_PRIMES_HEX: dict[int, str] = {
     DhId.MODP_1024: """
         FFFFFFFF FFFFFFFF C90FDAA2 2168C234 C4C6628B 80DC1CD1
@@ -409,8 +396,99 @@ _MODP_PRIMES_HEX: dict[int, str] = {
         1F612970 CEE2D7AF B81BDD76 2170481C D0069127 D5B05AA9
         93B4EA98 8D8FDDC1 86FFB7DC 90A6C08F 4DF435C9 34063199
         FFFFFFFF FFFFFFFF""",
+    DhId.MODP_6144: """
+        FFFFFFFF FFFFFFFF C90FDAA2 2168C234 C4C6628B 80DC1CD1
+        29024E08 8A67CC74 020BBEA6 3B139B22 514A0879 8E3404DD
+        EF9519B3 CD3A431B 302B0A6D F25F1437 4FE1356D 6D51C245
+        E485B576 625E7EC6 F44C42E9 A637ED6B 0BFF5CB6 F406B7ED
+        EE386BFB 5A899FA5 AE9F2411 7C4B1FE6 49286651 ECE45B3D
+        C2007CB8 A163BF05 98DA4836 1C55D39A 69163FA8 FD24CF5F
+        83655D23 DCA3AD96 1C62F356 208552BB 9ED52907 7096966D
+        670C354E 4ABC9804 F1746C08 CA18217C 32905E46 2E36CE3B
+        E39E772C 180E8603 9B2783A2 EC07A28F B5C55DF0 6F4C52C9
+        DE2BCBF6 95581718 3995497C EA956AE5 15D22618 98FA0510
+        15728E5A 8AAAC42D AD33170D 04507A33 A85521AB DF1CBA64
+        ECFB8504 58DBEF0A 8AEA7157 5D060C7D B3970F85 A6E1E4C7
+        ABF5AE8C DB0933D7 1E8C94E0 4A25619D CEE3D226 1AD2EE6B
+        F12FFA06 D98A0864 D8760273 3EC86A64 521F2B18 177B200C
+        BBE11757 7A615D6C 770988C0 BAD946E2 08E24FA0 74E5AB31
+        43DB5BFC E0FD108E 4B82D120 A9210801 1A723C12 A787E6D7
+        88719A10 BDBA5B26 99C32718 6AF4E23C 1A946834 B6150BDA
+        2583E9CA 2AD44CE8 DBBBC2DB 04DE8EF9 2E8EFC14 1FBECAA6
+        287C5947 4E6BC05D 99B2964F A090C3A2 233BA186 515BE7ED
+        1F612970 CEE2D7AF B81BDD76 2170481C D0069127 D5B05AA9
+        93B4EA98 8D8FDDC1 86FFB7DC 90A6C08F 4DF435C9 34028492
+        36C3FAB4 D27C7026 C1D4DCB2 602646DE C9751E76 3DBA37BD
+        F8FF9406 AD9E530E E5DB382F 413001AE B06A53ED 9027D831
+        179727B0 865A8918 DA3EDBEB CF9B14ED 44CE6CBA CED4BB1B
+        DB7F1447 E6CC254B 33205151 2BD7AF42 6FB8F401 378CD2BF
+        5983CA01 C64B92EC F032EA15 D1721D03 F482D7CE 6E74FEF6
+        D55E702F 46980C82 B5A84031 900B1C9E 59E7C97F BEC7E8F3
+        23A97A7E 36CC88BE 0F1D45B7 FF585AC5 4BD407B2 2B4154AA
+        CC8F6D7E BF48E1D8 14CC5ED2 0F8037E0 A79715EE F29BE328
+        06A1D58B B7C5DA76 F550AA3D 8A1FBFF0 EB19CCB1 A313D55C
+        DA56C9EC 2EF29632 387FE8D7 6E3C0468 043E8F66 3F4860EE
+        12BF2D5B 0B7474D6 E694F91E 6DCC4024 FFFFFFFF FFFFFFFF""",
+    DhId.MODP_8192: """
+        FFFFFFFF FFFFFFFF C90FDAA2 2168C234 C4C6628B 80DC1CD1
+        29024E08 8A67CC74 020BBEA6 3B139B22 514A0879 8E3404DD
+        EF9519B3 CD3A431B 302B0A6D F25F1437 4FE1356D 6D51C245
+        E485B576 625E7EC6 F44C42E9 A637ED6B 0BFF5CB6 F406B7ED
+        EE386BFB 5A899FA5 AE9F2411 7C4B1FE6 49286651 ECE45B3D
+        C2007CB8 A163BF05 98DA4836 1C55D39A 69163FA8 FD24CF5F
+        83655D23 DCA3AD96 1C62F356 208552BB 9ED52907 7096966D
+        670C354E 4ABC9804 F1746C08 CA18217C 32905E46 2E36CE3B
+        E39E772C 180E8603 9B2783A2 EC07A28F B5C55DF0 6F4C52C9
+        DE2BCBF6 95581718 3995497C EA956AE5 15D22618 98FA0510
+        15728E5A 8AAAC42D AD33170D 04507A33 A85521AB DF1CBA64
+        ECFB8504 58DBEF0A 8AEA7157 5D060C7D B3970F85 A6E1E4C7
+        ABF5AE8C DB0933D7 1E8C94E0 4A25619D CEE3D226 1AD2EE6B
+        F12FFA06 D98A0864 D8760273 3EC86A64 521F2B18 177B200C
+        BBE11757 7A615D6C 770988C0 BAD946E2 08E24FA0 74E5AB31
+        43DB5BFC E0FD108E 4B82D120 A9210801 1A723C12 A787E6D7
+        88719A10 BDBA5B26 99C32718 6AF4E23C 1A946834 B6150BDA
+        2583E9CA 2AD44CE8 DBBBC2DB 04DE8EF9 2E8EFC14 1FBECAA6
+        287C5947 4E6BC05D 99B2964F A090C3A2 233BA186 515BE7ED
+        1F612970 CEE2D7AF B81BDD76 2170481C D0069127 D5B05AA9
+        93B4EA98 8D8FDDC1 86FFB7DC 90A6C08F 4DF435C9 34028492
+        36C3FAB4 D27C7026 C1D4DCB2 602646DE C9751E76 3DBA37BD
+        F8FF9406 AD9E530E E5DB382F 413001AE B06A53ED 9027D831
+        179727B0 865A8918 DA3EDBEB CF9B14ED 44CE6CBA CED4BB1B
+        DB7F1447 E6CC254B 33205151 2BD7AF42 6FB8F401 378CD2BF
+        5983CA01 C64B92EC F032EA15 D1721D03 F482D7CE 6E74FEF6
+        D55E702F 46980C82 B5A84031 900B1C9E 59E7C97F BEC7E8F3
+        23A97A7E 36CC88BE 0F1D45B7 FF585AC5 4BD407B2 2B4154AA
+        CC8F6D7E BF48E1D8 14CC5ED2 0F8037E0 A79715EE F29BE328
+        06A1D58B B7C5DA76 F550AA3D 8A1FBFF0 EB19CCB1 A313D55C
+        DA56C9EC 2EF29632 387FE8D7 6E3C0468 043E8F66 3F4860EE
+        12BF2D5B 0B7474D6 E694F91E 6DBE1159 74A3926F 12FEE5E4
+        38777CB6 A932DF8C D8BEC4D0 73B931BA 3BC832B6 8D9DD300
+        741FA7BF 8AFC47ED 2576F693 6BA42466 3AAB639C 5AE4F568
+        3423B474 2BF1C978 238F16CB E39D652D E3FDB8BE FC848AD9
+        22222E04 A4037C07 13EB57A8 1A23F0C7 3473FC64 6CEA306B
+        4BCBC886 2F8385DD FA9D4B7F A2C087E8 79683303 ED5BDD3A
+        062B3CF5 B3A278A6 6D2A13F8 3F44F82D DF310EE0 74AB6A36
+        4597E899 A0255DC1 64F31CC5 0846851D F9AB4819 5DED7EA1
+        B1D510BD 7EE74D73 FAF36BC3 1ECFA268 359046F4 EB879F92
+        4009438B 481C6CD7 889A002E D5EE382B C9190DA6 FC026E47
+        9558E447 5677E9AA 9E3050E2 765694DF C81F56E8 80B96E71
+        60C980DD 98EDD3DF FFFFFFFF FFFFFFFF""",
 }
 _MODP_GENERATOR = 2
+
+# Private exponent length: twice the group's security strength in bits, as NIST
+# SP 800-56A Rev. 3 5.6.1.1.4 allows for safe-prime groups (strengths from its
+# Appendix D and SP 800-57 Part 1; RFC 3526 section 8 gives similar ranges). A
+# full-length exponent would cost many times more for no security gain.
+_MODP_EXPONENT_BITS: dict[int, int] = {
+    DhId.MODP_1024: 160,
+    DhId.MODP_1536: 192,
+    DhId.MODP_2048: 224,
+    DhId.MODP_3072: 256,
+    DhId.MODP_4096: 304,
+    DhId.MODP_6144: 352,
+    DhId.MODP_8192: 400,
+}
 
 # RFC 5903 2.1-2.3: the three random ECP groups and their field size in octets.
 _ECP_CURVES: dict[int, tuple[type[ec.EllipticCurve], int]] = {
@@ -436,11 +514,6 @@ def modp_prime(group: DhId) -> int:
     if group not in _MODP_PRIMES_HEX:
         raise UnsupportedAlgorithm(f"{DhId.name_of(group)} is not a supported MODP group")
     return _modp_prime(group)
-
-
-@cache
-def _modp_parameters(group: int) -> dh.DHParameters:
-    return dh.DHParameterNumbers(_modp_prime(group), _MODP_GENERATOR).parameters()
 
 
 def dh_public_length(group: DhId) -> int:
@@ -532,32 +605,38 @@ class _X25519Private(DhPrivate):
 
 
 class _ModpPrivate(DhPrivate):
-    """MODP groups 2/5/14/15/16 (RFC 2409, RFC 3526)."""
+    """MODP groups 2/5/14/15/16/17/18 (RFC 2409, RFC 3526), with Python integers.
 
-    __slots__ = ("_key", "_prime", "_size")
+    Modular exponentiation is all finite-field Diffie-Hellman needs, so it does not
+    depend on `cryptography`'s DH API (deprecated there). ``pow`` is not constant
+    time; the exponent is ephemeral and used for one exchange only.
+    """
 
-    def __init__(self, group: DhId, key: dh.DHPrivateKey) -> None:
+    __slots__ = ("_prime", "_size", "_x")
+
+    def __init__(self, group: DhId, x: int) -> None:
         prime = _modp_prime(group)
         size = (prime.bit_length() + 7) // 8
         # RFC 7296 3.4: the public value is left-padded with zeros to the prime's length.
-        super().__init__(group, key.public_key().public_numbers().y.to_bytes(size, "big"))
-        self._key = key
+        super().__init__(group, pow(_MODP_GENERATOR, x, prime).to_bytes(size, "big"))
+        self._x = x
         self._prime = prime
         self._size = size
 
     def shared(self, peer_public: bytes) -> bytes:
         self._check_length(peer_public)
         y = int.from_bytes(peer_public, "big")
-        # RFC 6989 2.1: refuse 0, 1 and p-1 (and anything not reduced mod p).
+        # RFC 6989 2.1, NIST SP 800-56A Rev. 3 5.6.2.3.1: 1 < y < p-1. In a safe-prime
+        # group that leaves out exactly 0, 1 and p-1 (the subgroups of order 1 and 2)
+        # and anything not reduced mod p.
         if not 1 < y < self._prime - 1:
             raise InvalidKeyExchange(f"{DhId.name_of(self.group)}: public value out of range")
-        try:
-            peer = dh.DHPublicNumbers(y, _modp_parameters(self.group).parameter_numbers())
-            secret = self._key.exchange(peer.public_key())
-        except ValueError as exc:
-            raise InvalidKeyExchange(f"{DhId.name_of(self.group)}: {exc}") from None
+        z = pow(y, self._x, self._prime)
+        # SP 800-56A Rev. 3 5.7.1.1: a shared secret of 1 is an error.
+        if z == 1:
+            raise InvalidKeyExchange(f"{DhId.name_of(self.group)}: shared secret is 1")
         # RFC 7296 2.14: g^ir is as long as the prime, zeros prepended.
-        return secret.rjust(self._size, b"\x00")
+        return z.to_bytes(self._size, "big")
 
 
 def dh_generate(group: DhId) -> DhPrivate:
@@ -567,7 +646,8 @@ def dh_generate(group: DhId) -> DhPrivate:
     if group == DhId.CURVE25519:
         return _X25519Private(x25519.X25519PrivateKey.generate())
     if group in _MODP_PRIMES_HEX:
-        return _ModpPrivate(group, _modp_parameters(group).generate_private_key())
+        # x in [2, 2^N - 1] (SP 800-56A Rev. 3 5.6.1.1.4 with N = _MODP_EXPONENT_BITS).
+        return _ModpPrivate(group, 2 + secrets.randbelow(2 ** _MODP_EXPONENT_BITS[group] - 2))
     raise UnsupportedAlgorithm(f"DH group {DhId.name_of(group)} not supported")
 
 
@@ -587,9 +667,7 @@ def dh_from_private(group: DhId, private: bytes) -> DhPrivate:
             prime = _modp_prime(group)
             if not 1 < x < prime - 1:
                 raise CryptoError(f"{DhId.name_of(group)}: private exponent out of range")
-            params = _modp_parameters(group).parameter_numbers()
-            public = dh.DHPublicNumbers(pow(_MODP_GENERATOR, x, prime), params)
-            return _ModpPrivate(group, dh.DHPrivateNumbers(x, public).private_key())
+            return _ModpPrivate(group, x)
     except ValueError as exc:
         raise CryptoError(f"{DhId.name_of(group)}: invalid private key: {exc}") from None
     raise UnsupportedAlgorithm(f"DH group {DhId.name_of(group)} not supported")
@@ -605,24 +683,28 @@ class SkCipher:
     every datagram octet before the IV (IKE header + SK generic header, whose
     length fields must already count the ICV: see ``sealed_length``).
 
-    * AES-GCM-16 (RFC 5282): 8-octet explicit IV; nonce = salt | IV; the AAD
-      is ``aad``; padding is minimal (none) and the Pad Length octet is kept.
-      Reusing an IV under a key breaks GCM completely, so with ``iv=None``
-      the IV is a 64-bit counter, owned by this object, that starts at a
-      random value and never repeats (an explicit ``iv`` is the caller's
-      responsibility).
+    * AEADs, AES-GCM-16 (RFC 5282) and ChaCha20-Poly1305 (RFC 7634 3): 8-octet
+      explicit IV; nonce = 4-octet salt | IV; the AAD is ``aad``; padding is
+      minimal (none) and the Pad Length octet is kept. Reusing an IV under a key
+      breaks both completely, so with ``iv=None`` the IV is a 64-bit counter,
+      owned by this object, that starts at a random value and never repeats (an
+      explicit ``iv`` is the caller's responsibility).
     * AES-CBC + HMAC (RFC 7296 3.14): random 16-octet IV; padding to the
       block size; ICV = truncated HMAC over aad | IV | ciphertext (RFC 4868),
       checked before decrypting.
+
+    Which transform is which, and its sizes, comes from ``pyike.algorithms``.
     """
 
     __slots__ = (
-        "_aesgcm",
+        "_aead",
+        "_block",
         "_cbc_key",
         "_encr",
         "_hmac",
         "_iv_counter",
         "_ivs_left",
+        "_name",
         "_salt",
         "icv_length",
         "iv_length",
@@ -638,13 +720,14 @@ class SkCipher:
         enc_key: bytes,
         integ_key: bytes,
     ) -> None:
-        if encr not in (EncrId.AES_GCM_16, EncrId.AES_CBC):
+        row = algorithms.encr(encr, key_bits)
+        if row is None or not row.ike:
             raise UnsupportedAlgorithm(f"SK encryption {EncrId.name_of(encr)} not supported")
-        _check_suite(encr, key_bits, integ)
-        if encr == EncrId.AES_CBC and integ == IntegId.NONE:
+        _check_suite(encr, key_bits, integ, algorithms.Use.IKE)
+        if not row.aead and integ == IntegId.NONE:
             # RFC 7296 3.14: the SK payload always carries integrity protection.
-            raise UnsupportedAlgorithm("AES-CBC needs an integrity transform")
-        expected = encr_keymat_length(encr, key_bits)
+            raise UnsupportedAlgorithm(f"{row.name} needs an integrity transform")
+        expected = row.keymat_len
         if len(enc_key) != expected:
             raise CryptoError(f"encryption key is {len(enc_key)} octets, expected {expected}")
         if len(integ_key) != integ_key_length(integ):
@@ -652,32 +735,34 @@ class SkCipher:
                 f"integrity key is {len(integ_key)} octets, expected {integ_key_length(integ)}"
             )
         self._encr = encr
-        self._aesgcm: AESGCM | None = None
-        self._cbc_key: algorithms.AES | None = None
+        self._name = row.name
+        self._aead: algorithms.Aead | None = None
+        self._cbc_key: CipherAlgorithm | None = None
         self._hmac: crypto_hmac.HMAC | None = None
         self._salt = b""
         self._iv_counter = 0
         self._ivs_left = 0
-        if encr == EncrId.AES_GCM_16:
-            self._aesgcm = AESGCM(enc_key[:-_GCM_SALT_LEN])
-            self._salt = enc_key[-_GCM_SALT_LEN:]
-            self.iv_length = _GCM_EXPLICIT_IV_LEN
-            self.icv_length = _GCM_ICV_LEN
+        self.iv_length = row.iv_len
+        if row.aead:
+            # RFC 5282 7.1 / RFC 7634 3: KEYMAT is the key followed by the salt.
+            self._aead = row.new_aead(enc_key[: row.key_len])
+            self._salt = enc_key[row.key_len :]
+            self.icv_length = row.icv_len
+            self._block = 1
             self._iv_counter = int.from_bytes(os.urandom(8), "big")
             self._ivs_left = 2**64
         else:
-            self._cbc_key = algorithms.AES(enc_key)
-            self._hmac = crypto_hmac.HMAC(integ_key, _integ(integ)[0]())
-            self.iv_length = self._CBC_BLOCK
+            self._cbc_key = row.new_block_cipher(enc_key)
+            self._hmac = _integ(integ).new_mac(integ_key)
             self.icv_length = integ_icv_length(integ)
+            self._block = row.block_len
 
     # -- sizes
 
     def _padded_length(self, plain_len: int) -> int:
         """Plaintext + Padding + Pad Length octet."""
-        if self._aesgcm is not None:
-            return plain_len + 1  # GCM needs no padding; the Pad Length octet stays (RFC 5282 3)
-        block = self._CBC_BLOCK
+        # AEADs need no padding; the Pad Length octet stays (RFC 5282 3, RFC 7634 3).
+        block = self._block
         return (plain_len + 1 + block - 1) // block * block
 
     def sealed_length(self, plain_len: int) -> int:
@@ -686,9 +771,9 @@ class SkCipher:
 
     # -- seal / open
 
-    def _next_gcm_iv(self) -> bytes:
+    def _next_iv(self) -> bytes:
         if self._ivs_left == 0:
-            raise CryptoError("AES-GCM IV space exhausted for this key: rekey")
+            raise CryptoError(f"{self._name} IV space exhausted for this key: rekey")
         self._ivs_left -= 1
         iv = self._iv_counter.to_bytes(8, "big")
         self._iv_counter = (self._iv_counter + 1) % 2**64
@@ -704,14 +789,14 @@ class SkCipher:
         """Encrypt and protect the inner payloads; returns IV | ciphertext | ICV."""
         pad_len = self._padded_length(len(plaintext)) - len(plaintext) - 1
         padded = plaintext + bytes(pad_len) + bytes([pad_len])
-        if self._aesgcm is not None:
+        if self._aead is not None:
             if iv is None:
-                iv = self._next_gcm_iv()
-            elif len(iv) != _GCM_EXPLICIT_IV_LEN:
-                raise CryptoError(f"AES-GCM IV must be 8 octets, got {len(iv)}")
-            # RFC 5282 4: nonce = salt | explicit IV; the AESGCM output already
-            # ends with the 16-octet ICV.
-            return iv + self._aesgcm.encrypt(self._salt + iv, padded, aad)
+                iv = self._next_iv()
+            elif len(iv) != self.iv_length:
+                raise CryptoError(f"{self._name} IV must be {self.iv_length} octets, got {len(iv)}")
+            # RFC 5282 4 / RFC 7634 2: nonce = salt | explicit IV; the AEAD output
+            # already ends with the 16-octet ICV.
+            return iv + self._aead.encrypt(self._salt + iv, padded, aad)
         assert self._cbc_key is not None
         if iv is None:
             iv = os.urandom(self._CBC_BLOCK)  # RFC 7296 3.14: unpredictable IV
@@ -726,14 +811,14 @@ class SkCipher:
 
         Raises IntegrityError for a bad ICV, a bad length or a bad Pad Length.
         """
-        if self._aesgcm is not None:
+        if self._aead is not None:
             if len(body) < self.iv_length + 1 + self.icv_length:
                 raise IntegrityError(f"SK payload too short ({len(body)} octets)")
             iv, sealed = body[: self.iv_length], body[self.iv_length :]
             try:
-                padded = self._aesgcm.decrypt(self._salt + iv, sealed, aad)
+                padded = self._aead.decrypt(self._salt + iv, sealed, aad)
             except InvalidTag:
-                raise IntegrityError("AES-GCM ICV check failed") from None
+                raise IntegrityError(f"{self._name} ICV check failed") from None
         else:
             assert self._cbc_key is not None
             block = self._CBC_BLOCK

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
+from pyike import authn, certs, keylog, keys, proposals, signatures, ts
 from pyike import config as cfg
-from pyike import keylog, keys, proposals, ts
 from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
     Addr,
@@ -153,26 +153,33 @@ def sa_policy(
     options: Options,
     global_options: object | None = None,
     key: cfg.PolicyKey | None = None,
+    cert_store: certs.CertStore | None = None,
 ) -> SaPolicy:
     """What the IKE core negotiates for one iked.conf policy."""
     key = key or cfg.PolicyKey(policy.name)
     if policy.srcid is None:
         raise DaemonError(f"policy '{policy.name}': no srcid")
-    local_id = (int(policy.srcid[0]), id_bytes(*policy.srcid))
-    peer_id = (int(policy.dstid[0]), id_bytes(*policy.dstid)) if policy.dstid else None
+    try:
+        local_id = (int(policy.srcid[0]), certs.id_payload_data(*policy.srcid))
+    except (certs.CertError, ValueError) as e:
+        raise DaemonError(f"policy '{policy.name}': srcid {policy.srcid[1]}: {e}") from e
+    peer_id = (int(policy.dstid[0]), certs.id_payload_data(*policy.dstid)) if policy.dstid else None
     method = policy.auth.method if policy.auth else "signature"
     local_key = psk = None
     if method == "psk":
         psk = policy.auth.psk
-    elif method.startswith("ecdsa") or method in ("signature", "rfc7427"):
+    elif method in signatures.KEYWORDS:
         try:
             local_key = store.local_private()
+            signatures.check_key(local_key, method)
         except keys.KeyFileError as e:
             raise DaemonError(str(e)) from e
+        except signatures.CryptoError as e:
+            raise DaemonError(f"policy '{policy.name}': {store.private_key_path}: {e}") from e
     else:
         raise DaemonError(
             f"policy '{policy.name}': authentication '{method}' is not "
-            f"supported by pyike (use ecdsa256/384/521, rfc7427 or psk)"
+            f"supported by pyike (use rsa, ecdsa256/384/521, rfc7427 or psk)"
         )
 
     def peer_key(id_type: int, data: bytes) -> object | None:
@@ -187,6 +194,24 @@ def sa_policy(
             log.warning("peer key lookup failed: %s", e)
             return None
 
+    credentials = None
+    if local_key is not None:
+        # certs/ and ca/ (pyike.certs): our certificate names our srcid, or gives it.
+        local_cert, local_id, warnings = authn.local_identity(
+            cert_store, local_key, local_id, policy.srcid_from_hostname
+        )
+        for w in warnings:
+            log.warning("policy '%s': %s", policy.name, w)
+        credentials = authn.Credentials(
+            local_key=local_key,
+            keyword=method,
+            peer_key=peer_key,
+            store=cert_store,
+            local_cert=local_cert,
+            rfc7427=options.rfc7427,
+        )
+        if local_cert is not None:
+            log.info("policy '%s': certificate %s", policy.name, certs.describe(local_cert))
     local_ts, remote_ts = flows_to_selectors(policy)
     dpd = effective_dpd(options, global_options)
     return SaPolicy(
@@ -199,6 +224,7 @@ def sa_policy(
         local_key=local_key,
         psk=psk,
         peer_key=peer_key,
+        credentials=credentials,
         ts_local=local_ts,
         ts_remote=remote_ts,
         # pyike's ESP runs in userspace over UDP 4500 only (no raw IP protocol 50),
@@ -340,12 +366,15 @@ class Daemon:
         for note in cfg.check_policies(self.config):  # `pyike -n` shows these as warnings
             log.info("note: %s", note)
         store = keys.KeyStore(self.options.keydir)
+        cert_store = certs.CertStore.load(self.options.keydir)
+        for problem in cert_store.problems:
+            log.warning("%s", problem)
         table: dict[cfg.PolicyKey, SaPolicy] = {}
         configured: dict[cfg.PolicyKey, cfg.Policy] = {}
         for key, p in zip(cfg.policy_keys(self.config.policies), self.config.policies, strict=True):
             if self.options.force_active:
                 p.active = True
-            table[key] = sa_policy(p, store, self.options, self.config.options, key)
+            table[key] = sa_policy(p, store, self.options, self.config.options, key, cert_store)
             configured[key] = p
         self.policies, self.configured = table, configured
         self.supervisor.set_policies(

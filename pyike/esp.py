@@ -14,10 +14,11 @@ Where things are:
   tunnel_mtu          the largest inner packet that fits a path MTU
   classify_udp_encap  ESP vs IKE vs NAT-keepalive on port 4500 (RFC 3948 2.2, 2.3)
 
-Suites: AES-GCM with a 16-byte ICV (RFC 4106) and AES-CBC (RFC 3602) with HMAC-SHA1-96
-(RFC 2404) or HMAC-SHA2-256-128/384-192/512-256 (RFC 4868). OutboundSa(...) and
+Suites: the AEADs AES-GCM with a 16-byte ICV (RFC 4106) and ChaCha20-Poly1305 (RFC 7634),
+and AES-CBC (RFC 3602) with HMAC-SHA1-96 (RFC 2404) or HMAC-SHA2-256-128/384-192/512-256
+(RFC 4868); their sizes and constructors come from pyike.algorithms. OutboundSa(...) and
 InboundSa(...) return a suite-specific subclass, so seal()/open() run no per-packet
-dispatch.
+dispatch. The two AEADs share one subclass: same framing, different cipher object.
 
 Hot-path notes (measured with tools/bench_esp.py; see shared/notes/performance-anchors.md):
   * Cipher/AEAD objects are built once per SA. Creating a `cryptography` CBC context costs
@@ -36,17 +37,16 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from pyike import algorithms
 from pyike.registry import EncrId, IntegId, IpProto
 
 __all__ = [
@@ -440,7 +440,8 @@ class PeerFlows:
 
 @dataclass(frozen=True, slots=True)
 class Suite:
-    """Sizes of one ESP transform combination (RFC 4106, RFC 3602, RFC 2404, RFC 4868)."""
+    """Sizes of one ESP transform combination (RFC 4106, RFC 7634, RFC 3602, RFC 2404,
+    RFC 4868), read from pyike.algorithms."""
 
     encr: int
     key_bits: int
@@ -449,38 +450,44 @@ class Suite:
     iv_len: int  # bytes of IV carried in each packet
     block: int  # ciphertext alignment: cipher block, or 4 for GCM (RFC 4303 2.4)
     icv_len: int
-    enc_key_len: int  # bytes of ENCR key material (GCM: key || 4-byte salt, RFC 4106 8.1)
+    enc_key_len: int  # bytes of ENCR key material (AEAD: key || 4-byte salt, RFC 4106 8.1)
     integ_key_len: int
     hash_name: str  # "" for AEAD
+    cipher_key_len: int = 0  # the cipher key alone (enc_key_len minus the salt)
 
 
-# RFC 4868 2.1 (SHA-2) and RFC 2404 (SHA-1): (hash, ICV length, key length)
-_INTEG = {
-    int(IntegId.HMAC_SHA1_96): ("sha1", 12, 20),
-    int(IntegId.HMAC_SHA2_256_128): ("sha256", 16, 32),
-    int(IntegId.HMAC_SHA2_384_192): ("sha384", 24, 48),
-    int(IntegId.HMAC_SHA2_512_256): ("sha512", 32, 64),
-}
-_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512
-}  # fmt: skip
+def _esp_encr(encr: int, key_bits: int | None) -> algorithms.EncrAlg:
+    row = algorithms.encr(encr, key_bits)
+    if row is None or not row.esp:
+        bits = f" with a {key_bits}-bit key" if key_bits else ""
+        raise ValueError(f"unsupported encryption transform {EncrId.name_of(encr)}{bits}")
+    return row
 
 
 def suite_of(encr: int, key_bits: int, integ: int) -> Suite:
-    """Validate a transform combination and return its sizes (ValueError if unsupported)."""
-    if key_bits not in (128, 192, 256):
-        raise ValueError(f"AES key size must be 128, 192 or 256 bits, not {key_bits}")
-    if encr == EncrId.AES_GCM_16:
+    """Validate a transform combination and return its sizes (ValueError if unsupported).
+
+    `key_bits` is the Key Length attribute; 0 for a transform that has none (RFC 7634 2).
+    """
+    row = _esp_encr(encr, key_bits)
+    # RFC 4303 2.4: the trailer ends on a 4-byte boundary, or on the cipher block.
+    block = max(row.block_len, 4)
+    if row.aead:
         if integ not in (IntegId.NONE, 0):
-            raise ValueError("AES-GCM is combined mode: integrity transform must be NONE")
-        return Suite(int(encr), key_bits, 0, True, 8, 4, 16, key_bits // 8 + 4, 0, "")
-    if encr == EncrId.AES_CBC:
-        if int(integ) not in _INTEG:
-            raise ValueError(f"unsupported integrity transform {IntegId.name_of(integ)}")
-        name, icv_len, key_len = _INTEG[int(integ)]
-        return Suite(int(encr), key_bits, int(integ), False, 16, 16, icv_len, key_bits // 8,
-                     key_len, name)  # fmt: skip
-    raise ValueError(f"unsupported encryption transform {EncrId.name_of(encr)}")
+            raise ValueError(f"{row.name} is combined mode: integrity transform must be NONE")
+        return Suite(int(encr), key_bits, 0, True, row.iv_len, block, row.icv_len,
+                     row.keymat_len, 0, "", row.key_len)  # fmt: skip
+    mac = algorithms.integ(integ)
+    if mac is None or mac.hash is None:
+        raise ValueError(f"unsupported integrity transform {IntegId.name_of(integ)}")
+    return Suite(int(encr), key_bits, int(integ), False, row.iv_len, block, mac.icv_len,
+                 row.keymat_len, mac.key_len, mac.hash().name, row.key_len)  # fmt: skip
+
+
+def _mac_for(suite: Suite, integ_key: bytes) -> crypto_hmac.HMAC:
+    row = algorithms.integ(suite.integ)
+    assert row is not None  # suite_of checked it
+    return row.new_mac(integ_key)
 
 
 def tunnel_mtu(
@@ -493,8 +500,8 @@ def tunnel_mtu(
         outer IP header        20 (IPv4) or 40 (IPv6)
       + UDP header              8 (only with NAT-T / ESP-in-UDP)
       + ESP header              8 (SPI 4 + Sequence Number 4)
-      + IV                      8 (AES-GCM) or 16 (AES-CBC)
-      + ICV                     16 (AES-GCM), 12/16/24/32 (HMAC-SHA1-96/SHA2-256/384/512)
+      + IV                      8 (AES-GCM, ChaCha20-Poly1305) or 16 (AES-CBC)
+      + ICV                     16 (AEADs), 12/16/24/32 (HMAC-SHA1-96/SHA2-256/384/512)
       = fixed overhead; what is left, `room`, holds inner || padding || 2 trailer bytes,
         whose length must be a multiple of the block (4 for GCM, 16 for CBC; RFC 4303
         2.4). So inner_max = (room rounded down to the block) - 2, which covers the
@@ -511,13 +518,20 @@ def tunnel_mtu(
         ip_len = 40
     else:
         raise ValueError(f"unknown address family {outer_af}")
-    suite = suite_of(encr, 128, integ)  # sizes do not depend on the key size
+    # Sizes do not depend on the key size: take any key length the transform has.
+    key_bits = next((r.key_bits or 0 for r in algorithms.ENCRS if r.id == encr and r.esp), 128)
+    suite = suite_of(encr, key_bits, integ)
     room = (path_mtu - ip_len - (8 if udp_encap else 0) - ESP_HEADER_LEN - suite.iv_len
             - suite.icv_len)  # fmt: skip
     mtu = room // suite.block * suite.block - TRAILER_LEN
     if mtu < 0:
         raise ValueError(f"path MTU {path_mtu} leaves no room for an inner packet")
     return mtu
+
+
+def _aead_for(suite: Suite, enc_key: bytes) -> algorithms.Aead:
+    """The AEAD object of an SA: the table's constructor on the key without its salt."""
+    return _esp_encr(suite.encr, suite.key_bits).new_aead(enc_key[: suite.cipher_key_len])
 
 
 def _check_keys(suite: Suite, enc_key: bytes, integ_key: bytes) -> None:
@@ -527,8 +541,9 @@ def _check_keys(suite: Suite, enc_key: bytes, integ_key: bytes) -> None:
         raise ValueError(f"integrity key must be {suite.integ_key_len} bytes")
 
 
-def _is_gcm(encr: int) -> bool:
-    return encr == EncrId.AES_GCM_16
+def _is_aead(encr: int) -> bool:
+    """AES-GCM-16 and ChaCha20-Poly1305 share the AEAD subclasses (same ESP framing)."""
+    return any(r.aead and r.esp for r in algorithms.ENCRS if r.id == encr)
 
 
 # --------------------------------------------------------------------------------------
@@ -550,7 +565,7 @@ class OutboundSa:
 
     def __new__(cls, spi: int, encr: int, *args: object, **kwargs: object) -> OutboundSa:
         if cls is OutboundSa:
-            cls = _GcmOutboundSa if _is_gcm(encr) else _CbcOutboundSa
+            cls = _GcmOutboundSa if _is_aead(encr) else _CbcOutboundSa
         return object.__new__(cls)
 
     def __init__(
@@ -603,13 +618,15 @@ class OutboundSa:
 
 
 class _GcmOutboundSa(OutboundSa):
-    """AES-GCM-16 (RFC 4106): nonce = salt || IV, AAD = SPI || Seq (|| ESN high bits)."""
+    """An AEAD: AES-GCM-16 (RFC 4106) or ChaCha20-Poly1305 (RFC 7634 2), which frame
+    alike: nonce = salt || IV, AAD = SPI || Seq (|| ESN high bits), 16-byte ICV."""
 
     __slots__ = ("_encrypt", "_iv_mask", "_salt")
 
     def _init_crypto(self, enc_key: bytes, integ_key: bytes, iv_mask: int | None) -> None:
-        self._salt = int.from_bytes(enc_key[-4:], "big")  # RFC 4106 8.1: last 4 bytes
-        self._encrypt = AESGCM(enc_key[:-4]).encrypt
+        # RFC 4106 8.1, RFC 7634 2: KEYMAT is the key, then a 4-byte salt.
+        self._salt = int.from_bytes(enc_key[-4:], "big")
+        self._encrypt = _aead_for(self.suite, enc_key).encrypt
         if iv_mask is None:
             iv_mask = int.from_bytes(os.urandom(8), "big")
         self._iv_mask = iv_mask & SEQ64_MAX
@@ -643,9 +660,10 @@ class _CbcOutboundSa(OutboundSa):
         # One long-lived CBC context: its chaining value is the last ciphertext block it
         # produced (`_chain`). seal() folds IV ^ _chain into the first plaintext block, so
         # the context computes exactly CBC under the packet's random IV.
-        self._encrypt = Cipher(algorithms.AES(enc_key), modes.CBC(bytes(16))).encryptor().update
+        cipher = _esp_encr(self.suite.encr, self.suite.key_bits).new_block_cipher(enc_key)
+        self._encrypt = Cipher(cipher, modes.CBC(bytes(16))).encryptor().update
         self._chain = 0
-        self._mac = crypto_hmac.HMAC(integ_key, _HASHES[self.suite.hash_name]())
+        self._mac = _mac_for(self.suite, integ_key)
         self._icv_len = self.suite.icv_len
         self._iv_pool = b""
         self._iv_pos = _IV_POOL_BYTES
@@ -715,7 +733,7 @@ class InboundSa:
 
     def __new__(cls, spi: int, encr: int, *args: object, **kwargs: object) -> InboundSa:
         if cls is InboundSa:
-            cls = _GcmInboundSa if _is_gcm(encr) else _CbcInboundSa
+            cls = _GcmInboundSa if _is_aead(encr) else _CbcInboundSa
         return object.__new__(cls)
 
     def __init__(
@@ -844,8 +862,8 @@ class _GcmInboundSa(InboundSa):
     __slots__ = ("_decrypt_aead", "_salt")
 
     def _init_crypto(self, enc_key: bytes, integ_key: bytes) -> None:
-        self._salt = enc_key[-4:]  # RFC 4106 8.1
-        self._decrypt_aead = AESGCM(enc_key[:-4]).decrypt
+        self._salt = enc_key[-4:]  # RFC 4106 8.1, RFC 7634 2
+        self._decrypt_aead = _aead_for(self.suite, enc_key).decrypt
 
     def _decrypt(self, packet: bytes, seq: int) -> tuple[int, bytes]:
         # Bytes slices, not memoryviews: `cryptography` takes bytes faster (measured).
@@ -864,9 +882,10 @@ class _CbcInboundSa(InboundSa):
         # Long-lived CBC context (see _CbcOutboundSa): it XORs the first block with the
         # last ciphertext block it was fed (`_chain`) instead of the packet's IV, which
         # _decrypt() corrects. Only authenticated ciphertext is ever fed to it.
-        self._decrypt_cbc = Cipher(algorithms.AES(enc_key), modes.CBC(bytes(16))).decryptor().update
+        cipher = _esp_encr(self.suite.encr, self.suite.key_bits).new_block_cipher(enc_key)
+        self._decrypt_cbc = Cipher(cipher, modes.CBC(bytes(16))).decryptor().update
         self._chain = 0
-        self._mac = crypto_hmac.HMAC(integ_key, _HASHES[self.suite.hash_name]())
+        self._mac = _mac_for(self.suite, integ_key)
         self._icv_len = self.suite.icv_len
 
     def _decrypt(self, packet: bytes, seq: int) -> tuple[int, bytes]:

@@ -9,9 +9,8 @@
 
 ``keydir`` defaults to /etc/iked, so one set of files serves both iked and pyike.
 
-Key types: ECDSA (P-256, P-384, P-521) is what pyike uses for AUTH (RFC 4754 and RFC 7427).
-RSA and Ed25519 keys load too, so that a clear "unsupported for AUTH" message can come
-from the AUTH code rather than a parse failure here.
+Key types: ECDSA (P-256, P-384, P-521), RSA (2048 bits and up) and Ed25519; which AUTH
+method each key signs with is pyike.signatures' business.
 
 Permission rule for the private key (what iked's own layout gives: 0600 files in a
 0700 directory): refuse it when group or others have any access to it, except mode 0640
@@ -196,7 +195,7 @@ def load_private_key_file(path: Path) -> PrivateKey:
         raise KeyFileError(
             path,
             f"holds a {type(key).__name__.lstrip('_')}; pyike supports ECDSA keys "
-            "(P-256, P-384, P-521)",
+            "(P-256, P-384, P-521), RSA keys (2048 bits and up) and Ed25519 keys",
         )
     return key
 
@@ -227,7 +226,7 @@ def load_public_key_file(path: Path, remedy_missing: str = "") -> PublicKey:
         raise KeyFileError(
             path,
             f"holds a {type(key).__name__.lstrip('_')}; pyike supports ECDSA keys "
-            "(P-256, P-384, P-521)",
+            "(P-256, P-384, P-521), RSA keys (2048 bits and up) and Ed25519 keys",
         )
     return key
 
@@ -365,16 +364,41 @@ def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
     os.replace(tmp, path)
 
 
-def keygen(keydir: Path, curve: str = "secp384r1", force: bool = False) -> list[Path]:
-    """Create an ECDSA key pair the way iked's documentation does with openssl.
+# `pyike keygen --type`: what each type makes.
+KEY_TYPES: dict[str, str] = {
+    "p256": "secp256r1",  # what OpenBSD 7.2 and later create at first boot
+    "p384": "secp384r1",
+    "p521": "secp521r1",
+    "rsa": "rsa",  # what older OpenBSD installs and ikectl ca create (2048 bits)
+}
 
-    Writes private/local.key (0600, SEC1 "EC PRIVATE KEY" PEM with the named curve, as
-    ``openssl ecparam -genkey -name secp384r1 -noout``) in a 0700 private/ directory,
-    and local.pub (0644, "PUBLIC KEY" PEM, as ``openssl ec -pubout``).
+
+def keygen(
+    keydir: Path,
+    curve: str = "secp384r1",
+    force: bool = False,
+    *,
+    key_type: str | None = None,
+    rsa_bits: int = 2048,
+) -> list[Path]:
+    """Create a key pair the way iked's documentation does with openssl.
+
+    Writes private/local.key (0600) in a 0700 private/ directory: for ECDSA a SEC1
+    "EC PRIVATE KEY" PEM with the named curve (``openssl ecparam -genkey -name secp384r1
+    -noout``), for RSA (``key_type="rsa"``) a PKCS#1 "RSA PRIVATE KEY" (``openssl genrsa``);
+    and local.pub (0644, "PUBLIC KEY" PEM, as ``openssl pkey -pubout``).
     Refuses to replace existing files unless ``force``. Returns the paths written.
     """
-    if curve not in CURVES:
+    if key_type is not None:
+        if key_type not in KEY_TYPES:
+            raise ValueError(
+                f"unsupported key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}"
+            )
+        curve = KEY_TYPES[key_type]
+    if curve != "rsa" and curve not in CURVES:
         raise ValueError(f"unsupported curve {curve!r}; choose one of {', '.join(CURVES)}")
+    if curve == "rsa" and rsa_bits < 2048:
+        raise ValueError(f"RSA keys need at least 2048 bits, not {rsa_bits}")
     keydir = Path(keydir)
     store = KeyStore(keydir)
     key_path, pub_path = store.private_key_path, store.public_key_path
@@ -386,7 +410,11 @@ def keygen(keydir: Path, curve: str = "secp384r1", force: bool = False) -> list[
     if not key_path.parent.exists():
         key_path.parent.mkdir(mode=0o700)
         os.chmod(key_path.parent, 0o700)  # mkdir's mode is filtered by the umask
-    key = ec.generate_private_key(CURVES[curve])
+    key: PrivateKey = (
+        rsa.generate_private_key(65537, rsa_bits)
+        if curve == "rsa"
+        else ec.generate_private_key(CURVES[curve])
+    )
     _write_new(key_path, private_key_pem(key), 0o600, force)
     _write_new(pub_path, public_key_pem(key.public_key()), 0o644, force)
     return [key_path, pub_path]

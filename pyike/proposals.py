@@ -9,49 +9,18 @@ ANDed across types (3.3.6).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from pyike import algorithms
 from pyike.registry import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from pyike.wire import Proposal, Transform
 
-AEAD = frozenset({EncrId.AES_GCM_8, EncrId.AES_GCM_12, EncrId.AES_GCM_16, EncrId.CHACHA20_POLY1305})
+# Combined-mode ciphers (RFC 5282, RFC 7634), from the one table.
+AEAD = frozenset(EncrId(row.id) for row in algorithms.ENCRS if row.aead)
 
-# Names as iked.conf(5) spells them, so logs read like iked's.
-_ENCR_NAMES: dict[tuple[int, int | None], str] = {
-    (EncrId.AES_GCM_16, 128): "aes-128-gcm",
-    (EncrId.AES_GCM_16, 256): "aes-256-gcm",
-    (EncrId.AES_GCM_12, 128): "aes-128-gcm-12",
-    (EncrId.AES_GCM_12, 256): "aes-256-gcm-12",
-    (EncrId.AES_CBC, 128): "aes-128",
-    (EncrId.AES_CBC, 192): "aes-192",
-    (EncrId.AES_CBC, 256): "aes-256",
-    (EncrId.DES3, None): "3des",
-    (EncrId.CHACHA20_POLY1305, None): "chacha20-poly1305",
-}
-_PRF_NAMES = {
-    PrfId.HMAC_SHA2_256: "hmac-sha2-256",
-    PrfId.HMAC_SHA2_384: "hmac-sha2-384",
-    PrfId.HMAC_SHA2_512: "hmac-sha2-512",
-    PrfId.HMAC_SHA1: "hmac-sha1",
-}
-_INTEG_NAMES = {
-    IntegId.HMAC_SHA2_256_128: "hmac-sha2-256",
-    IntegId.HMAC_SHA2_384_192: "hmac-sha2-384",
-    IntegId.HMAC_SHA2_512_256: "hmac-sha2-512",
-    IntegId.HMAC_SHA1_96: "hmac-sha1",
-}
-_DH_NAMES = {
-    DhId.CURVE25519: "curve25519",
-    DhId.ECP_256: "ecp256",
-    DhId.ECP_384: "ecp384",
-    DhId.ECP_521: "ecp521",
-    DhId.MODP_1024: "modp1024",
-    DhId.MODP_1536: "modp1536",
-    DhId.MODP_2048: "modp2048",
-    DhId.MODP_3072: "modp3072",
-    DhId.MODP_4096: "modp4096",
-}
+log = logging.getLogger("pyike.proposals")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,30 +42,78 @@ class Suite:
         """iked's wording: ``enc aes-128-gcm group curve25519 prf hmac-sha2-256``."""
         parts = [f"enc {encr_name(self.encr, self.key_bits)}"]
         if not self.aead:
-            parts.append(f"auth {_INTEG_NAMES.get(self.integ, IntegId.name_of(self.integ))}")
+            row = algorithms.integ(self.integ)
+            parts.append(f"auth {row.name if row else IntegId.name_of(self.integ)}")
         if self.dh:
-            parts.append(f"group {_DH_NAMES.get(self.dh, DhId.name_of(self.dh))}")
+            parts.append(f"group {dh_name(self.dh)}")
         if self.prf is not None:
-            parts.append(f"prf {_PRF_NAMES.get(self.prf, PrfId.name_of(self.prf))}")
+            prf_row = algorithms.prf(self.prf)
+            parts.append(f"prf {prf_row.name if prf_row else PrfId.name_of(self.prf)}")
         if self.esn:
             parts.append("esn")
         return " ".join(parts)
 
 
 def encr_name(encr: int, key_bits: int | None) -> str:
-    return (
-        _ENCR_NAMES.get((encr, key_bits))
-        or _ENCR_NAMES.get((encr, None))
-        or f"{EncrId.name_of(encr)}/{key_bits}"
-    )
+    """iked.conf's name for an ENCR transform (``aes-128-gcm``), else IANA's."""
+    row = algorithms.encr(encr, key_bits)
+    if row is not None and row.names:
+        return row.name
+    return f"{EncrId.name_of(encr)}/{key_bits}"
+
+
+def dh_name(group: int) -> str:
+    row = algorithms.group(group)
+    return row.name if row is not None else DhId.name_of(group)
+
+
+def servable(ttype: int, tid: int, key_bits: int | None, use: algorithms.Use) -> bool:
+    """Whether pyike can serve one transform in an IKE (``Use.IKE``) or Child SA."""
+    row: algorithms.EncrAlg | algorithms.IntegAlg | algorithms.PrfAlg | algorithms.GroupAlg | None
+    if ttype == TransformType.ENCR:
+        row = algorithms.encr(tid, key_bits)
+    elif ttype == TransformType.INTEG:
+        row = algorithms.integ(tid)
+    elif ttype == TransformType.PRF:
+        row = algorithms.prf(tid)
+    elif ttype == TransformType.DH:
+        row = algorithms.group(tid)
+    else:
+        return ttype == TransformType.ESN and tid in (EsnId.NO_ESN, EsnId.ESN)
+    return row is not None and row.serves(use)
+
+
+def _transform_name(t: Transform) -> str:
+    if t.type == TransformType.ENCR:
+        return encr_name(t.id, t.key_length)
+    if t.type == TransformType.DH:
+        return dh_name(t.id)
+    return f"{TransformType.name_of(t.type)} {t.id}"
 
 
 def from_specs(specs: Iterable[object], protocol: ProtocolId, spi: bytes = b"") -> list[Proposal]:
-    """Wire proposals from config ``ProposalSpec``s (``.transforms`` = (type, id, keylen))."""
-    out = []
-    for number, spec in enumerate(specs, start=1):
-        transforms = [Transform(t, i, k) for (t, i, k) in spec.transforms]  # type: ignore[attr-defined]
-        out.append(Proposal(number=number, protocol=protocol, spi=spi, transforms=transforms))
+    """Wire proposals from config ``ProposalSpec``s (``.transforms`` = (type, id, keylen)).
+
+    Only what pyike can serve goes on the wire (pyike.algorithms): a transform it cannot
+    serve is left out, and a proposal that loses every transform of a type it lists is
+    left out whole. The config parser refuses such transforms where they are written;
+    this catches iked's defaults (3DES in its second IKE proposal). Proposal numbers
+    stay consecutive from 1 (RFC 7296 3.3.1).
+    """
+    use = algorithms.Use.IKE if protocol == ProtocolId.IKE else algorithms.Use.ESP
+    out: list[Proposal] = []
+    for spec in specs:
+        given = [Transform(t, i, k) for (t, i, k) in spec.transforms]  # type: ignore[attr-defined]
+        kept = [t for t in given if servable(t.type, t.id, t.key_length, use)]
+        dropped = [t for t in given if t not in kept]
+        if {t.type for t in kept} != {t.type for t in given}:
+            log.debug("not offering a %s proposal: nothing servable for one of its types",
+                      use.value)  # fmt: skip
+            continue
+        if dropped:
+            names = ", ".join(_transform_name(t) for t in dropped)
+            log.debug("not offering %s in %s (pyike cannot serve them)", names, use.value)
+        out.append(Proposal(number=len(out) + 1, protocol=protocol, spi=spi, transforms=kept))
     return out
 
 

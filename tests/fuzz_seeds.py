@@ -153,6 +153,32 @@ def _keylog_seeds() -> list[bytes]:
     ]
 
 
+def _cert_seeds() -> list[bytes]:
+    """A real CA's certificate, a host certificate and a CRL, as files and as chains."""
+    import tempfile
+
+    from cryptography.hazmat.primitives import serialization
+
+    from pyike.ca import Ca
+
+    work = Path(tempfile.mkdtemp(prefix="pyike-seeds-"))
+    ca = Ca("fuzz", work / "ssl")
+    ca.create(key_type="p256")
+    ca.certificate("peer.example.org", key_type="p256")
+    ca.revoke("peer.example.org")
+    host = ca.host_cert_path("peer.example.org").read_bytes()
+    from cryptography import x509
+
+    der = x509.load_pem_x509_certificate(host).public_bytes(serialization.Encoding.DER)
+    ca_der = ca.ca_cert().public_bytes(serialization.Encoding.DER)
+    crl = ca.crl_path.read_bytes()
+
+    def chain(*items: bytes) -> bytes:
+        return b"\x00" + b"".join(len(i).to_bytes(2, "big") + i for i in items)
+
+    return [b"\x01" + ca.cert_path.read_bytes(), b"\x01" + crl, chain(der), chain(der, ca_der)]
+
+
 def seeds_by_target() -> dict[str, list[bytes]]:
     from pyike import pcap
 
@@ -178,6 +204,7 @@ def seeds_by_target() -> dict[str, list[bytes]]:
         "keys": _key_seeds(),
         "pcap": [p.read_bytes() for p in CAPTURES] + [b"00 11 22\n" + datagrams[0].hex().encode()],
         "keylog": _keylog_seeds(),
+        "certs": _cert_seeds(),
     }
 
 

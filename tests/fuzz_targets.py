@@ -287,6 +287,52 @@ def _keylog() -> OneInput:
     return one_input
 
 
+def _certs() -> OneInput:
+    """X.509 from files (ca/, certs/, crls/) and from the peer (CERT payloads, a chain).
+
+    The first octet says how the rest is used: bit 0, a file in ca/ and crls/ that
+    CertStore.load reads; otherwise a chain of length-prefixed (2 octets) DER
+    certificates that CertStore.validate checks against a real CA (pyike ca), as a
+    peer's CERT payloads are.
+    """
+    import tempfile
+
+    from pyike import certs
+    from pyike.ca import Ca
+    from pyike.registry import IdType
+
+    work = Path(tempfile.mkdtemp(prefix="pyike-fuzz-certs-"))
+    ca = Ca("fuzz", work / "ssl")
+    ca.create(key_type="p256")
+    ca.certificate("peer.example.org", key_type="p256")
+    ca.revoke("peer.example.org")
+    keydir = work / "iked"
+    ca.install(keydir)
+    store = certs.CertStore.load(keydir)
+    files = work / "files"
+    for sub in ("ca", "crls"):
+        (files / sub).mkdir(parents=True)
+    peer_id = (IdType.ID_FQDN, b"peer.example.org")
+
+    def one_input(data: bytes) -> None:
+        if not data:
+            return
+        if data[0] & 1:
+            (files / "ca" / "x.crt").write_bytes(data[1:])
+            (files / "crls" / "x.crl").write_bytes(data[1:])
+            certs.CertStore.load(files)
+            return
+        chain, rest = [], data[1:]
+        while len(rest) >= 2 and len(chain) < 12:
+            n = int.from_bytes(rest[:2], "big")
+            chain.append(rest[2 : 2 + n])
+            rest = rest[2 + n :]
+        with contextlib.suppress(certs.CertError):
+            store.validate(chain, peer_id)
+
+    return one_input
+
+
 TARGETS: dict[str, Callable[[], OneInput]] = {
     "ike-decode": _ike_decode,
     "ike-endpoint": _ike_endpoint,
@@ -298,4 +344,5 @@ TARGETS: dict[str, Callable[[], OneInput]] = {
     "keys": _keys,
     "pcap": _pcap,
     "keylog": _keylog,
+    "certs": _certs,
 }

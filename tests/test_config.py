@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -324,7 +325,11 @@ def test_printer_matches_iked(text: str, tmp_path: Path) -> None:
     path = tmp_path / "iked.conf"
     path.write_text(text)
     path.chmod(0o600)
-    cfg = load_config(str(path), resolver=resolver, hostname=lambda: "x", platform="linux")
+    # refuse_unservable=False: parse all iked accepts (cast, md5, ...), as iked does.
+    cfg = load_config(
+        str(path), resolver=resolver, hostname=lambda: "x", platform="linux",
+        refuse_unservable=False,
+    )  # fmt: skip
     assert [format_policy(p) for p in cfg.policies] == iked_print(path)
 
 
@@ -865,8 +870,57 @@ def test_ikesa_with_only_a_group_yields_both_default_proposals() -> None:
      ("curve25519", 31), ("grp31", 31)],
 )  # fmt: skip
 def test_group_names_and_grp_numbers(name: str, number: int) -> None:
-    pol = one(f"ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa group {name}")
+    pol = one(f"ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa group {name}", refuse_unservable=False)
     assert xforms(pol.ike_proposals[0], TransformType.DH) == [(number, None)]
+
+
+@pytest.mark.parametrize(
+    ("clause", "column", "message"),
+    [
+        ("ikesa enc 3des", 47, 'encryption transform "3des" in ikesa'),
+        ("ikesa enc aes-128-gcm-12", 47, 'encryption transform "aes-128-gcm-12" in ikesa'),
+        ("ikesa auth hmac-md5", 48, 'authentication transform "hmac-md5" in ikesa'),
+        ("ikesa prf hmac-md5", 47, 'prf transform "hmac-md5" in ikesa'),
+        ("ikesa group modp768", 49, 'group transform "modp768" in ikesa'),
+        ("ikesa group brainpool256", 49, 'group transform "brainpool256" in ikesa'),
+        ("childsa enc aes-128-ctr", 49, 'encryption transform "aes-128-ctr" in childsa'),
+        ("childsa enc null", 49, 'encryption transform "null" in childsa'),
+        ("childsa enc aes-256-gmac", 49, 'encryption transform "aes-256-gmac" in childsa'),
+        ("childsa enc aes-128 auth hmac-md5", 62, 'authentication transform "hmac-md5"'),
+        ("childsa enc aes-128 group ecp224", 63, 'group transform "ecp224" in childsa'),
+    ],
+)
+def test_unservable_transforms_are_refused_where_written(
+    clause: str, column: int, message: str
+) -> None:
+    """pyike: iked.conf(5) names transforms pyike does not implement; a configuration
+    naming one is refused at its file:line:col, naming it, instead of offering it."""
+    error = error_of(f"\n\nikev2 esp from 10.0.0.1 to 10.0.0.2 {clause}\n")
+    assert error.startswith(f"iked.conf:3:{column}: pyike cannot serve {message}")
+    assert "(pyike serves " in error
+
+
+def test_servable_transform_lists_name_what_works() -> None:
+    error = error_of("ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa enc 3des\n")
+    assert error.endswith(
+        "(pyike serves aes-128, aes-192, aes-256, aes-128-gcm, aes-256-gcm, chacha20-poly1305)"
+    )
+    error = error_of("ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa group modp768\n")
+    assert "modp1024, modp1536, modp2048, modp3072, modp4096, modp6144, modp8192, ecp256" in error
+    assert "grp" not in error.split("pyike serves")[1]
+
+
+def test_chacha20_poly1305_in_ikesa_and_childsa() -> None:
+    """pyike: RFC 7634 defines it for IKE too; iked.conf(5) lists it for childsa only."""
+    pol = one(
+        "ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa enc chacha20-poly1305 group curve25519 "
+        "childsa enc chacha20-poly1305"
+    )
+    (ike,) = pol.ike_proposals
+    assert xforms(ike, TransformType.ENCR) == [(EncrId.CHACHA20_POLY1305, None)]
+    assert xforms(ike, TransformType.INTEG) == []  # AEAD: the AEAD default proposal only
+    (child,) = pol.child_proposals
+    assert xforms(child, TransformType.ENCR) == [(EncrId.CHACHA20_POLY1305, None)]
 
 
 def test_abbreviated_transform_names_work_with_a_warning() -> None:
@@ -896,15 +950,15 @@ def test_linux_platform_drops_aead_childsa_with_warning() -> None:
             "ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa enc aes-999\n",
             'iked.conf:1:47: unknown encryption transform "aes-999" (expected one of 3des, '
             "3des-cbc, aes-128, aes-192, aes-256, aes-128-gcm, aes-256-gcm, aes-128-gcm-12, "
-            "aes-256-gcm-12)",
+            "aes-256-gcm-12, chacha20-poly1305)",
         ),
         (
             "\n  ikev2 esp from 10.0.0.1 to 10.0.0.2 childsa enc aes-256-gcm-12\n",
             'iked.conf:2:51: encryption transform "aes-256-gcm-12" is [IKE only], for ikesa',
         ),
         (
-            "ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa enc chacha20-poly1305\n",
-            'iked.conf:1:47: encryption transform "chacha20-poly1305" is [ESP only], for childsa',
+            "ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa enc aes-192-gcm\n",
+            'iked.conf:1:47: encryption transform "aes-192-gcm" is [ESP only], for childsa',
         ),
         (
             "ikev2 esp from 10.0.0.1 to 10.0.0.2 ikesa auth hmac-sha3\n",
@@ -1234,3 +1288,43 @@ def test_iked_is_really_the_reference_when_installed() -> None:
     if not os.access(IKED, os.X_OK):
         pytest.skip(f"{IKED} (Debian package openiked) is not installed")
     assert shutil.which(IKED) == IKED
+
+
+# ---------------------------------------------------------------------------
+# pyike -n: what pyike cannot serve is an error (issue 9 item 5)
+
+
+def _pyike_check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp_path / "iked.conf"
+    conf.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "pyike", "-n", "-f", str(conf)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("clause", "name"),
+    [("childsa enc aes-128-ctr", "aes-128-ctr"), ("ikesa enc aes-256 auth hmac-md5", "hmac-md5")],
+)
+def test_pyike_n_refuses_what_pyike_cannot_serve(tmp_path: Path, clause: str, name: str) -> None:
+    r = _pyike_check(
+        tmp_path, f'ikev2 "x" active esp from 2001:db8::1 to 2001:db8::2 peer 192.0.2.9 {clause}\n'
+    )
+    assert r.returncode != 0
+    assert "iked.conf:1:" in r.stderr and "pyike cannot serve" in r.stderr
+    assert f'"{name}"' in r.stderr
+    assert "configuration OK" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pyike_n_accepts_chacha20_poly1305(tmp_path: Path) -> None:
+    r = _pyike_check(
+        tmp_path,
+        'ikev2 "x" active esp from 2001:db8::1 to 2001:db8::2 peer 192.0.2.9 '
+        "ikesa enc chacha20-poly1305 prf hmac-sha2-256 group curve25519 "
+        "childsa enc chacha20-poly1305\n",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stderr
+    assert "ikesa enc chacha20-poly1305 prf hmac-sha2-256 group curve25519" in r.stdout
+    assert "childsa enc chacha20-poly1305" in r.stdout

@@ -11,13 +11,15 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,7 +88,8 @@ def std_prf_plus(alg: PrfId, key: bytes, seed: bytes, length: int) -> bytes:
 
 GCM_SUITES = [(EncrId.AES_GCM_16, bits, IntegId.NONE) for bits in (128, 256)]
 CBC_SUITES = [(EncrId.AES_CBC, bits, integ) for bits in (128, 192, 256) for integ in INTEG_ORACLE]
-ALL_SUITES = GCM_SUITES + CBC_SUITES
+CHACHA_SUITES = [(EncrId.CHACHA20_POLY1305, 0, IntegId.NONE)]  # RFC 7634: no Key Length
+ALL_SUITES = GCM_SUITES + CBC_SUITES + CHACHA_SUITES
 
 
 def suite_id(suite: tuple[EncrId, int, IntegId]) -> str:
@@ -112,11 +115,14 @@ def test_keymat_lengths() -> None:
     assert encr_keymat_length(EncrId.AES_GCM_16, 128) == 20
     assert encr_keymat_length(EncrId.AES_GCM_16, 256) == 36
     assert [encr_keymat_length(EncrId.AES_CBC, b) for b in (128, 192, 256)] == [16, 24, 32]
+    # RFC 7634 3: a 32-octet key and a 4-octet salt, no Key Length attribute.
+    assert encr_keymat_length(EncrId.CHACHA20_POLY1305, 0) == 36
     for integ, (std, key_len, icv_len) in INTEG_ORACLE.items():
         assert integ_key_length(integ) == key_len == std().digest_size
         assert integ_icv_length(integ) == icv_len
     assert integ_key_length(IntegId.NONE) == integ_icv_length(IntegId.NONE) == 0
     assert is_aead(EncrId.AES_GCM_16) and not is_aead(EncrId.AES_CBC)
+    assert is_aead(EncrId.CHACHA20_POLY1305)
     for alg, std in STD_HASH.items():
         assert prf_output_length(alg) == std().digest_size
 
@@ -196,6 +202,8 @@ def test_derive_ike_keys(prf_alg: PrfId, suite: tuple[EncrId, int, IntegId]) -> 
     prf_len = STD_HASH[prf_alg]().digest_size
     a_len = INTEG_ORACLE[integ][1] if integ != IntegId.NONE else 0
     e_len = bits // 8 + (4 if encr == EncrId.AES_GCM_16 else 0)
+    if encr == EncrId.CHACHA20_POLY1305:
+        e_len = 32 + 4  # RFC 7634 3: key and salt
     lengths = [prf_len, a_len, a_len, e_len, e_len, prf_len, prf_len]
 
     skeyseed = std_prf(prf_alg, NI + NR, GIR)
@@ -275,7 +283,11 @@ def test_dh_two_party_agreement(group: DhId) -> None:
 
 
 ECP_GROUPS = (DhId.ECP_256, DhId.ECP_384, DhId.ECP_521)
-MODP_GROUPS = (DhId.MODP_1024, DhId.MODP_1536, DhId.MODP_2048, DhId.MODP_3072, DhId.MODP_4096)
+MODP_GROUPS = (
+    DhId.MODP_1024, DhId.MODP_1536, DhId.MODP_2048, DhId.MODP_3072, DhId.MODP_4096,
+    DhId.MODP_6144, DhId.MODP_8192,
+)  # fmt: skip
+MODP_BITS = {2: 1024, 5: 1536, 14: 2048, 15: 3072, 16: 4096, 17: 6144, 18: 8192}
 
 
 def _miller_rabin(n: int, bases: tuple[int, ...] = (3, 5, 7)) -> bool:
@@ -302,9 +314,87 @@ def test_modp_primes_are_the_rfc_safe_primes(group: DhId) -> None:
     almost surely make it composite."""
     prime = modp_prime(group)
     bits = dh_public_length(group) * 8
-    assert prime.bit_length() == bits == {2: 1024, 5: 1536, 14: 2048, 15: 3072, 16: 4096}[group]
+    assert prime.bit_length() == bits == MODP_BITS[group]
     assert prime >> (bits - 64) == prime & (2**64 - 1) == 2**64 - 1
-    assert _miller_rabin(prime) and _miller_rabin((prime - 1) // 2)
+    if bits <= 4096:  # 11 s for 8192 bits; the pi-formula test pins every prime exactly
+        assert _miller_rabin(prime) and _miller_rabin((prime - 1) // 2)
+
+
+def _pi_times_2_to(n: int) -> int:
+    """floor(pi * 2^n), by Machin's formula in integers (with guard bits)."""
+    guard = 64
+    one = 1 << (n + guard)
+
+    def arctan_inv(x: int) -> int:  # arctan(1/x) * one
+        total, term, k, sign = 0, one // x, 1, 1
+        while term:
+            total += sign * (term // k)
+            term //= x * x
+            k += 2
+            sign = -sign
+        return total
+
+    return (16 * arctan_inv(5) - 4 * arctan_inv(239)) >> guard
+
+
+# RFC 2409 6.2 and RFC 3526 2-7 define each prime as
+# p = 2^n - 2^(n-64) - 1 + 2^64 * (floor(2^(n-130) * pi) + k), publishing k.
+MODP_PI_OFFSETS = {
+    DhId.MODP_1024: 129093, DhId.MODP_1536: 741804, DhId.MODP_2048: 124476,
+    DhId.MODP_3072: 1690314, DhId.MODP_4096: 240904, DhId.MODP_6144: 929484,
+    DhId.MODP_8192: 4743158,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("group", MODP_GROUPS, ids=lambda g: DhId.name_of(g))
+def test_modp_primes_follow_the_rfc_pi_formula(group: DhId) -> None:
+    n = MODP_BITS[group]
+    k = MODP_PI_OFFSETS[group]
+    expected = 2**n - 2 ** (n - 64) - 1 + 2**64 * (_pi_times_2_to(n - 130) + k)
+    assert modp_prime(group) == expected
+
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+@pytest.mark.parametrize("group", [DhId.MODP_2048, DhId.MODP_8192], ids=DhId.name_of)
+def test_modp_public_value_matches_openssl(group: DhId) -> None:
+    """An independent implementation: OpenSSL's key in the same RFC 3526 group,
+    its private exponent fed to dh_from_private, must give OpenSSL's public value."""
+    assert OPENSSL is not None
+    name = f"group:modp_{MODP_BITS[group]}"
+    pem = subprocess.run(
+        [OPENSSL, "genpkey", "-algorithm", "DH", "-pkeyopt", name],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    text = subprocess.run(
+        [OPENSSL, "pkey", "-text", "-noout"], input=pem, capture_output=True, check=True,
+        timeout=60,
+    ).stdout.decode()  # fmt: skip
+
+    def field(label: str) -> bytes:
+        block = text.split(label + ":", 1)[1].split("\n")
+        hex_lines = []
+        for line in block[1:]:
+            if not line.startswith("    "):
+                break
+            hex_lines.append(line.strip().replace(":", ""))
+        return bytes.fromhex("".join(hex_lines))
+
+    x, y = field("private-key"), field("public-key")
+    ours = dh_from_private(group, x)
+    assert ours.public_bytes == y.lstrip(b"\0").rjust(dh_public_length(group), b"\0")
+    # And the other direction of the exchange: OpenSSL's y is a valid peer value.
+    peer = dh_generate(group)
+    assert peer.shared(ours.public_bytes) == ours.shared(peer.public_bytes)
+
+
+def test_modp_exponents_are_short_and_fresh() -> None:
+    """SP 800-56A 5.6.1.1.4: exponents of 2 * security strength bits, new each time."""
+    a, b = dh_generate(DhId.MODP_8192), dh_generate(DhId.MODP_8192)
+    assert a.public_bytes != b.public_bytes
+    assert 2 < a._x < 2**400  # type: ignore[attr-defined]
 
 
 def test_modp_known_exponent_public_value() -> None:
@@ -402,6 +492,7 @@ def test_dh_from_private_refuses_bad_private_values() -> None:
         (DhId.ECP_256, b"\xff" * 32),  # scalar >= n
         (DhId.CURVE25519, bytes(31)),
         (DhId.MODP_2048, b"\x01"),
+        (DhId.MODP_8192, b"\x00"),
     ]:
         with pytest.raises(CryptoError):
             dh_from_private(group, private)
@@ -492,6 +583,18 @@ def test_skcipher_open_random_bytes(suite: tuple[EncrId, int, IntegId], body: by
 
 
 _CIPHERS = {suite_id(s): make_cipher(s) for s in ALL_SUITES}
+
+
+def test_chacha20_format_matches_rfc7634() -> None:
+    """Decrypt with a bare ChaCha20Poly1305: nonce = salt | IV, AAD = header octets,
+    plaintext = payloads | Pad Length 0 (RFC 7634 3, as RFC 5282)."""
+    key = os.urandom(36)
+    cipher = SkCipher(EncrId.CHACHA20_POLY1305, 0, IntegId.NONE, key, b"")
+    body = cipher.seal(AAD, b"inner payloads")
+    plain = ChaCha20Poly1305(key[:32]).decrypt(key[32:] + body[:8], body[8:], AAD)
+    assert plain == b"inner payloads\x00"
+    with pytest.raises(UnsupportedAlgorithm):  # RFC 7634 2: no Key Length attribute
+        SkCipher(EncrId.CHACHA20_POLY1305, 256, IntegId.NONE, key, b"")
 
 
 def test_gcm_bad_pad_length_fails() -> None:

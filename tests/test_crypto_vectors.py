@@ -12,17 +12,19 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from pyike import algorithms
 from pyike.crypto import (
     ALGORITHM_IDENTIFIERS,
     ED25519_ALGORITHM_IDENTIFIER,
     AuthenticationError,
+    SkCipher,
     dh_from_private,
     dh_public_length,
     integ_mac,
     prf,
     verify_auth,
 )
-from pyike.registry import AuthMethod, DhId, HashAlgorithm, IntegId, PrfId
+from pyike.registry import AuthMethod, DhId, EncrId, HashAlgorithm, IntegId, PrfId
 
 
 def h(text: str) -> bytes:
@@ -411,3 +413,61 @@ def test_ed25519_algorithm_identifier_matches_spki() -> None:
     )
     # SPKI = SEQUENCE (0x30, length) { AlgorithmIdentifier, BIT STRING }.
     assert spki[2 : 2 + len(ED25519_ALGORITHM_IDENTIFIER)] == ED25519_ALGORITHM_IDENTIFIER
+
+
+# --------------------------------------------------------------------------- RFC 8439 / 7634
+
+# RFC 8439 2.8.2: the AEAD_CHACHA20_POLY1305 example ("Ladies and Gentlemen ...").
+RFC8439_282 = dict(
+    key="""80 81 82 83 84 85 86 87 88 89 8a 8b 8c 8d 8e 8f
+           90 91 92 93 94 95 96 97 98 99 9a 9b 9c 9d 9e 9f""",
+    nonce="07 00 00 00 40 41 42 43 44 45 46 47",
+    aad="50 51 52 53 c0 c1 c2 c3 c4 c5 c6 c7",
+    ciphertext="""d3 1a 8d 34 64 8e 60 db 7b 86 af bc 53 ef 7e c2
+                  a4 ad ed 51 29 6e 08 fe a9 e2 b5 a7 36 ee 62 d6
+                  3d be a4 5e 8c a9 67 12 82 fa fb 69 da 92 72 8b
+                  1a 71 de 0a 9e 06 0b 29 05 d6 a5 b6 7e cd 3b 36
+                  92 dd bd 7f 2d 77 8b 8c 98 03 ae e3 28 09 1b 58
+                  fa b3 24 e4 fa d6 75 94 55 85 80 8b 48 31 d7 bc
+                  3f f4 de f0 8e 4b 7a 9d e5 76 d2 65 86 ce c6 4b
+                  61 16""",
+    tag="1a e1 0b 59 4f 09 e2 6a 7e 90 2e cb d0 60 06 91",
+)
+RFC8439_PLAINTEXT = (
+    b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for "
+    b"the future, sunscreen would be it."
+)
+
+
+def test_rfc8439_aead_through_the_algorithm_table() -> None:
+    """The table's constructor for transform 28 is RFC 8439's AEAD."""
+    row = algorithms.encr(EncrId.CHACHA20_POLY1305, None)
+    assert row is not None and row.aead and row.ike and row.esp
+    v = RFC8439_282
+    aead = row.new_aead(h(v["key"]))
+    sealed = aead.encrypt(h(v["nonce"]), RFC8439_PLAINTEXT, h(v["aad"]))
+    assert sealed == h(v["ciphertext"]) + h(v["tag"])
+
+
+# RFC 7634 Appendix B: an IKEv2 INFORMATIONAL request protected with ChaCha20-Poly1305.
+RFC7634_B = dict(
+    keymat="""80 81 82 83 84 85 86 87 88 89 8a 8b 8c 8d 8e 8f
+              90 91 92 93 94 95 96 97 98 99 9a 9b 9c 9d 9e 9f a0 a1 a2 a3""",
+    iv="10 11 12 13 14 15 16 17",
+    # IKE header (SPIs c0.., d0.., next payload SK, version 2.0, INFORMATIONAL, message
+    # ID 9, length 69) then the SK generic header (next payload Notify, length 41).
+    aad="""c0 c1 c2 c3 c4 c5 c6 c7 d0 d1 d2 d3 d4 d5 d6 d7
+           2e 20 25 00 00 00 00 09 00 00 00 45 29 00 00 29""",
+    inner="00 00 00 0c 00 00 40 01 00 00 00 0a",  # a Notify payload (type 16385)
+    sealed="""61 03 94 70 1f 8d 01 7f 7c 12 92 48 89 6b 71 bf e2 52 36 ef d7 cd c6 70
+              66 90 63 15 b2""",  # ciphertext of inner | Pad Length 0, then the tag
+)
+
+
+def test_rfc7634_ikev2_example_seal_and_open() -> None:
+    v = RFC7634_B
+    cipher = SkCipher(EncrId.CHACHA20_POLY1305, 0, IntegId.NONE, h(v["keymat"]), b"")
+    assert cipher.sealed_length(12) == 41 - 4  # SK payload length minus its header
+    body = cipher.seal(h(v["aad"]), h(v["inner"]), iv=h(v["iv"]))
+    assert body == h(v["iv"]) + h(v["sealed"])
+    assert cipher.open(h(v["aad"]), body) == h(v["inner"])

@@ -13,7 +13,7 @@ import socket
 import struct
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -42,6 +42,7 @@ from pyike.registry import EncrId, IntegId
 
 GCM = EncrId.AES_GCM_16
 CBC = EncrId.AES_CBC
+CHACHA = EncrId.CHACHA20_POLY1305
 NONE = IntegId.NONE
 
 
@@ -346,7 +347,9 @@ SUITES = [
     ("cbc192-sha384", CBC, 192, IntegId.HMAC_SHA2_384_192),
     ("cbc256-sha512", CBC, 256, IntegId.HMAC_SHA2_512_256),
     ("cbc256-sha1", CBC, 256, IntegId.HMAC_SHA1_96),
+    ("chacha20-poly1305", CHACHA, 0, NONE),  # RFC 7634 2: no Key Length attribute
 ]
+SCAPY_CRYPT = {int(GCM): "AES-GCM", int(CBC): "AES-CBC", int(CHACHA): "CHACHA20-POLY1305"}
 SCAPY_AUTH = {
     int(NONE): "NULL",
     int(IntegId.HMAC_SHA1_96): "HMAC-SHA1-96",
@@ -380,6 +383,58 @@ def v6_packet(size: int = 100, src: str = "2001:db8:2::7", dst: str = "2001:db8:
 def v4_packet(size: int = 100, src: str = "198.51.100.7", dst: str = "192.0.2.5") -> bytes:
     base = IP(src=src, dst=dst) / TCP(sport=5000, dport=22)
     return raw(base / Raw(b"\xcd" * max(0, size - len(base))))
+
+
+# --------------------------------------------------------------------------------------
+# RFC 7634 Appendix A: the ChaCha20-Poly1305 ESP example (copied from the RFC text)
+
+RFC7634_KEYMAT = h("""80 81 82 83 84 85 86 87 88 89 8a 8b 8c 8d 8e 8f
+                      90 91 92 93 94 95 96 97 98 99 9a 9b 9c 9d 9e 9f a0 a1 a2 a3""")
+RFC7634_SPI, RFC7634_SEQ, RFC7634_IV = 0x01020304, 5, h("10 11 12 13 14 15 16 17")
+# An IPv4 ICMP echo request from 198.51.100.5 to 192.0.2.5
+RFC7634_INNER = h("""45 00 00 54 a6 f2 00 00 40 01 e7 78 c6 33 64 05 c0 00 02 05
+                     08 00 5b 7a 3a 08 00 00 55 3b ec 10 00 07 36 27 08 09 0a 0b
+                     0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f
+                     20 21 22 23 24 25 26 27 28 29 2a 2b 2c 2d 2e 2f 30 31 32 33
+                     34 35 36 37""")
+RFC7634_PADDING_AND_TRAILER = h("01 02 02 04")  # 2 padding bytes, pad length 2, IPv4
+RFC7634_SEALED = h("""24 03 94 28 b9 7f 41 7e 3c 13 75 3a 4f 05 08 7b 67 c3 52 e6
+                      a7 fa b1 b9 82 d4 66 ef 40 7a e5 c6 14 ee 80 99 d5 28 44 eb
+                      61 aa 95 df ab 4c 02 f7 2a a7 1e 7c 4c 4f 64 c9 be fe 2f ac
+                      c6 38 e8 f3 cb ec 16 3f ac 46 9b 50 27 73 f6 fb 94 e6 64 da
+                      91 65 b8 28 29 f6 41 e0 76 aa a8 26 6b 7f b0 f7 b1 1b 36 99
+                      07 e1 ad 43""")  # ciphertext, then the 16-byte tag
+RFC7634_PACKET = struct.pack(">II", RFC7634_SPI, RFC7634_SEQ) + RFC7634_IV + RFC7634_SEALED
+
+
+def test_rfc7634_esp_example_seal() -> None:
+    sa = OutboundSa(RFC7634_SPI, CHACHA, 0, NONE, RFC7634_KEYMAT, b"",
+                    iv_mask=int.from_bytes(RFC7634_IV, "big") ^ RFC7634_SEQ)  # fmt: skip
+    sa.seq = RFC7634_SEQ - 1
+    assert sa.seal(RFC7634_INNER, 4) == RFC7634_PACKET
+
+
+def test_rfc7634_esp_example_open() -> None:
+    sa = InboundSa(RFC7634_SPI, CHACHA, 0, NONE, RFC7634_KEYMAT, b"")
+    assert sa.unprotect(RFC7634_PACKET) == (RFC7634_SEQ, 4, RFC7634_INNER)
+    assert sa.open(RFC7634_PACKET) == (4, RFC7634_INNER)
+    # The trailer the RFC shows is what the AEAD covers: check with a bare ChaCha20Poly1305.
+    aead = ChaCha20Poly1305(RFC7634_KEYMAT[:32])
+    plain = aead.decrypt(RFC7634_KEYMAT[32:] + RFC7634_IV, RFC7634_SEALED, RFC7634_PACKET[:8])
+    assert plain == RFC7634_INNER + RFC7634_PADDING_AND_TRAILER
+    tampered = RFC7634_PACKET[:-1] + bytes([RFC7634_PACKET[-1] ^ 1])
+    fresh = InboundSa(RFC7634_SPI, CHACHA, 0, NONE, RFC7634_KEYMAT, b"")
+    with pytest.raises(EspDrop) as exc:
+        fresh.open(tampered)
+    assert exc.value.reason is DropReason.INTEGRITY
+
+
+def test_chacha20_esp_suite_sizes() -> None:
+    """RFC 7634 2: 36 bytes of KEYMAT (key + salt), 8-byte IV, 16-byte ICV, 4-byte align."""
+    s = suite_of(CHACHA, 0, NONE)
+    assert (s.aead, s.enc_key_len, s.iv_len, s.icv_len, s.block) == (True, 36, 8, 16, 4)
+    with pytest.raises(ValueError):
+        suite_of(CHACHA, 0, IntegId.HMAC_SHA2_256_128)  # combined mode: no INTEG
 
 
 # --------------------------------------------------------------------------------------
@@ -419,7 +474,7 @@ def scapy_sa(encr: int, integ: int, ek: bytes, ik: bytes, spi: int, outer_v6: bo
     outer = (IPv6(src="2001:db8:ffff::1", dst="2001:db8:ffff::2") if outer_v6
              else IP(src="203.0.113.1", dst="203.0.113.2"))  # fmt: skip
     return SecurityAssociation(
-        ESP, spi=spi, crypt_algo="AES-GCM" if encr == GCM else "AES-CBC",
+        ESP, spi=spi, crypt_algo=SCAPY_CRYPT[int(encr)],
         crypt_key=ek, auth_algo=SCAPY_AUTH[int(integ)], auth_key=ik or None,
         tunnel_header=outer, esn_en=esn_hi is not None, esn=esn_hi or 0,
     )  # fmt: skip

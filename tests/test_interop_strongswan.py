@@ -25,6 +25,9 @@ wire is the expected one (``pyike decode`` of the capture). The RFC 7427 cases o
 each direction (one per ESP suite) also ping both ways over the inner IPv6
 addresses (pyike's TUN <-> charon's libipsec TUN).
 
+ChaCha20-Poly1305 (RFC 7634) for both the IKE SA and the Child SA, each direction,
+with ping both ways (charon's openssl plugin serves it; no ``chapoly`` plugin needed).
+
 Failure cases: a wrong peer key (AUTHENTICATION_FAILED on both sides, no Child SA;
 pyike as initiator tells charon with an INFORMATIONAL, RFC 7296 2.21.2) and disjoint
 proposals (NO_PROPOSAL_CHOSEN on both).
@@ -395,6 +398,141 @@ def test_charon_initiator(two_hosts: TwoHosts, tmp_path: Path, suite: Suite, rfc
     finally:
         pyike.stop()
     check_decode(_decode(pcap_path, keylog_dir), AUTH_7427 if rfc7427 else AUTH_4754)
+    assert "Traceback" not in pyike.log()
+
+
+# --- ChaCha20-Poly1305 (RFC 7634), IKE and ESP -------------------------------------------
+
+# charon's openssl plugin provides ChaCha20-Poly1305 (no "chapoly" plugin is needed, or
+# installed), for IKE and for libipsec's ESP alike.
+CHACHA = Suite(
+    "chacha20-x25519",
+    "chacha20poly1305-prfsha256-x25519",
+    "ikesa enc chacha20-poly1305 prf hmac-sha2-256 group curve25519 childsa enc chacha20-poly1305",
+    "chacha20poly1305",
+    "enc chacha20-poly1305 group curve25519 prf hmac-sha2-256",
+)
+
+
+def check_chacha_child(pyike: PyikeProc, charon: Charon) -> None:
+    """Both sides hold one ChaCha20-Poly1305 Child SA with the same SPIs. Its keys are
+    not in the key log (Wireshark's esp_sa table has no name for it): that they agree is
+    shown by the ping both ways that follows."""
+    pyike_in, pyike_out = _pyike_child_spis(pyike.log())
+    assert re.search(r"created Child SA .*\(enc chacha20-poly1305( esn)?\)", pyike.log())
+    (sa,) = charon.list_sas()
+    assert sa["encr-alg"] == "CHACHA20_POLY1305", sa
+    (listed,) = sa["child-sas"].values()
+    assert listed["encr-alg"] == "CHACHA20_POLY1305", listed
+    assert "integ-alg" not in listed, listed  # AEAD: no separate integrity
+    assert (int(listed["spi-in"], 16), int(listed["spi-out"], 16)) == (pyike_out, pyike_in)
+
+
+def test_chacha20_poly1305_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    _need_tools()
+    home, vm = two_hosts
+    k = _keys()
+    _add_inner(vm, VM_INNER)
+    home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
+    conf = _home_conf(tmp_path / "home-iked.conf", CHACHA.pyike)
+    charon = _charon(
+        vm, tmp_path / "charon", home=False, own=k.vm, peer_public=k.home.public_key(),
+        suite=CHACHA, rfc7427=True,
+    )  # fmt: skip
+    with charon:
+        charon.load()
+        pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
+        try:
+            pyike.wait_log(
+                rf"established peer .*policy 'tun' as initiator "
+                rf"\({re.escape(CHACHA.established)}\)",
+                timeout=TIMEOUT_S,
+            )
+            pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
+            charon.wait_established(timeout=TIMEOUT_S)
+            check_chacha_child(pyike, charon)
+            assert ping(home, VM_INNER, count=3) >= 2, pyike.log()[-3000:]
+            assert ping(vm, HOME_INNER, count=3) >= 2, charon.log_text()[-3000:]
+        finally:
+            pyike.stop()
+    assert "Traceback" not in pyike.log()
+
+
+def test_chacha20_poly1305_charon_initiator(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    _need_tools()
+    home, vm = two_hosts
+    k = _keys()
+    _add_inner(home, HOME_INNER)
+    vm_keys = write_keydir(tmp_path / "vm-keys", k.vm, {HOME_ID: k.home.public_key()})
+    conf = tmp_path / "vm-iked.conf"
+    conf.write_text(
+        f'ikev2 "carinho" passive esp from {VM_INNER} to {HOME_INNER} '
+        f"local {VM_ADDR} peer any {CHACHA.pyike} "
+        f"srcid {VM_ID} dstid {HOME_ID} ecdsa384\n"
+    )
+    charon = _charon(
+        home, tmp_path / "charon", home=True, own=k.home, peer_public=k.vm.public_key(),
+        suite=CHACHA, rfc7427=True,
+    )  # fmt: skip
+    pyike = PyikeProc(vm, tmp_path, conf, vm_keys).start()
+    try:
+        pyike.wait_log(r"listening on IPv4 UDP port 4500", timeout=15)
+        with charon:
+            charon.load()
+            charon.initiate(timeout=TIMEOUT_S)
+            charon.wait_established(timeout=TIMEOUT_S)
+            pyike.wait_log(
+                rf"established peer .*policy 'carinho' as responder "
+                rf"\({re.escape(CHACHA.established)}\)",
+                timeout=TIMEOUT_S,
+            )
+            pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
+            check_chacha_child(pyike, charon)
+            assert ping(home, VM_INNER, count=3) >= 2, pyike.log()[-3000:]
+            assert ping(vm, HOME_INNER, count=3) >= 2, charon.log_text()[-3000:]
+    finally:
+        pyike.stop()
+    assert "Traceback" not in pyike.log()
+
+
+# --- MODP groups: pyike's own modular arithmetic against charon's (openssl) -------------
+
+
+@pytest.mark.parametrize("bits", [2048, 8192])
+def test_modp_group_pyike_initiator(two_hosts: TwoHosts, tmp_path: Path, bits: int) -> None:
+    """An IKE SA keyed by MODP Diffie-Hellman (RFC 3526) computed with Python integers:
+    IKE_AUTH only verifies if both ends derived the same g^ir."""
+    _need_tools()
+    home, vm = two_hosts
+    k = _keys()
+    _add_inner(vm, VM_INNER)
+    home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
+    suite = Suite(
+        f"modp{bits}",
+        f"aes256gcm16-prfsha256-modp{bits}",
+        f"ikesa enc aes-256-gcm prf hmac-sha2-256 group modp{bits}",
+        "aes256gcm16",
+        f"enc aes-256-gcm group modp{bits} prf hmac-sha2-256",
+    )
+    conf = _home_conf(tmp_path / "home-iked.conf", suite.pyike)
+    charon = _charon(
+        vm, tmp_path / "charon", home=False, own=k.vm, peer_public=k.home.public_key(),
+        suite=suite, rfc7427=True,
+    )  # fmt: skip
+    with charon:
+        charon.load()
+        pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
+        try:
+            pyike.wait_log(
+                rf"established peer .*policy 'tun' as initiator \({re.escape(suite.established)}\)",
+                timeout=TIMEOUT_S,
+            )
+            pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
+            charon.wait_established(timeout=TIMEOUT_S)
+            (sa,) = charon.list_sas()
+            assert sa["dh-group"] == f"MODP_{bits}", sa
+        finally:
+            pyike.stop()
     assert "Traceback" not in pyike.log()
 
 

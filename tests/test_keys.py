@@ -491,3 +491,38 @@ def test_load_public_key_der_rejects_truncated_key(tmp_path: Path) -> None:
         with pytest.raises(BadPublicKey):
             load_public_key_der(der[:cut])
     assert issubclass(BadPublicKey, ValueError)
+
+
+@needs_openssl
+@pytest.mark.parametrize(
+    ("key_type", "needle"),
+    [
+        ("p256", b"ASN1 OID: prime256v1"),
+        ("p384", b"ASN1 OID: secp384r1"),
+        ("p521", b"ASN1 OID: secp521r1"),
+        ("rsa", b"Private-Key: (2048 bit, 2 primes)"),
+    ],
+)
+def test_keygen_types_as_openssl_reads_them(tmp_path: Path, key_type: str, needle: bytes) -> None:
+    key_path, pub_path = keygen(tmp_path, key_type=key_type)
+    assert needle in openssl("pkey", "-in", str(key_path), "-noout", "-text")
+    assert openssl("pkey", "-pubin", "-in", str(pub_path), "-outform", "DER") == openssl(
+        "pkey", "-in", str(key_path), "-pubout", "-outform", "DER"
+    )
+    KeyStore(tmp_path).check_local_pair()
+
+
+def test_keygen_refuses_short_rsa_and_unknown_type(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 2048"):
+        keygen(tmp_path, key_type="rsa", rsa_bits=1024)
+    with pytest.raises(ValueError, match="choose one of p256, p384, p521, rsa"):
+        keygen(tmp_path, key_type="dsa")
+    assert not (tmp_path / "private").exists()
+
+
+def test_keygen_cli_type_rsa(tmp_path: Path) -> None:
+    from pyike.cli import main
+
+    assert main(["keygen", "--keydir", str(tmp_path), "--type", "rsa"]) == 0
+    assert isinstance(KeyStore(tmp_path).local_private(), rsa.RSAPrivateKey)
+    assert main(["keygen", "--keydir", str(tmp_path / "x"), "--type", "rsa", "--bits", "512"]) == 1

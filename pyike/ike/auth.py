@@ -12,10 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pyike import crypto, wire
+from pyike import authn, crypto, wire
 from pyike.ike import child_negotiation as negotiation
 from pyike.ike.common import (
-    OUR_SIG_HASHES,
     ProtocolError,
     error_notifies,
     find,
@@ -28,8 +27,16 @@ from pyike.ike.events import InitialContact
 from pyike.ike.informational import DeleteChildRequest
 from pyike.ike.requests import Request, Response
 from pyike.ike.states import State
-from pyike.registry import AuthMethod, ExchangeType, HashAlgorithm, NotifyType, PayloadType
-from pyike.wire import AuthPayload, IdPayload, Message, Proposal, SaPayload
+from pyike.registry import AuthMethod, ExchangeType, NotifyType, PayloadType
+from pyike.wire import (
+    AuthPayload,
+    CertPayload,
+    CertReqPayload,
+    IdPayload,
+    Message,
+    Proposal,
+    SaPayload,
+)
 
 if TYPE_CHECKING:
     from pyike.ike.sa import IkeSa
@@ -42,7 +49,7 @@ log = logging.getLogger("pyike.ike")
 
 @dataclass(eq=False)
 class AuthRequest(Request):
-    """IDi, [N(INITIAL_CONTACT)], [IDr], AUTH, SAi2, TSi, TSr (1.2)."""
+    """IDi, [CERT+], [CERTREQ], [N(INITIAL_CONTACT)], [IDr], AUTH, SAi2, TSi, TSr (1.2)."""
 
     exchange = ExchangeType.IKE_AUTH
     spi_in: int = 0  # the first Child SA's inbound SPI, chosen when sent
@@ -50,7 +57,9 @@ class AuthRequest(Request):
 
     def start(self, sa: IkeSa, now: float) -> None:
         self.spi_in, self.offer = negotiation.child_offer(sa)
-        payloads: list[wire.Payload] = [local_id_payload(sa)]
+        payloads: list[wire.Payload] = [local_id_payload(sa), *cert_payloads(sa)]
+        if sa.policy.psk is None:
+            payloads += credentials(sa).certreqs()
         if sa.initial_contact:
             payloads.append(notify(NotifyType.INITIAL_CONTACT))
         if sa.policy.peer_id is not None:
@@ -75,7 +84,7 @@ class AuthRequest(Request):
             (p for p in payloads if isinstance(p, IdPayload) and p.kind == PayloadType.IDr), None
         )
         try:
-            verify_peer(sa, idr, auth)
+            verify_peer(sa, idr, auth, [p for p in payloads if isinstance(p, CertPayload)])
         except ProtocolError as e:
             # 2.21.2: an initiator that rejects the responder's AUTH may say so in a
             # separate INFORMATIONAL (charon does); otherwise the responder keeps an
@@ -149,13 +158,15 @@ def on_auth_request(
         if better is not None and better is not sa.policy:
             log.debug("%s: policy '%s' chosen by peer ID", sa.label, better.name)
             sa.policy = better
+    sa.peer_certreqs = [p for p in payloads if isinstance(p, CertReqPayload)]
+    certs = [p for p in payloads if isinstance(p, CertPayload)]
     try:
-        verify_peer(sa, idi, find(payloads, AuthPayload))
+        verify_peer(sa, idi, find(payloads, AuthPayload), certs)
     except ProtocolError as e:
         log.warning("%s: AUTHENTICATION_FAILED: %s", sa.label, e.detail)
         sa.fail_after_response = f"authentication of the peer failed: {e.detail}"
         return [notify(NotifyType.AUTHENTICATION_FAILED)]
-    reply: list[wire.Payload] = [local_id_payload(sa), make_auth(sa)]
+    reply: list[wire.Payload] = [local_id_payload(sa), *cert_payloads(sa), make_auth(sa)]
     sa.established(now)
     if has_notify(payloads, NotifyType.INITIAL_CONTACT):
         assert sa.peer_id is not None
@@ -213,32 +224,34 @@ def make_auth(sa: IkeSa) -> AuthPayload:
     assert sa.suite is not None and sa.suite.prf is not None
     if p.psk is not None:
         return AuthPayload(AuthMethod.PSK, crypto.psk_auth(sa.suite.prf, p.psk, octets))
-    key = p.local_key
-    if key is None:
-        raise ProtocolError("no local key configured", NotifyType.AUTHENTICATION_FAILED)
-    if not isinstance(key, crypto.PrivateSigningKey):
-        raise ProtocolError(
-            f"a {type(key).__name__} cannot sign IKE AUTH", NotifyType.AUTHENTICATION_FAILED
-        )
-    natural = crypto.auth_method_for_key(key)
-    if p.rfc7427 and sa.peer_hashes:
-        # RFC 7427: the hash that matches the curve, if the peer takes it.
-        preferred = {
-            AuthMethod.ECDSA_SHA256_P256: HashAlgorithm.SHA2_256,
-            AuthMethod.ECDSA_SHA384_P384: HashAlgorithm.SHA2_384,
-            AuthMethod.ECDSA_SHA512_P521: HashAlgorithm.SHA2_512,
-        }.get(natural)
-        usable = [h for h in OUR_SIG_HASHES if h in sa.peer_hashes]
-        if usable:
-            h = preferred if preferred in usable else usable[0]
-            return AuthPayload(
-                AuthMethod.DIGITAL_SIGNATURE,
-                crypto.sign_auth(AuthMethod.DIGITAL_SIGNATURE, key, octets, h),
-            )
-    return AuthPayload(natural, crypto.sign_auth(natural, key, octets))
+    try:
+        # pyike.signatures picks the method from the key, ikeauth and the peer's hashes.
+        return credentials(sa).sign(octets, sa.peer_hashes)
+    except authn.AuthFailure as e:
+        raise ProtocolError(str(e), NotifyType.AUTHENTICATION_FAILED) from None
 
 
-def verify_peer(sa: IkeSa, id_payload: IdPayload | None, auth: AuthPayload | None) -> None:
+def credentials(sa: IkeSa) -> authn.Credentials:
+    """The policy's signature credentials (raw keys only when it has none)."""
+    p = sa.policy
+    if p.credentials is not None:
+        return p.credentials
+    return authn.Credentials(local_key=p.local_key, peer_key=p.peer_key, rfc7427=p.rfc7427)  # type: ignore[arg-type]
+
+
+def cert_payloads(sa: IkeSa) -> list[wire.Payload]:
+    """Our CERT payloads (3.6), chosen by the peer's CERTREQs; none with a shared key."""
+    if sa.policy.psk is not None:
+        return []
+    return list(credentials(sa).certs(sa.peer_certreqs))
+
+
+def verify_peer(
+    sa: IkeSa,
+    id_payload: IdPayload | None,
+    auth: AuthPayload | None,
+    certs: list[CertPayload] | None = None,
+) -> None:
     """Check the peer's identity and AUTH; raises ProtocolError(AUTHENTICATION_FAILED)."""
     fail = NotifyType.AUTHENTICATION_FAILED
     if id_payload is None or auth is None:
@@ -264,16 +277,11 @@ def verify_peer(sa: IkeSa, id_payload: IdPayload | None, auth: AuthPayload | Non
             f"peer used {AuthMethod.name_of(auth.method)} but the policy wants a shared key",
             fail,
         )
-    key = p.peer_key(*peer_id)
-    if key is None:
-        raise ProtocolError(f"no public key for {id_text(*peer_id)}", fail)
-    if not isinstance(key, crypto.PublicSigningKey):
-        raise ProtocolError(f"the {type(key).__name__} of {id_text(*peer_id)} cannot sign", fail)
     try:
-        crypto.verify_auth(AuthMethod.lookup(auth.method), key, octets, auth.data)
-    except crypto.AuthenticationError as e:
-        raise ProtocolError(
-            f"{AuthMethod.name_of(auth.method)} signature of "
-            f"{id_text(*peer_id)} does not verify: {e}",
-            fail,
-        ) from e
+        # The key from the peer's certificate chain (checked against ca/, crls/) or
+        # from pubkeys/, then its signature (pyike.authn).
+        how = credentials(sa).verify(peer_id, auth, certs or [], octets)
+    except authn.AuthFailure as e:
+        detail = str(e) if e.names_peer else f"{id_text(*peer_id)}: {e}"
+        raise ProtocolError(detail, fail) from None
+    log.info("%s: peer %s authenticated: %s", sa.label, id_text(*peer_id), how)

@@ -91,6 +91,12 @@ def on_request(
                     sa.child_deleted(child, "deleted by peer")
                 if ours:
                     reply.append(DeletePayload(p.protocol, 4, ours))
+        elif isinstance(p, NotifyPayload) and p.type == NotifyType.AUTHENTICATION_FAILED:
+            # 2.21.2: the initiator did not accept our AUTH (or certificate) and tells
+            # us so in a separate INFORMATIONAL: the IKE SA and its children are void.
+            log.warning("%s: peer refused our authentication (AUTHENTICATION_FAILED)", sa.label)
+            sa.close_after_response = "peer refused our authentication: AUTHENTICATION_FAILED"
+            return []
         elif isinstance(p, NotifyPayload) and p.type < FIRST_STATUS_NOTIFY:
             log.warning("%s: peer reports %s", sa.label, NotifyType.name_of(p.type))
     return reply

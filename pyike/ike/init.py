@@ -124,6 +124,7 @@ class InitRequest(Request):
         sa.nr = nonce.data
         sa.init_response = response.data
         sa.peer_hashes = sig_hashes(msg)
+        sa.peer_certreqs = msg.find_all(wire.CertReqPayload)
         check_nat(sa, msg, response.src, response.dst)
         try:
             shared = sa.dh.shared(ke.data)
@@ -368,6 +369,8 @@ def _answer(
     ]
     if sa.policy.rfc7427:
         payloads.append(sig_hash_notify())
+    if sa.policy.psk is None:
+        payloads += auth.credentials(sa).certreqs()  # 3.7: the CAs we trust
     reply = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, payloads)
     sa.init_response = wire.build_message(reply)
     sa.peer_next_id = 1

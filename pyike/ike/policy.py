@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from pyike.authn import Credentials
 from pyike.wire import Proposal, TrafficSelector
 
 
@@ -19,11 +20,14 @@ class SaPolicy:
     ts_local: list[TrafficSelector]
     ts_remote: list[TrafficSelector]
     peer_id: tuple[int, bytes] | None = None  # dstid; None accepts any ID with a known key
-    local_key: object | None = None  # EC private key (ecdsa256/384/521)
+    local_key: object | None = None  # private key (ECDSA, RSA, Ed25519)
     psk: bytes | None = None
     # Looks up the peer's public key by (ID type, ID data): iked's pubkeys/ layout.
     peer_key: Callable[[int, bytes], object | None] = lambda _t, _d: None
     rfc7427: bool = True  # offer/use RFC 7427 signatures (method 14)
+    # Certificates, ikeauth and signature AUTH (pyike.authn); None: made from
+    # local_key/peer_key/rfc7427 (raw keys, any signature method).
+    credentials: Credentials | None = None
     force_encap: bool = False  # fake NAT detection so ESP goes in UDP (iked -t, encap=yes)
     initial_contact: bool = True
     ike_lifetime: float = 86400.0

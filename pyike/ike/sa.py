@@ -118,6 +118,7 @@ class IkeSa:
         self.init_request = b""
         self.init_response = b""
         self.peer_hashes: set[int] = set()
+        self.peer_certreqs: list[wire.CertReqPayload] = []  # what CAs the peer trusts (3.7)
         self.cookie = b""
         self.cipher_out: crypto.SkCipher | None = None
         self.cipher_in: crypto.SkCipher | None = None
