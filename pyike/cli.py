@@ -82,7 +82,13 @@ def _daemon_parser() -> argparse.ArgumentParser:
         dest="socket",
         type=Path,
         default=None,
-        help="control socket (not implemented yet; accepted for compatibility)",
+        help="control socket for pyikectl (default: /run/pyike.sock; root's, mode 0600)",
+    )
+    p.add_argument(
+        "--socket-group",
+        default=None,
+        metavar="GROUP",
+        help="let GROUP use the control socket too (mode 0660)",
     )
     p.add_argument(
         "--keydir",
@@ -133,12 +139,28 @@ def _daemon_parser() -> argparse.ArgumentParser:
         "--no-netwatch", action="store_true", help="do not react to link, address and route changes"
     )
     p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a resource limit, e.g. --limit half_open=64 (repeatable; the limits "
+        "and their defaults are in docs/security.md)",
+    )
+    p.add_argument(
         "--replace-after",
         type=float,
         default=4.0,
         metavar="SECONDS",
         help="negotiate a replacement for an IKE SA whose liveness probe is "
         "unanswered this long (default 4; 0 = never)",
+    )
+    p.add_argument(
+        "--fragment-size",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="with `set fragmentation`: largest IP datagram of an IKE message before it "
+        "is sent as RFC 7383 fragments (default 0: 1280 for IPv6, 576 for IPv4)",
     )
     p.add_argument("--no-invalid-spi", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", default="500,4500", metavar="IKE,NATT", help=argparse.SUPPRESS)
@@ -147,18 +169,9 @@ def _daemon_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose >= 2 else logging.INFO
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    # Per-message send/recv lines only from -v on (they are iked's -v lines too).
-    msg_level = logging.INFO if verbose >= 1 else logging.WARNING
-    logging.getLogger("pyike.driver").setLevel(min(msg_level, level) if verbose else msg_level)
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pyike import logs
+
+    logs.setup(verbose)
 
 
 def _macros(items: list[str]) -> dict[str, str]:
@@ -178,6 +191,13 @@ def run_daemon(argv: list[str]) -> int:
     from pyike.daemon import Daemon, DaemonError, Options
 
     macros = _macros(args.macros)
+    from pyike.limits import DEFAULT_LIMITS
+
+    try:
+        limits = DEFAULT_LIMITS.with_overrides(args.limit)
+    except ValueError as e:
+        print(f"pyike: --limit: {e}", file=sys.stderr)
+        return 1
     if args.check:
         try:
             conf = cfg.load_config(args.file, macros)
@@ -220,13 +240,41 @@ def run_daemon(argv: list[str]) -> int:
         netwatch=not args.no_netwatch,
         replace_after=args.replace_after,
         invalid_spi=not args.no_invalid_spi,
+        fragment_size=args.fragment_size,
+        limits=limits,
     )
+    from pyike import control
     from pyike.dataplane import attach_dataplane
+    from pyike.service import Service
 
+    # The control socket is made here, with privileges (root's, 0600), and then only
+    # served by the daemon's event loop (pyike.control). The default path is shared by
+    # every pyike on the host: if another one holds it, this one runs without.
+    ctl_sock = None
+    path = args.socket or control.DEFAULT_SOCKET
+    try:
+        ctl_sock = control.bind_control_socket(path, args.socket_group)
+    except control.ControlError as e:
+        if args.socket is not None:
+            print(f"pyike: {e}", file=sys.stderr)
+            return 1
+        logging.getLogger("pyike").warning("no control socket: %s", e)
+    options.socket_path = ctl_sock.path if ctl_sock is not None else None
     daemon = Daemon(options)
     attach_dataplane(daemon)
+    gid = None
+    if ctl_sock is not None and args.socket_group is not None:
+        import grp
+
+        gid = grp.getgrnam(args.socket_group).gr_gid
+    # Hooks itself into the daemon: serves the socket and notifies systemd from the
+    # daemon's event loop once it has started.
+    service = Service(daemon, ctl_sock, allowed_gid=gid)
     try:
-        asyncio.run(daemon.run())
+        try:
+            asyncio.run(daemon.run())
+        finally:
+            service.close()
     except DaemonError as e:
         print(f"pyike: {e}", file=sys.stderr)
         return 1
@@ -244,6 +292,9 @@ def run_daemon(argv: list[str]) -> int:
         logging.getLogger("pyike").debug("internal error", exc_info=True)
         print(f"pyike: internal error: {e!r} (run with -vv for the traceback)", file=sys.stderr)
         return 70
+    finally:
+        if ctl_sock is not None:
+            ctl_sock.close()
     return 0
 
 
@@ -460,15 +511,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ctl_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="pyikectl",
-        description="Control a running pyike (not implemented yet: "
-        "use the daemon's logs and signals: SIGHUP "
-        "reloads, SIGTERM deletes all SAs and exits).",
-    )
-    p.parse_args(sys.argv[1:] if argv is None else argv)
-    p.print_help()
-    return 0
+    from pyike.ctl import main as ctl
+
+    return ctl(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -2359,6 +2359,11 @@ def check_policies(config: Config) -> list[str]:
                     shadow = later
         if shadow is None:
             continue
+        if earlier.active and shadow.active:
+            # Both initiate: this side starts its SAs itself (the guide's home side),
+            # and the peer's policy for them is passive, so the responder choice
+            # never comes into play. A note here would only be noise.
+            continue
         role = (
             "it can never be selected when the peer connects"
             if not earlier.active

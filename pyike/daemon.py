@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
-from pyike import authn, certs, keylog, keys, proposals, signatures, ts
+from pyike import authn, certs, keylog, keys, proposals, signatures, status, ts
 from pyike import config as cfg
 from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
@@ -47,7 +47,9 @@ from pyike.ike import (
     PeerMoved,
     SaPolicy,
     State,
+    mobike,
 )
+from pyike.limits import DEFAULT_LIMITS, Limits
 from pyike.registry import IdType, ProtocolId
 from pyike.supervisor import (
     DEFAULT_REPLACE_AFTER,
@@ -100,6 +102,8 @@ class Options:
     netwatch: bool = True  # react to link/address/route changes (pyroute2)
     replace_after: float = DEFAULT_REPLACE_AFTER  # 0: never negotiate a replacement
     invalid_spi: bool = True  # answer requests for unknown SAs (off: behave like iked)
+    fragment_size: int = 0  # RFC 7383 fragments above this IP datagram size (0: 2.5.1)
+    limits: Limits = DEFAULT_LIMITS  # --limit NAME=VALUE (pyike/limits.py)
 
 
 def retransmit_tries(base: float, cap: float, give_up: float = GIVE_UP_AFTER) -> int:
@@ -237,6 +241,9 @@ def sa_policy(
         dpd_interval=float(dpd),
         retransmit_cap=options.retransmit_cap,
         retransmit_tries=retransmit_tries(2.0, options.retransmit_cap),
+        fragmentation=bool(getattr(global_options, "fragmentation", False)),
+        fragment_size=options.fragment_size,
+        mobike=bool(getattr(global_options, "mobike", True)),
     )
 
 
@@ -328,10 +335,20 @@ class Daemon:
         self.config: cfg.Config | None = None
         self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
         self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
-        self.endpoint = Endpoint(self._policy_for)
+        self.endpoint = Endpoint(self._policy_for, limits=options.limits)
         self.driver = Driver(
             self.endpoint, ports=options.ports, on_event=self._on_event, on_reload=self.reload
         )
+        # Hooks for pyike.service (control socket, sd_notify): every core event, start
+        # (policies loaded, sockets bound), stop, reload ("start" / "done", error).
+        self.counters = status.Counters()
+        self.driver.on_ike_message = self.counters.ike_message
+        self.observers: list[Callable[[Event], None]] = []
+        self.on_started: list[Callable[[], None]] = []
+        self.on_stopping: list[Callable[[], None]] = []
+        self.reload_hooks: list[Callable[..., None]] = []
+        self.driver.on_stop = self._stop_hooks
+        self.passive = False  # pyikectl passive: initiate nothing until `active`
         self.ike_keylog = self.esp_keylog = None
         if options.keylog_dir is not None:
             # Only on explicit request: these files let anyone decrypt the traffic.
@@ -388,16 +405,37 @@ class Daemon:
             self.options.config_file,
         )
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config; SAs of vanished policies are deleted."""
-        log.info("SIGHUP: reloading %s", self.options.config_file)
+    def reload(self) -> str | None:
+        """SIGHUP or pyikectl reload: re-read the config; SAs of vanished policies are
+        deleted, new active ones start. Returns the error if the file is refused."""
+        log.info("reloading %s", self.options.config_file)
+        for hook in self.reload_hooks:
+            hook("start")
         try:
             self.load()  # the supervisor deletes the SAs of policies that are gone
         except DaemonError as e:
             log.error("reload failed, keeping the old configuration: %s", e)
-            return
+            for hook in self.reload_hooks:
+                hook("done", str(e))
+            return str(e)
         self.supervisor.start_active(self.driver.now())
         self._carry_out()
+        for hook in self.reload_hooks:
+            hook("done", None)
+        return None
+
+    def _stop_hooks(self) -> None:
+        for hook in self.on_stopping:
+            hook()
+
+    def set_passive(self, passive: bool) -> None:
+        """pyikectl passive/active (as ikectl): passive starts no IKE SA (existing ones
+        stay and are answered; attempts due are dropped); active starts the active
+        policies again now."""
+        self.passive = passive
+        if not passive:
+            self.supervisor.retry_now(self.driver.now())
+            self._carry_out()
 
     def _policy_for(
         self, peer: Addr, local: Addr, peer_id: tuple[int, bytes] | None
@@ -474,9 +512,11 @@ class Daemon:
         """Start an IKE SA for the policy, from the address the kernel would use."""
         key = cmd.policy
         p, policy = self.configured.get(key), self.policies.get(key)
-        if p is None or policy is None:
+        if p is None or policy is None or self.passive:
             self.supervisor.initiate_failed(key, now, retry=False)
             return
+        if cmd.replaces is not None:
+            self.counters.event("recovery: replacement")
         addresses = self._peer_addresses(p)  # resolved afresh: the peer may move
         if cmd.replaces is not None:
             old = self.endpoint.sas.get(cmd.replaces)
@@ -504,7 +544,8 @@ class Daemon:
             self.supervisor.initiate_failed(key, now)
             return
         if cmd.replaces is None:
-            log.info(
+            retrying = self.supervisor.backoff_of(key) > self.supervisor.backoff_start
+            (log.debug if retrying else log.info)(  # retries: -v lines (quiet logs)
                 "policy '%s': initiating to [%s]:%d from [%s]:%d",
                 key,
                 peer[0],
@@ -588,13 +629,17 @@ class Daemon:
                         key[1],
                     )
                 )
-        if isinstance(event, ChildSaCreated | ChildSaDeleted | PeerMoved) and self.on_child:
+        for observer in self.observers:  # first: a deleted Child SA's counters still exist
+            observer(event)
+        moved = PeerMoved | mobike.IkeSaMoved
+        if isinstance(event, ChildSaCreated | ChildSaDeleted | moved) and self.on_child:
             self.on_child(event)
 
     # ------------------------------------------------------------------ recovery
 
     def reestablish(self, peer_id: tuple[int, bytes] | None, reason: str) -> None:
         """Forget every IKE SA with this peer and start the active policies again now."""
+        self.counters.event("recovery: re-established")
         self.supervisor.reestablish(self.driver.now(), peer_id, reason)
         self._carry_out()
 
@@ -617,6 +662,10 @@ class Daemon:
                 paths[sa.our_spi] = PathChange.NO_ROUTE  # the next change will tell
                 continue
             if not address_is_ours(sa.local[0]) or (sa.initiator and source != sa.local[0]):
+                if mobike.move(sa, (source, sa.local[1]), self.driver.now()):
+                    # RFC 4555: same SAs, UPDATE_SA_ADDRESSES from the new address.
+                    paths[sa.our_spi] = PathChange.MOBIKE
+                    continue
                 log.info(
                     "%s: local address %s is no longer the way to [%s] (now %s)",
                     sa.label,
@@ -683,6 +732,8 @@ class Daemon:
             self._carry_out()
             if self.options.netwatch:
                 self._netwatch_task = loop.create_task(self._start_netwatch())
+            for hook in self.on_started:
+                hook()
 
         try:
             if dp is not None:

@@ -42,7 +42,7 @@ from typing import Any
 from pyroute2 import IPRoute, NetlinkError
 
 from pyike import esp, offload
-from pyike.ike import ChildSaCreated, ChildSaDeleted, ChildSaInfo, Event, PeerMoved
+from pyike.ike import ChildSaCreated, ChildSaDeleted, ChildSaInfo, Event, PeerMoved, mobike
 from pyike.registry import EncrId, IntegId
 
 log = logging.getLogger("pyike.dataplane")
@@ -110,6 +110,7 @@ class DataPlane:
             "tun_in": 0,
             "tun_out": 0,
             "no_sa": 0,
+            "link_local": 0,
             "esp_drop": 0,
             "send_err": 0,
             "udp_sends": 0,
@@ -258,7 +259,7 @@ class DataPlane:
             self._add(event)
         elif isinstance(event, ChildSaDeleted):
             self._remove(event.child)
-        elif isinstance(event, PeerMoved):
+        elif isinstance(event, PeerMoved | mobike.IkeSaMoved):
             for c in event.children:
                 tx = self._tx.get(c.spi_out)
                 if tx is not None:
@@ -341,6 +342,9 @@ class DataPlane:
                     continue
             sa = spd.match(pkt)  # RFC 4301 5.1: which Child SA's selectors cover it
             if sa is None:
+                if _link_scope(pkt):  # the kernel's own (router solicitations): never ours
+                    counters["link_local"] += 1
+                    continue
                 counters["no_sa"] += 1
                 self._rate_log(
                     "no_sa", f"no Child SA for a packet from the TUN ({counters['no_sa']} so far)"
@@ -493,6 +497,16 @@ class DataPlane:
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "spd_no_sa": self.spd.no_sa, "unknown_spi": self.sad.unknown_spi}
+
+
+def _link_scope(pkt: bytes) -> bool:
+    """An IPv6 packet from a link-local address or to a link-local multicast group
+    (ff02::/16): the kernel sends router solicitations and MLD reports on the TUN by
+    itself; such packets are never forwarded off the link (RFC 4291 2.5.6, 2.7), so
+    no policy can cover them and they are not worth a log line."""
+    if len(pkt) < 40 or pkt[0] >> 4 != 6:
+        return False
+    return (pkt[8] == 0xFE and pkt[9] & 0xC0 == 0x80) or (pkt[24] == 0xFF and pkt[25] & 0x0F == 2)
 
 
 def _netlink(what: str, call: object, *args: object, **kw: object) -> None:

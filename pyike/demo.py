@@ -306,6 +306,8 @@ def main(argv: list[str]) -> int:
                         str(work / f"{side}.conf"),
                         "--keydir",
                         str(work / side),
+                        "-s",  # each its own control socket (not the host's /run/pyike.sock)
+                        str(work / f"{side}.sock"),
                         "-v",
                     ],
                     stdout=f,

@@ -227,7 +227,7 @@ class Driver:
         families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
         on_event: Callable[[Event], None] | None = None,
         on_esp: Callable[[list[bytes], object], None] | None = None,
-        on_reload: Callable[[], None] | None = None,
+        on_reload: Callable[[], object] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.ports = ports
@@ -242,6 +242,9 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._stopping: asyncio.Event | None = None
         self._stop_deadline = 0.0
+        # Counting hooks (pyike.status): every IKE message in/out; the stop starting.
+        self.on_ike_message: Callable[[bytes, bool], None] | None = None
+        self.on_stop: Callable[[], object] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -365,6 +368,8 @@ class Driver:
 
     def _receive_ike(self, s: UdpSocket, data: bytes, anc: list, src: tuple) -> None:
         peer, local = datagram_addresses(s, anc, src)
+        if self.on_ike_message is not None:
+            self.on_ike_message(data, False)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "recv %s peer [%s]:%d local [%s]:%d, %d bytes",
@@ -387,6 +392,8 @@ class Driver:
                 describe_ike(t.data),
             )
             return
+        if self.on_ike_message is not None:
+            self.on_ike_message(t.data, True)
         data = NON_ESP_MARKER + t.data if t.local[1] == self.ports[1] else t.data
         try:
             send_datagram(s, data, t.local, t.remote)
@@ -437,6 +444,8 @@ class Driver:
         """Send DELETEs for every IKE SA, then stop once answered (or after ``grace``)."""
         if self._stopping is None or self._stop_deadline:
             return
+        if self.on_stop is not None:
+            self.on_stop()
         log.info("%s: deleting %d IKE SA(s)", reason, len(self.endpoint.sas))
         self.endpoint.close_all(self.now(), reason)
         self._stop_deadline = self.now() + grace

@@ -29,8 +29,8 @@ class Limits:
     fragments_per_message: int = 64
     reassembly_bytes: int = 64 * 1024
     # Control socket (pyikectl).
-    control_clients: int = 8
-    control_request_bytes: int = 64 * 1024
+    control_clients: int = 16  # connections at once, monitors included
+    control_request_bytes: int = 1024  # one request line (the longest valid is far shorter)
     # Logging: at most this many lines per kind of repeated event per minute.
     log_repeats_per_minute: int = 1
 
@@ -48,7 +48,8 @@ class Limits:
             try:
                 number = kind(value.strip())
             except ValueError:
-                raise ValueError(f"limit {name}: {value!r} is not a {kind.__name__}") from None
+                what = "whole number" if kind is int else "number"
+                raise ValueError(f"limit {name}: {value!r} is not a {what}") from None
             if number <= 0:
                 raise ValueError(f"limit {name}: must be positive, not {value.strip()}")
             changes[name] = number

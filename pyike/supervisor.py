@@ -107,6 +107,7 @@ class PathChange(Enum):
     SAME = auto()  # its local address is still the way to the peer: probe it
     MOVED = auto()  # its local address is gone or no longer the source: replace it
     NO_ROUTE = auto()  # no route to the peer at all: wait for the next change
+    MOBIKE = auto()  # moved by UPDATE_SA_ADDRESSES (RFC 4555, pyike.ike.mobike): nothing more
 
 
 # --------------------------------------------------------------------------- outputs

@@ -7,12 +7,16 @@ inside a Netns with its stderr in a file, and offers bounded waits on the log.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +27,12 @@ from tests.netns import Netns
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
+# pyikectl from this checkout (the entry point may not be installed)
+PYIKECTL = [
+    sys.executable,
+    "-c",
+    "import sys; from pyike.ctl import main; sys.exit(main(sys.argv[1:]))",
+]
 
 
 def write_keydir(
@@ -56,9 +66,15 @@ class PyikeProc:
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    verbosity: list[str] = field(default_factory=lambda: ["-vv"])
+    env: dict[str, str] | None = None  # extra environment (NOTIFY_SOCKET...)
+    # Each daemon gets its own control socket (short path: sun_path has 108 bytes).
+    socket_path: Path | None = None
 
     def start(self) -> PyikeProc:
         self.log_path = self.workdir / f"pyike-{self.ns.name}.log"
+        if self.socket_path is None:
+            self.socket_path = Path(f"/tmp/pyike-{self.ns.name}.sock")
         log = self.log_path.open("wb")
         cmd = [
             sys.executable,
@@ -68,12 +84,30 @@ class PyikeProc:
             str(self.conf),
             "--keydir",
             str(self.keydir),
-            "-vv",
+            "-s",
+            str(self.socket_path),
+            *self.verbosity,
             *self.args,
         ]
-        self.proc = self.ns.popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = self.ns.popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
         log.close()
         return self
+
+    def ctl(self, *words: str, check: bool = True, timeout: float = 20.0) -> str:
+        """Run ``pyikectl -s OUR_SOCKET words...`` (from the root namespace: the
+        socket is a file) and return its stdout."""
+        assert self.socket_path is not None
+        r = subprocess.run(
+            [*PYIKECTL, "-s", str(self.socket_path), *words],
+            capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
+        )  # fmt: skip
+        if check and r.returncode != 0:
+            raise AssertionError(f"pyikectl {' '.join(words)}: {r.returncode} {r.stderr}")
+        return r.stdout
+
+    def ctl_json(self, *words: str) -> Any:
+        return json.loads(self.ctl(*words, "--json"))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -99,11 +133,20 @@ class PyikeProc:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (pyike sends DELETEs), then wait; the namespace kills leftovers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.terminate()
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+            if self.proc is None or self.proc.poll() is not None:
+                return self.proc.returncode if self.proc else None
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(5)
+        finally:
+            if (
+                self.socket_path is not None
+                and self.proc is not None
+                and self.proc.poll() is not None
+            ):
+                with contextlib.suppress(OSError):
+                    self.socket_path.unlink()  # left over only if the daemon was killed

@@ -215,7 +215,7 @@ def test_limit_overrides_parse_and_refuse_nonsense() -> None:
     for bad, words in (
         ("half_open", "unknown limit"),
         ("nonsense=3", "unknown limit"),
-        ("half_open=many", "is not a int"),
+        ("half_open=many", "is not a whole number"),
         ("half_open=0", "must be positive"),
     ):
         with pytest.raises(ValueError, match=words):

@@ -202,8 +202,14 @@ def test_esp_from_the_peer_counts_as_alive() -> None:
 
 def test_peer_moving_is_reported_with_its_children() -> None:
     """A NAT rebinding: the peer's authenticated request comes from a new port. The
-    core answers there and reports the move as a value the data plane can follow."""
-    p, sa = established_pair()
+    core answers there and reports the move as a value the data plane can follow.
+    (Without MOBIKE: with it, only UPDATE_SA_ADDRESSES moves an SA, tests/test_mobike.py.)"""
+    p = default_pair(
+        home_kw={"dpd_interval": 5.0, "mobike": False}, vm_kw={"dpd_interval": 0.0, "mobike": False}
+    )
+    p.connect()
+    p.run()
+    (sa,) = p.home.sas.values()
     (vm_sa,) = p.vm.sas.values()
     moved = (VM[0], 4501)
     p.hook = lambda t: [Transmit(t.data, moved, t.remote) if t.local == VM else t]

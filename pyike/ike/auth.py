@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pyike import authn, crypto, wire
 from pyike.ike import child_negotiation as negotiation
+from pyike.ike import mobike
 from pyike.ike.common import (
     ProtocolError,
     error_notifies,
@@ -68,6 +69,7 @@ class AuthRequest(Request):
         payloads += [
             SaPayload(self.offer),
             *negotiation.ts_payloads(sa.policy.ts_local, sa.policy.ts_remote, we_initiate=True),
+            *mobike.offer(sa),
         ]
         sa.set_state(State.AUTH_SENT)
         sa.send_request(self, payloads, now)
@@ -95,6 +97,7 @@ class AuthRequest(Request):
             sa.set_state(State.DELETING)
             AuthFailedNotice().start(sa, now)
             return
+        mobike.note_peer(sa, payloads, now)
         sa.established(now)
         if errors:
             log.warning(
@@ -166,11 +169,17 @@ def on_auth_request(
         log.warning("%s: AUTHENTICATION_FAILED: %s", sa.label, e.detail)
         sa.fail_after_response = f"authentication of the peer failed: {e.detail}"
         return [notify(NotifyType.AUTHENTICATION_FAILED)]
-    reply: list[wire.Payload] = [local_id_payload(sa), *cert_payloads(sa), make_auth(sa)]
+    mobike.note_peer(sa, payloads, now)
+    reply: list[wire.Payload] = [
+        local_id_payload(sa),
+        *cert_payloads(sa),
+        make_auth(sa),
+        *mobike.answer(sa),
+    ]
     sa.established(now)
     if has_notify(payloads, NotifyType.INITIAL_CONTACT):
         assert sa.peer_id is not None
-        sa.emit(InitialContact(sa.our_spi, sa.peer_id))
+        sa.emit(InitialContact(sa.our_spi, sa.peer_id, sa.policy.name, sa.peer))
     sa_p = find(payloads, SaPayload)
     if sa_p is None:  # childless IKE SA (RFC 6023): nothing more to do
         return reply

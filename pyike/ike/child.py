@@ -57,6 +57,10 @@ class ChildSa:
             local=self.local,
             remote=self.remote,
             peer_ts_wider=self.peer_ts_wider,
+            state=self.state,
+            created=self.created,
+            rekey_at=self.rekey_at,
+            expire_at=self.expire_at,
         )
 
     def describe(self) -> str:

@@ -12,6 +12,7 @@ from pyike.wire import NotifyPayload, TsPayload
 
 IPAddress = IPv4Address | IPv6Address
 Addr = tuple[IPAddress, int]
+IKE_PORT = 500
 NATT_PORT = 4500
 NONCE_LEN = 32
 ZERO_SPI = bytes(8)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pyike import crypto, ts
 from pyike.ike.common import Addr
+from pyike.ike.states import ChildState
 from pyike.proposals import Suite
 from pyike.wire import TrafficSelector
 
@@ -54,6 +55,11 @@ class ChildSaInfo:
     # returns its whole policy, 2.9): it may then send on this SA any traffic of
     # that policy, including what our other Child SAs to it carry.
     peer_ts_wider: bool = False
+    # Its state and lifetimes when the event was made (for status and counters).
+    state: ChildState = ChildState.ACTIVE
+    created: float = 0.0
+    rekey_at: float = float("inf")
+    expire_at: float = float("inf")
 
     def describe(self) -> str:
         flows = ", ".join(
@@ -78,6 +84,7 @@ class IkeSaEstablished(Event):
     peer: Addr
     initiator: bool
     replaces: bytes | None = None  # an IKE SA rekey: our SPI of the SA whose children moved
+    suite: Suite | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,7 @@ class IkeSaClosed(Event):
     peer_id: PeerId | None
     reason: str
     error: bool = True  # False for an orderly DELETE or a rekey
+    peer: Addr | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +111,7 @@ class ChildSaDeleted(Event):
     ike_spi: bytes
     child: ChildSaInfo
     reason: str
+    peer_id: PeerId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,7 @@ class PeerLostSa(Event):
     policy: str
     policy_key: Hashable | None
     peer_id: PeerId | None
+    peer: Addr | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +153,5 @@ class InitialContact(Event):
 
     spi: bytes
     peer_id: PeerId
+    policy: str = ""
+    peer: Addr | None = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyike import crypto, proposals, wire
-from pyike.ike import auth, guard
+from pyike.ike import auth, fragments, guard
 from pyike.ike.common import (
     FIRST_STATUS_NOTIFY,
     NATT_PORT,
@@ -70,6 +70,8 @@ class InitRequest(Request):
         ]
         if sa.policy.rfc7427:
             payloads.append(sig_hash_notify())
+        if sa.policy.fragmentation:
+            payloads.append(fragments.supported_notify())
         # A repeated IKE_SA_INIT (cookie, other group) keeps message ID 0 (2.6, 1.2).
         sa.window.next_id = 0
         sa.send_request(self, payloads, now, plain=True)
@@ -124,6 +126,7 @@ class InitRequest(Request):
         sa.nr = nonce.data
         sa.init_response = response.data
         sa.peer_hashes = sig_hashes(msg)
+        sa.fragmentation = sa.policy.fragmentation and fragments.offered(msg)
         sa.peer_certreqs = msg.find_all(wire.CertReqPayload)
         check_nat(sa, msg, response.src, response.dst)
         try:
@@ -176,14 +179,22 @@ def check_nat(sa: IkeSa, msg: Message, src: Addr, dst: Addr, *, spi_r: bytes | N
     peer_nat = crypto.nat_detection_hash(sa.spi_i, spi_r, src[0], src[1]) not in src_hashes
     our_nat = crypto.nat_detection_hash(sa.spi_i, spi_r, dst[0], dst[1]) not in dst_hashes
     sa.nat_detected = peer_nat or our_nat or sa.policy.force_encap
-    if peer_nat or our_nat:
-        log.info(
-            "%s: NAT detected (%s)",
-            sa.label,
-            " and ".join(
-                x for x, y in (("peer behind NAT", peer_nat), ("we are behind NAT", our_nat)) if y
-            ),
+    # A peer that forces UDP encapsulation (iked -t, charon encap=yes, pyike always)
+    # does so by sending a NAT_DETECTION_SOURCE_IP that cannot match (RFC 7296 2.23),
+    # so "the peer is behind a NAT" cannot be told apart from that. When we force
+    # encapsulation anyway the finding changes nothing: only a NAT on our side, real
+    # news for a home box, is worth a line then.
+    findings = [
+        text
+        for text, found in (
+            ("the peer is behind a NAT or forces UDP encapsulation", peer_nat),
+            ("we are behind a NAT", our_nat),
         )
+        if found
+    ]
+    if findings:
+        quiet = sa.policy.force_encap and not our_nat
+        (log.debug if quiet else log.info)("%s: NAT detection: %s", sa.label, "; ".join(findings))
 
 
 def sig_hashes(msg: Message) -> set[int]:
@@ -369,6 +380,9 @@ def _answer(
     ]
     if sa.policy.rfc7427:
         payloads.append(sig_hash_notify())
+    if sa.policy.fragmentation and fragments.offered(msg):
+        sa.fragmentation = True  # RFC 7383 2.3: answer the offer, then both may fragment
+        payloads.append(fragments.supported_notify())
     if sa.policy.psk is None:
         payloads += auth.credentials(sa).certreqs()  # 3.7: the CAs we trust
     reply = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, payloads)

@@ -39,6 +39,11 @@ class SaPolicy:
     # Longest wait between two retransmissions (0 = none): a capped backoff finds a
     # peer that came back within this many seconds instead of up to 32 s later.
     retransmit_cap: float = 0.0
+    # RFC 7383 (`set fragmentation`): offer IKE fragmentation; fragment_size is the
+    # largest IP datagram of an IKE message (0: 1280 for IPv6, 576 for IPv4, 2.5.1).
+    fragmentation: bool = False
+    fragment_size: int = 0
+    mobike: bool = True  # RFC 4555 (`set mobike`, iked's default; `set nomobike`)
     # Which configured policy this is (pyike.config.PolicyKey), for the driver's
     # bookkeeping; the core only carries it.
     key: Hashable | None = None

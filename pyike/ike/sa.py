@@ -19,9 +19,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pyike import crypto, wire
-from pyike.ike import auth, create_child, informational
+from pyike.ike import auth, create_child, fragments, informational, mobike
 from pyike.ike.child import ChildSa
-from pyike.ike.common import ZERO_SPI, Addr, ProtocolError, id_text, notify, spi_text
+from pyike.ike.common import (
+    IKE_PORT,
+    NATT_PORT,
+    ZERO_SPI,
+    Addr,
+    ProtocolError,
+    id_text,
+    notify,
+    spi_text,
+)
 from pyike.ike.events import (
     ChildSaCreated,
     ChildSaDeleted,
@@ -30,7 +39,6 @@ from pyike.ike.events import (
     IkeSaEstablished,
     PeerLostSa,
     PeerMoved,
-    Transmit,
 )
 from pyike.ike.policy import SaPolicy
 from pyike.ike.requests import Request, RequestWindow, Response
@@ -54,7 +62,7 @@ RequestHandler = Callable[["IkeSa", Message, list[wire.Payload], float], list[wi
 # state. Anything not listed is dropped with a log line.
 REQUEST_HANDLERS: dict[tuple[State, int], RequestHandler] = {
     (State.INIT_DONE, ExchangeType.IKE_AUTH): auth.on_auth_request,
-    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): informational.on_request,
+    (State.ESTABLISHED, ExchangeType.INFORMATIONAL): mobike.on_informational,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): create_child.on_request,
     (State.DELETING, ExchangeType.INFORMATIONAL): informational.on_request,
     (State.DELETING, ExchangeType.CREATE_CHILD_SA): create_child.refuse_while_deleting,
@@ -136,6 +144,11 @@ class IkeSa:
         self.ike_rekeys: list[IkeRekey] = []  # completed rekeys of this IKE SA (2.8.2)
         self.child_rekeys: dict[int, list[ChildRekey]] = {}  # by the old child's spi_in
         self.lost_reported = False  # PeerLostSa emitted (once per SA)
+        # RFC 7383: negotiated in IKE_SA_INIT (init.py); fragments.py does the rest.
+        self.fragmentation = False
+        self.fragments_out = fragments.Outgoing()
+        self.fragments_in = fragments.Reassembly()
+        self.mobike = mobike.MobikeState()  # RFC 4555, negotiated in IKE_AUTH (auth.py)
 
     def last_heard(self) -> float:
         """When the peer last proved it is alive: an IKE message, or ESP on a child."""
@@ -251,6 +264,7 @@ class IkeSa:
             self.peer,
             self.initiator,
             replaces.our_spi if replaces is not None else None,
+            self.suite,
         )
 
     def child_created(self, child: ChildSa, replaces: ChildSa | None = None) -> None:
@@ -264,7 +278,7 @@ class IkeSa:
         )
 
     def child_deleted(self, child: ChildSa, reason: str) -> None:
-        self.emit(ChildSaDeleted(self.our_spi, child.info(), reason))
+        self.emit(ChildSaDeleted(self.our_spi, child.info(), reason, self.peer_id))
 
     def transmit(self, data: bytes, what: str) -> None:
         log.info(
@@ -277,7 +291,7 @@ class IkeSa:
             self.local[1],
             len(data),
         )
-        self.endpoint.transmits.append(Transmit(data, self.local, self.peer))
+        fragments.send(self, data, self.local, self.peer)
 
     def flags(self, response: bool) -> int:
         return (HeaderFlag.INITIATOR if self.initiator else 0) | (
@@ -311,11 +325,15 @@ class IkeSa:
             wire.HEADER_LEN + 4 + body_len,
         ).pack()
         aad = header + wire.payload_header(first, 4 + body_len)
-        return aad + self.cipher_out.seal(aad, inner)
+        whole = aad + self.cipher_out.seal(aad, inner)
+        fragments.protect(self, exchange, message_id, self.flags(response), first, inner, whole)
+        return whole
 
     def unprotect(self, data: bytes, msg: Message) -> list[wire.Payload]:
         """Check and decrypt the SK payload; raises IntegrityError or WireError."""
         sk = msg.payloads[-1] if msg.payloads else None
+        if isinstance(sk, fragments.Reassembled):  # each fragment was checked (RFC 7383 2.6)
+            return wire.parse_payloads(sk.first_inner, sk.plain)
         if not isinstance(sk, wire.SkPayload) or self.cipher_in is None:
             raise wire.WireError("expected an encrypted (SK) payload")
         aad = data[: len(data) - len(sk.data)]
@@ -414,7 +432,7 @@ class IkeSa:
             log.debug(
                 "%s: nothing received for %.0f s, probing", self.label, now - self.last_heard()
             )
-            self.queue_request(informational.LivenessRequest(), now)
+            self.queue_request(mobike.liveness_request(self), now)
 
     def _check_lifetimes(self, now: float) -> None:
         """Soft expiry starts a rekey, hard expiry deletes (RFC 7296 2.8, RFC 4301 4.4.2.1)."""
@@ -441,7 +459,7 @@ class IkeSa:
             r.sent_at = now
             self.transmit(r.data, f"{r.describe()} (network changed)")
         elif self.state == State.ESTABLISHED:
-            self.queue_request(informational.LivenessRequest(), now)
+            self.queue_request(mobike.liveness_request(self), now)
 
     def delete(self, now: float, reason: str = "closed by us") -> None:
         """Send a DELETE for the whole IKE SA (and so all its Child SAs, 1.4.1)."""
@@ -527,17 +545,24 @@ class IkeSa:
             self.child_deleted(child, reason)
         self.children.clear()
         self.window.clear()
+        self.fragments_in.clear()
         level = logging.DEBUG if half_open else logging.WARNING if error else logging.INFO
         log.log(level, "%s: IKE SA closed: %s", self.label, reason)
         self.emit(
             IkeSaClosed(
-                self.our_spi, self.policy.name, self.policy.key, self.peer_id, reason, error
+                self.our_spi,
+                self.policy.name,
+                self.policy.key,
+                self.peer_id,
+                reason,
+                error,
+                self.peer,
             )
         )
 
     def successor(self, *, initiator: bool, now: float) -> IkeSa:
         """A new IKE SA with this one's policy and addresses, for a rekey (2.18)."""
-        return IkeSa(
+        new = IkeSa(
             self.endpoint,
             self.policy,
             initiator=initiator,
@@ -546,6 +571,9 @@ class IkeSa:
             now=now,
             established=True,
         )
+        new.fragmentation = self.fragmentation  # a property of the IKE SA (RFC 7383 2.3)
+        new.mobike.negotiated = self.mobike.negotiated
+        return new
 
     # ------------------------------------------------------------------ receive
 
@@ -553,6 +581,11 @@ class IkeSa:
         """Handle one parsed message addressed to this SA."""
         if self.state == State.CLOSED:
             return
+        if msg.payloads and isinstance(msg.payloads[-1], wire.SkfPayload):
+            whole = fragments.receive(self, msg, data, src, dst, now)
+            if whole is None:
+                return
+            msg = whole
         if msg.is_response:
             self._receive_response(msg, data, src, dst, now)
         else:
@@ -592,7 +625,11 @@ class IkeSa:
                     src[0],
                     src[1],
                 )
-                self.emit(PeerLostSa(self.our_spi, self.policy.name, self.policy.key, self.peer_id))
+                self.emit(
+                    PeerLostSa(
+                        self.our_spi, self.policy.name, self.policy.key, self.peer_id, self.peer
+                    )
+                )
             else:
                 log.debug(
                     "%s: drop unprotected %s response #%d",
@@ -627,7 +664,7 @@ class IkeSa:
             # 2.1: a retransmitted request gets the very same response again.
             mid, resp, _, _ = self.last_response
             log.debug("%s: retransmitted request #%d, resending response", self.label, mid)
-            self.endpoint.transmits.append(Transmit(resp, dst, src))
+            fragments.send(self, resp, dst, src)
             return
         if msg.message_id != self.peer_next_id:
             log.debug(
@@ -688,7 +725,8 @@ class IkeSa:
             )
             return
         self.last_received = now
-        self._note_peer_address(src, dst)
+        if not mobike.hold_move(self, msg, payloads, src, dst):
+            self._note_peer_address(src, dst)
         self.close_after_response = ""
         self.fail_after_response = ""
         try:
@@ -724,12 +762,19 @@ class IkeSa:
             dst[1],
             len(data),
         )
-        self.endpoint.transmits.append(Transmit(data, dst, src))
+        fragments.send(self, data, dst, src)
 
     def _note_peer_address(self, src: Addr, dst: Addr) -> None:
         """Follow the peer to a new address once a message from there authenticated."""
         if src != self.peer and self.state in (State.ESTABLISHED, State.INIT_DONE, State.AUTH_SENT):
-            log.info(
+            # The initiator's switch from 500 to 4500 at IKE_AUTH (RFC 7296 2.23) is
+            # the normal NAT-T float, not news; another address or port is.
+            floated = (
+                self.state == State.INIT_DONE
+                and src[0] == self.peer[0]
+                and (self.peer[1], src[1]) == (IKE_PORT, NATT_PORT)
+            )
+            (log.debug if floated else log.info)(
                 "%s: peer moved from [%s]:%d to [%s]:%d",
                 self.label,
                 self.peer[0],
