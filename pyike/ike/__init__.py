@@ -11,6 +11,7 @@ returns datagrams, a timer deadline and events. docs/architecture.md has the map
   auth.py           IKE_AUTH: identities, AUTH (2.15), the first Child SA
   create_child.py   CREATE_CHILD_SA: Child SAs new and rekeyed, IKE SA rekeys
   informational.py  INFORMATIONAL: DELETE, liveness
+  mobike.py         MOBIKE (RFC 4555); fragments.py: IKE fragmentation (RFC 7383)
   child_negotiation.py  proposals, selectors and KEYMAT of a Child SA (2.9, 2.17)
   child.py, policy.py, events.py, common.py  ChildSa; SaPolicy; events; shared bits
 """
