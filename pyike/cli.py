@@ -155,6 +155,18 @@ def _daemon_parser() -> argparse.ArgumentParser:
         "unanswered this long (default 4; 0 = never)",
     )
     p.add_argument(
+        "--user",
+        default=None,
+        metavar="NAME",
+        help="run the network process as this user (default: _pyike if it exists, "
+        "else nobody); a small root process keeps only route, socket and key work",
+    )
+    p.add_argument(
+        "--no-privsep",
+        action="store_true",
+        help="run as one root process (no privilege separation; for comparisons)",
+    )
+    p.add_argument(
         "--fragment-size",
         type=int,
         default=0,
@@ -245,8 +257,17 @@ def run_daemon(argv: list[str]) -> int:
     )
     from pyike import control
     from pyike.dataplane import attach_dataplane
+    from pyike.privsep.drop import PrivsepError
     from pyike.service import Service
 
+    if not args.no_privsep:  # not root, or no such user: say so before opening anything
+        from pyike.privsep.start import preflight
+
+        try:
+            preflight(args.user)
+        except PrivsepError as e:
+            print(f"pyike: {e}", file=sys.stderr)
+            return 1
     # The control socket is made here, with privileges (root's, 0600), and then only
     # served by the daemon's event loop (pyike.control). The default path is shared by
     # every pyike on the host: if another one holds it, this one runs without.
@@ -272,10 +293,18 @@ def run_daemon(argv: list[str]) -> int:
     service = Service(daemon, ctl_sock, allowed_gid=gid)
     try:
         try:
-            asyncio.run(daemon.run())
+            if args.no_privsep:
+                asyncio.run(daemon.run())
+            else:
+                from pyike.privsep.start import run_separated
+
+                # The unprivileged process serves the control socket; the root
+                # parent closes its copy (and removes the path at exit, below).
+                handover = [ctl_sock.sock] if ctl_sock is not None else []
+                return run_separated(daemon, args.user, handover=handover)
         finally:
             service.close()
-    except DaemonError as e:
+    except (DaemonError, PrivsepError) as e:
         print(f"pyike: {e}", file=sys.stderr)
         return 1
     except PermissionError as e:

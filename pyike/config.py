@@ -2130,7 +2130,7 @@ def parse_config(
 
 
 def load_config(
-    path: str,
+    path: str | os.PathLike[str],
     macros: dict[str, str] | None = None,
     resolver: Resolver | None = None,
     hostname: Callable[[], str] | None = None,
@@ -2138,6 +2138,7 @@ def load_config(
     refuse_unservable: bool = True,
 ) -> Config:
     """Read and parse an iked.conf file (and the files it includes); see parse_config."""
+    path = os.fspath(path)
     state = _new_state(macros, resolver, hostname, platform, refuse_unservable)
     try:
         text = _read_config_file(path, None, state)

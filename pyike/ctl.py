@@ -2,7 +2,7 @@
 
     pyikectl [-s socket] [--json] show sa|flows|stats
     pyikectl [-s socket] reload | reset all|sa|policy NAME|id ID
-    pyikectl [-s socket] log verbose|brief | monitor | active | passive
+    pyikectl [-s socket] log verbose|brief | monitor [--ladder] | active | passive
 
 Errors (no daemon, no access to the socket, a refused request) are one line on
 stderr and exit status 1.
@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"control socket (default: {DEFAULT_SOCKET}, or the unit's {SERVICE_SOCKET})",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (show, monitor)")
+    p.add_argument(
+        "--ladder",
+        action="store_true",
+        help="monitor: every IKE message as RFC 7296 draws it (HDR, SAi1, KEi, Ni  -->)",
+    )
     p.add_argument("--version", action="version", version=f"pyikectl {__version__}")
     p.add_argument("words", nargs="+", metavar="command", help="e.g. show sa")
     return p
@@ -159,7 +164,11 @@ def main(argv: list[str]) -> int:
     try:
         if verb == "monitor":
             for event in monitor(args.socket):
-                if args.json:
+                if (event.get("event") == "message") != args.ladder:
+                    continue  # messages only with --ladder, and only messages then
+                if args.ladder and not args.json:
+                    print(event.get("line", ""), flush=True)
+                elif args.json:
                     print(json.dumps(event), flush=True)
                 else:
                     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyike import authn, certs, keylog, keys, proposals, signatures, status, ts
 from pyike import config as cfg
@@ -66,6 +67,9 @@ from pyike.supervisor import (
     Supervisor,
 )
 from pyike.wire import TrafficSelector
+
+if TYPE_CHECKING:
+    from pyike.dataplane import DataPlane
 
 log = logging.getLogger("pyike")
 
@@ -325,6 +329,16 @@ def feed_event(supervisor: Supervisor, event: Event, now: float) -> None:
         supervisor.sa_closed(now, event.spi)
 
 
+def ike_key_record(event: IkeKeysDerived) -> keylog.IkeKeyRecord:
+    """The SK_* keys of a new IKE SA as a key-log record (--keylog, pyikectl monitor
+    --ladder's decryption inside the daemon)."""
+    s, k = event.suite, event.keys
+    return keylog.IkeKeyRecord(
+        event.spi_i, event.spi_r, s.encr, s.key_bits, s.integ,
+        k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar,
+    )  # fmt: skip
+
+
 class Daemon:
     """Owns the Endpoint, the Driver and the policy table; carries out the
     supervisor's recovery decisions (pyike.supervisor)."""
@@ -332,6 +346,7 @@ class Daemon:
     def __init__(self, options: Options, on_child: Callable[[Event], None] | None = None) -> None:
         self.options = options
         self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted, PeerMoved)
+        self.dataplane: DataPlane | None = None  # set by pyike.dataplane.attach_dataplane
         self.config: cfg.Config | None = None
         self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
         self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
@@ -366,14 +381,31 @@ class Daemon:
         self._carry_out_soon = False
         self.netwatch: object | None = None
         self._netwatch_task: asyncio.Task | None = None
+        # pyike.privsep: start-up done as root before the drop (prepare()), and what
+        # the unprivileged process does after a reload or a network change.
+        self.prepared = False
+        self.after_reload: list[Callable[[], None]] = []
+        self.after_network_change: list[Callable[[], None]] = []
         if not options.invalid_spi:
             self.endpoint.invalid_spi_burst = 0
 
     # ------------------------------------------------------------------ config
 
+    def read_config(self) -> cfg.Config:
+        """The parsed configuration file (privsep: read by the parent instead)."""
+        return cfg.load_config(str(self.options.config_file), self.options.macros)
+
+    def key_store(self) -> keys.KeyStore:
+        """Where keys come from (privsep: through the parent once unprivileged)."""
+        return keys.KeyStore(self.options.keydir)
+
+    def cert_store(self) -> certs.CertStore:
+        """ca/, certs/ and crls/ of the key directory (privsep: read by the parent)."""
+        return certs.CertStore.load(self.options.keydir)
+
     def load(self) -> None:
         try:
-            self.config = cfg.load_config(str(self.options.config_file), self.options.macros)
+            self.config = self.read_config()
         except cfg.ConfigError as e:
             raise DaemonError(str(e)) from e
         except OSError as e:
@@ -382,8 +414,8 @@ class Daemon:
             log.warning("%s", warning)
         for note in cfg.check_policies(self.config):  # `pyike -n` shows these as warnings
             log.info("note: %s", note)
-        store = keys.KeyStore(self.options.keydir)
-        cert_store = certs.CertStore.load(self.options.keydir)
+        store = self.key_store()
+        cert_store = self.cert_store()
         for problem in cert_store.problems:
             log.warning("%s", problem)
         table: dict[cfg.PolicyKey, SaPolicy] = {}
@@ -418,6 +450,8 @@ class Daemon:
             for hook in self.reload_hooks:
                 hook("done", str(e))
             return str(e)
+        for hook in self.after_reload:
+            hook()
         self.supervisor.start_active(self.driver.now())
         self._carry_out()
         for hook in self.reload_hooks:
@@ -559,12 +593,16 @@ class Daemon:
         self.supervisor.initiated(key, sa.our_spi, now)
 
     def _poll_usage(self, now: float) -> None:
-        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``)."""
-        dp = getattr(self, "dataplane", None)
+        """Feed the data plane's byte counts to the core (iked's ``lifetime ... bytes``):
+        only for the Child SAs that carried traffic since the last poll, so an idle
+        daemon with many SAs does no per-SA work here."""
+        dp = self.dataplane
         if dp is None:
             return
-        for child in self.endpoint.child_sas():
-            self.endpoint.note_child_usage(child.spi_in, dp.octets(child), now)
+        for spi_in in dp.take_used():
+            child = self.endpoint.child_sa(spi_in)
+            if child is not None:
+                self.endpoint.note_child_usage(spi_in, dp.octets(child), now)
 
     def _arm_supervisor_timer(self) -> None:
         if self._supervisor_timer is not None:
@@ -590,20 +628,7 @@ class Daemon:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, IkeKeysDerived) and self.ike_keylog is not None:
-            s, k = event.suite, event.keys
-            self.ike_keylog.write(
-                keylog.IkeKeyRecord(
-                    event.spi_i,
-                    event.spi_r,
-                    s.encr,
-                    s.key_bits,
-                    s.integ,
-                    k.sk_ei,
-                    k.sk_er,
-                    k.sk_ai,
-                    k.sk_ar,
-                )
-            )
+            self.ike_keylog.write(ike_key_record(event))
         elif isinstance(event, IkeSaEstablished | InitialContact | PeerLostSa | IkeSaClosed):
             self._sync_stopping()
             feed_event(self.supervisor, event, self.driver.now())
@@ -634,6 +659,11 @@ class Daemon:
         moved = PeerMoved | mobike.IkeSaMoved
         if isinstance(event, ChildSaCreated | ChildSaDeleted | moved) and self.on_child:
             self.on_child(event)
+
+    def note_esp(self, spi_in: int, now: float) -> None:
+        """The data plane authenticated ESP on inbound SPI ``spi_in`` at ``now``: the
+        peer is alive, so its IKE SA's liveness check need not probe (RFC 7296 2.4)."""
+        self.endpoint.note_alive(spi_in, now)
 
     # ------------------------------------------------------------------ recovery
 
@@ -674,13 +704,15 @@ class Daemon:
                     source,
                 )
                 paths[sa.our_spi] = PathChange.MOVED
+        for hook in self.after_network_change:
+            hook()
         self.supervisor.network_changed(self.driver.now(), paths)
         self._carry_out()
 
     async def _start_netwatch(self) -> None:
         from pyike.netwatch import NetWatch
 
-        dp = getattr(self, "dataplane", None)
+        dp = self.dataplane
         watch = NetWatch(
             self.network_changed, ignore_ifnames=[dp.tun_name] if dp is not None else []
         )
@@ -714,15 +746,43 @@ class Daemon:
 
     # ------------------------------------------------------------------ run
 
+    def tun_plan(self) -> tuple[list, list, int, dict]:
+        """The TUN device's addresses, routes, the outer address family and the
+        routes' source addresses (pyike.dataplane.route_sources)."""
+        from pyike.dataplane import local_addresses_and_routes, route_sources
+
+        assert self.config is not None
+        policies = self.config.policies
+        local, remote = local_addresses_and_routes(policies)
+        v6 = any(p.peer is not None and ip_network(p.peer).version == 6 for p in policies)
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        return local, remote, family, route_sources(policies)
+
+    def prepare(self) -> None:
+        """Start-up that needs root, done before pyike.privsep drops privileges:
+        configuration and keys, the UDP sockets, the TUN device and its routes."""
+        from pyike.dataplane import DataPlaneError
+
+        self.load()
+        self.driver.open()
+        dp = self.dataplane
+        if dp is not None:
+            try:
+                dp.open(*self.tun_plan())  # no event loop runs yet: no thread needed
+            except DataPlaneError as e:
+                raise DaemonError(str(e)) from e
+        self.prepared = True
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # A SIGHUP during start-up (TUN set-up takes a moment) is kept for when the
         # driver runs, instead of killing the daemon (SIGHUP's default action).
         early_hup: list[bool] = []
         loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
-        self.load()
-        self.driver.open()
-        dp = getattr(self, "dataplane", None)
+        if not self.prepared:
+            self.load()
+            self.driver.open()
+        dp = self.dataplane
 
         def started() -> None:  # the driver's signal handlers are in place now
             if early_hup:
@@ -736,27 +796,16 @@ class Daemon:
                 hook()
 
         try:
-            if dp is not None:
-                from pyike.dataplane import local_addresses_and_routes, route_sources
-
-                assert self.config is not None
-                local, remote = local_addresses_and_routes(self.config.policies)
-                family = (
-                    socket.AF_INET6
-                    if any(
-                        p.peer is not None and ip_network(p.peer).version == 6
-                        for p in self.config.policies
-                    )
-                    else socket.AF_INET
-                )
+            if dp is not None and not self.prepared:
+                local, remote, family, sources = self.tun_plan()
                 from pyike.dataplane import DataPlaneError
 
                 try:
                     # Netlink set-up blocks (and pyroute2 runs its own loop): a thread.
-                    sources = route_sources(self.config.policies)
                     await asyncio.to_thread(dp.open, local, remote, family, sources)
                 except DataPlaneError as e:
                     raise DaemonError(str(e)) from e
+            if dp is not None:
                 dp.start(asyncio.get_running_loop())
             if self.options.natt_keepalive > 0:
                 asyncio.get_running_loop().call_later(

@@ -35,15 +35,25 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network, summarize_address_range
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute, NetlinkError
 
 from pyike import esp, offload
-from pyike.ike import ChildSaCreated, ChildSaDeleted, ChildSaInfo, Event, PeerMoved, mobike
+from pyike.ike import Addr, ChildSaCreated, ChildSaDeleted, ChildSaInfo, Event, PeerMoved, mobike
 from pyike.registry import EncrId, IntegId
+
+if TYPE_CHECKING:
+    from pyike.daemon import Daemon
+
+# The data plane's collaborators, given to its constructor:
+# which UDP socket sends from a local address (the driver's, shared with IKE: RFC 3948)
+SocketFor = Callable[[Addr], socket.socket | None]
+# authenticated ESP arrived on this inbound SPI at this time: the peer is alive
+NoteAlive = Callable[[int, float], None]
 
 log = logging.getLogger("pyike.dataplane")
 
@@ -88,10 +98,19 @@ class _Tx:
 
 
 class DataPlane:
-    """Moves packets between the TUN device and ESP-in-UDP for a Daemon."""
+    """Moves packets between the TUN device and ESP-in-UDP for a Daemon.
 
-    def __init__(self, daemon: object, tun_name: str = DEFAULT_TUN) -> None:
-        self.daemon = daemon
+    ``socket_for(local)`` gives the UDP socket for a Child SA's local address;
+    ``note_alive(spi_in, now)`` is told, once per receive batch and SA, that
+    authenticated ESP arrived (the IKE SA's liveness check counts it as a sign of
+    life, so an SA carrying traffic needs no probes; RFC 7296 2.4).
+    """
+
+    def __init__(
+        self, *, socket_for: SocketFor, note_alive: NoteAlive, tun_name: str = DEFAULT_TUN
+    ) -> None:
+        self.socket_for = socket_for
+        self.note_alive = note_alive
         self.tun_name = tun_name
         self.tun: Any = None  # pytun.TunTapDevice once open (pytun has no type hints)
         self.fd = -1
@@ -99,6 +118,9 @@ class DataPlane:
         self.spd = esp.Spd()
         self.sad = esp.Sad()
         self._tx: dict[int, _Tx] = {}  # outbound SA by its SPI
+        # Inbound SPIs of the Child SAs that moved packets (either way) since the last
+        # take_used(): the byte-lifetime check looks at these only.
+        self._used: set[int] = set()
         # Per peer (IKE identity): the selectors of all its Child SAs (esp.PeerFlows),
         # and each inbound SPI's entry there, removed with its SA.
         self._peer_flows: dict[object, esp.PeerFlows] = {}
@@ -236,7 +258,7 @@ class DataPlane:
                 c["tun_out"],
                 c["tun_writes"],
                 c["merged_writes"],
-                c["no_sa"],
+                c["no_sa"] + c["link_local"],  # the kernel's link-local ones have none either
                 c["esp_drop"],
                 c["send_err"],
             )
@@ -291,7 +313,7 @@ class DataPlane:
         outbound = esp.OutboundSa(
             c.spi_out, s.encr, s.key_bits, s.integ, c.key_out[0], c.key_out[1], s.esn
         )
-        sock = self._socket_for(c)
+        sock = self.socket_for(c.local)
         if sock is None:
             log.error("no UDP %d socket for %s; Child SA unusable", c.local[1], c.remote[0])
             return
@@ -310,49 +332,51 @@ class DataPlane:
         if tx is not None:
             self.spd.remove(tx.sa)
 
-    def _socket_for(self, c: ChildSaInfo) -> socket.socket | None:
-        driver = self.daemon.driver  # type: ignore[attr-defined]
-        s = driver.socket_for(c.local)
-        return s.sock if s is not None else None
-
     # ------------------------------------------------------------------ packets
 
     def _tun_readable(self) -> None:
         """Outbound: packets the kernel routed into the TUN -> SPD -> seal -> UDP."""
-        fd, spd, tx_by_spi, vnet, counters = self.fd, self.spd, self._tx, self.vnet, self.counters
+        fd, match, tx_by_spi, vnet = self.fd, self.spd.match, self._tx, self.vnet
+        read, hdr_len = os.read, offload.VNET_HDR_LEN
         run_tx: _Tx | None = None
         run: list[bytes] = []  # sealed packets for run_tx, sent together at the end
-        for _ in range(TUN_BATCH):
+        n = 0
+        for n in range(1, TUN_BATCH + 1):  # n: reads that returned a packet
             try:
-                pkt = os.read(fd, TUN_READ)
+                frame = read(fd, TUN_READ)
             except (BlockingIOError, InterruptedError):
+                n -= 1
                 break
             except OSError as e:
+                n -= 1
                 self._rate_log("tun_read", f"TUN read failed: {e.strerror}")
                 break
-            counters["tun_in"] += 1
             if vnet:
                 # Offloads are never enabled for reads (no TUNSETOFFLOAD), so the header
-                # is all zero: a whole, checksummed packet follows.
-                if len(pkt) > offload.VNET_HDR_LEN and not pkt[0] | pkt[1]:
-                    pkt = pkt[offload.VNET_HDR_LEN :]
+                # is all zero: a whole, checksummed packet follows. A view, not a copy:
+                # seal() copies the packet once, with its trailer.
+                if len(frame) > hdr_len and not frame[0] | frame[1]:
+                    pkt: bytes | memoryview | None = memoryview(frame)[hdr_len:]
                 else:
-                    pkt = self._unoffload(pkt)  # type: ignore[assignment]  # None: checked
-                if pkt is None:
-                    continue
-            sa = spd.match(pkt)  # RFC 4301 5.1: which Child SA's selectors cover it
+                    pkt = self._unoffload(frame)
+                    if pkt is None:
+                        continue
+            else:
+                pkt = frame
+            sa = match(pkt)  # type: ignore[arg-type]  # RFC 4301 5.1: which Child SA's selectors cover it
             if sa is None:
-                if _link_scope(pkt):  # the kernel's own (router solicitations): never ours
-                    counters["link_local"] += 1
+                if _link_scope(pkt):  # type: ignore[arg-type]  # the kernel's own (router solicitations): never ours
+                    self.counters["link_local"] += 1
                     continue
-                counters["no_sa"] += 1
+                self.counters["no_sa"] += 1
                 self._rate_log(
-                    "no_sa", f"no Child SA for a packet from the TUN ({counters['no_sa']} so far)"
+                    "no_sa",
+                    f"no Child SA for a packet from the TUN ({self.counters['no_sa']} so far)",
                 )
                 continue
             tx = tx_by_spi[sa.spi]
             try:
-                data = sa.seal(pkt, 41 if pkt[0] >> 4 == 6 else 4)  # encrypt: RFC 4303 3.3
+                data = sa.seal(pkt, 41 if pkt[0] >> 4 == 6 else 4)  # type: ignore[arg-type,index]  # encrypt: RFC 4303 3.3
             except esp.SequenceOverflow:
                 self._rate_log("seq", f"SA 0x{sa.spi:08x} used up its sequence numbers")
                 continue
@@ -361,6 +385,7 @@ class DataPlane:
                     self._send(run_tx, run)  # type: ignore[arg-type]
                 run_tx, run = tx, []
             run.append(data)
+        self.counters["tun_in"] += n
         if run:
             self._send(run_tx, run)  # type: ignore[arg-type]
 
@@ -388,6 +413,7 @@ class DataPlane:
             tx.remote = tx.child.remote
             tx.addr = (str(tx.remote[0]), tx.remote[1])
         sock, addr, counters = tx.sock, tx.addr, self.counters
+        self._used.add(tx.child.spi_in)
         groups = offload.gso_groups(packets) if self.gso and len(packets) > 1 else [packets]
         for group in groups:
             try:
@@ -414,14 +440,24 @@ class DataPlane:
         self.counters["send_err"] += packets
         self._rate_log("send", f"ESP send to {tx.addr[0]} failed: {e.strerror}")
 
-    def on_esp(self, datagrams: list[bytes], src: object) -> None:
-        """Inbound: ESP datagrams of one receive batch from the driver's 4500 socket."""
-        sad_open, counters = self.sad.open, self.counters
-        inner: list[bytes] = []
-        last_spi = b""
+    def on_esp(self, datagrams: list[bytes] | list[memoryview], src: object) -> None:
+        """Inbound: ESP datagrams of one receive batch from the driver's 4500 socket
+        (bytes, or memoryviews of one GRO receive). One pass: the SA is looked up once
+        per run of one SPI, liveness reported once per SA and batch."""
+        sad, counters = self.sad, self.counters
+        inner: list[bytes | memoryview] = []
+        alive: list[int] = []
+        spi = -1
+        sa: esp.InboundSa | None = None
         for data in datagrams:
+            k = int.from_bytes(data[:4], "big")
+            if k != spi:
+                spi, sa = k, sad.get(k)
             try:
-                _nh, pkt = sad_open(data)  # SPI, anti-replay, ICV, decrypt, selectors
+                if sa is None:
+                    sad.unknown_spi += 1
+                    raise esp.EspDrop(esp.DropReason.UNKNOWN_SPI)
+                pkt = sa.open(data)[1]  # anti-replay, ICV, decrypt, selectors (RFC 4303 3.4)
             except esp.EspDrop as e:
                 counters["esp_drop"] += 1
                 self._rate_log(
@@ -432,15 +468,17 @@ class DataPlane:
                 )
                 continue
             inner.append(pkt)
-            if data[:4] != last_spi:  # once per SA and batch, not per packet
-                last_spi = data[:4]
-                # Authenticated: the peer is alive (the core skips its liveness probe).
-                endpoint = self.daemon.endpoint  # type: ignore[attr-defined]
-                endpoint.note_alive(int.from_bytes(last_spi, "big"), time.monotonic())
+            if not alive or alive[-1] != sa.spi:  # type: ignore[union-attr]
+                alive.append(sa.spi)  # type: ignore[union-attr]
+        if alive:
+            self._used.update(alive)
+            now = time.monotonic()
+            for s in dict.fromkeys(alive):  # authenticated: the peer is alive
+                self.note_alive(s, now)
         if inner:
             self._write_tun(inner)
 
-    def _write_tun(self, packets: list[bytes]) -> None:
+    def _write_tun(self, packets: list[bytes | memoryview]) -> None:
         """Decrypted packets into the TUN: merged TCP segments where possible."""
         fd, counters = self.fd, self.counters
         if not self.vnet:
@@ -451,7 +489,7 @@ class DataPlane:
             for p in packets:
                 self._tun_write(os.writev, [offload.PLAIN_VNET_HDR, p], 1)
             return
-        for start, end, bufs in offload.coalesce(packets):
+        for start, end, bufs in offload.coalesce(packets):  # type: ignore[arg-type]  # bytes | memoryview (perf)
             if end - start == 1:
                 self._tun_write(os.writev, bufs, 1)
                 continue
@@ -486,6 +524,11 @@ class DataPlane:
         if now - self._last_log.get(key, -LOG_EVERY) >= LOG_EVERY:
             self._last_log[key] = now
             log.warning("%s", text)
+
+    def take_used(self) -> set[int]:
+        """Inbound SPIs of the Child SAs that carried packets since the last call."""
+        used, self._used = self._used, set()
+        return used
 
     def octets(self, c: ChildSaInfo) -> int:
         """Inner bytes a Child SA has carried both ways (its byte lifetime, RFC 4301 4.4.2.1)."""
@@ -552,10 +595,16 @@ def route_sources(policies: list) -> dict:
     return out
 
 
-def attach_dataplane(daemon: object, tun_name: str = DEFAULT_TUN) -> DataPlane:
+def attach_dataplane(daemon: Daemon, tun_name: str = DEFAULT_TUN) -> DataPlane:
     """Hook a DataPlane into a Daemon: Child SA events, ESP datagrams, start/stop."""
-    dp = DataPlane(daemon, tun_name)
-    daemon.on_child = dp.on_event  # type: ignore[attr-defined]
-    daemon.driver.on_esp = dp.on_esp  # type: ignore[attr-defined]
-    daemon.dataplane = dp  # type: ignore[attr-defined]
+    driver = daemon.driver
+
+    def socket_for(local: Addr) -> socket.socket | None:
+        s = driver.socket_for(local)
+        return s.sock if s is not None else None
+
+    dp = DataPlane(socket_for=socket_for, note_alive=daemon.note_esp, tun_name=tun_name)
+    daemon.on_child = dp.on_event
+    driver.on_esp = dp.on_esp
+    daemon.dataplane = dp
     return dp

@@ -336,7 +336,7 @@ class Driver:
                         self._deliver_esp(esp, esp_src)
                         esp = []
                     esp_src = src
-                    esp.append(d)
+                    esp.append(d)  # type: ignore[arg-type]  # bytes | memoryview (perf)
                     if len(esp) >= ESP_BATCH:
                         self._deliver_esp(esp, esp_src)
                         esp = []
@@ -344,7 +344,7 @@ class Driver:
                     if esp:
                         self._deliver_esp(esp, esp_src)
                         esp = []
-                    self._receive_ike(s, d[4:], anc, src)
+                    self._receive_ike(s, bytes(d[4:]), anc, src)
                 # else a NAT-T keepalive (RFC 3948 2.3) or a runt: ignored
         if esp:
             self._deliver_esp(esp, esp_src)

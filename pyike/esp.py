@@ -399,6 +399,38 @@ def _flow_allowed(
     return False
 
 
+def flow_key(pkt: bytes | memoryview) -> bytes | tuple[int, bytes] | None:
+    """A cache key for a selector decision on ``pkt``: the header bytes that decide
+    it, for the common shapes only, or None (then parse_flow() decides).
+
+    Covered: IPv6 with a port-carrying protocol right after the fixed header, and
+    option-less IPv4 that is not a non-first fragment, whose length field equals the
+    packet's length (so parse_flow() would find it well-formed and untrimmed). The
+    key holds next header/protocol, addresses and ports (and the IPv6 hop limit,
+    which is constant within a flow): two packets with one key get the same answer
+    from parse_flow() + _flow_allowed(). One slice and a few byte tests, where
+    parse_flow() costs a dozen operations and a tuple.
+    """
+    n = len(pkt)
+    if n < 24:
+        return None
+    b0 = pkt[0]
+    if b0 >> 4 == 6:
+        if n > 44 and pkt[6] in _PORT_PROTOS and (pkt[4] << 8 | pkt[5]) + 40 == n:
+            return bytes(pkt[6:44])
+    elif b0 == 0x45 and (
+        n > 24
+        and pkt[9] in _PORT_PROTOS
+        and not (pkt[6] & 0x1F or pkt[7])
+        and (pkt[2] << 8 | pkt[3]) == n
+    ):
+        return (pkt[9], bytes(pkt[12:24]))
+    return None
+
+
+_FLOW_CACHE_MAX = 4096
+
+
 class PeerFlows:
     """The selector pairs of all our Child SAs with one peer, shared by its InboundSas.
 
@@ -642,8 +674,10 @@ class _GcmOutboundSa(OutboundSa):
         # RFC 4106 5: AAD = SPI || Seq, or with ESN SPI || Seq high || Seq low
         aad = _AAD_ESN.pack(self.spi, seq >> 32, seq & _MASK32) if self.esn else header[:8]
         # RFC 4303 2.4: pad so Pad Length and Next Header end on a 4-byte boundary
-        ct = self._encrypt(
-            _NONCE.pack(self._salt, iv), inner + _TRAILERS[-(n + 2) & 3][next_header], aad
+        ct = self._encrypt(  # join: `inner` may be a memoryview (one copy either way)
+            _NONCE.pack(self._salt, iv),
+            b"".join((inner, _TRAILERS[-(n + 2) & 3][next_header])),
+            aad,
         )
         self.packets += 1
         self.bytes += n
@@ -716,6 +750,7 @@ class InboundSa:
     """
 
     __slots__ = (
+        "_allowed",
         "_hdr_unpack",
         "_local",
         "_min_len",
@@ -759,6 +794,9 @@ class InboundSa:
         self.replay = ReplayWindow(replay_window, esn)
         self._local = _compile(ANY_SELECTORS if local_ts is None else local_ts)
         self._remote = _compile(ANY_SELECTORS if remote_ts is None else remote_ts)
+        # flow_key()s our own selectors admit (they never change: positives only; what
+        # peer_flows admits can change as other SAs come and go, so it is not cached)
+        self._allowed: set[bytes | tuple[int, bytes]] = set()
         s = self.suite
         # Smallest packet: header, IV, one block holding at least the 2 trailer bytes, ICV
         self._min_len = ESP_HEADER_LEN + s.iv_len + s.block + s.icv_len
@@ -774,10 +812,12 @@ class InboundSa:
         """Suite-specific: build the cipher objects once for the SA's lifetime."""
         raise NotImplementedError
 
-    def open(self, packet: bytes) -> tuple[int, bytes]:
+    def open(self, packet: bytes | memoryview) -> tuple[int, bytes | memoryview]:
         """Verify and decrypt an ESP packet; return (next_header, inner packet).
 
-        Raises EspDrop (already counted) for anything that must be discarded.
+        The inner packet is bytes-like: a memoryview into the decrypted buffer where
+        that saves a copy (the AEAD suites). Raises EspDrop (already counted) for
+        anything that must be discarded.
         """
         if len(packet) < self._min_len:
             raise self._drop(DropReason.TRUNCATED)
@@ -790,7 +830,7 @@ class InboundSa:
         if seq <= replay.top and not replay.check(seq):  # in-order packets skip the call
             raise self._drop(DropReason.REPLAY)
         try:
-            nh, inner = self._decrypt(packet, seq)
+            nh, inner = self._decrypt(packet, seq)  # type: ignore[arg-type]  # bytes | memoryview (perf)
         except EspDrop as e:
             self.drops[e.reason] += 1
             raise
@@ -799,18 +839,32 @@ class InboundSa:
                 raise self._drop(DropReason.DUMMY)
             raise self._drop(DropReason.BAD_NEXT_HEADER, f"next header {nh}")
         replay.accept(seq)  # authenticated: it may move the window (RFC 4303 3.4.3)
-        flow = parse_flow(inner)
+        # RFC 4301 5.2 selector check: a flow seen before costs one set lookup.
+        key = flow_key(inner)
+        if key is None or key not in self._allowed or (inner[0] >> 4 == 6) != (nh == 41):
+            inner = self._check_selectors(inner, nh, key)  # type: ignore[assignment]  # bytes | memoryview (perf)
+        self.packets += 1
+        self.bytes += len(inner)
+        return nh, inner
+
+    def _check_selectors(
+        self, inner: bytes | memoryview, nh: int, key: bytes | tuple[int, bytes] | None
+    ) -> bytes | memoryview:
+        """The full inner-packet check (slow path of open()); the packet, trimmed."""
+        flow = parse_flow(bytes(inner) if isinstance(inner, memoryview) else inner)
         if flow is None or flow[0] != (4 if nh == NEXT_HEADER_IPV4 else 6):
             raise self._drop(DropReason.MALFORMED_INNER)
         if not _flow_allowed(flow, self._remote, self._local):
             if self.peer_flows is None or not self.peer_flows.allows(flow):
                 raise self._drop(DropReason.SELECTOR_MISMATCH)
             self.other_sa_flows += 1
+        elif key is not None:
+            if len(self._allowed) >= _FLOW_CACHE_MAX:
+                self._allowed.clear()
+            self._allowed.add(key)
         if flow[6] != len(inner):  # TFC padding after the inner packet (RFC 4303 2.7)
             inner = inner[: flow[6]]
-        self.packets += 1
-        self.bytes += len(inner)
-        return nh, inner
+        return inner
 
     def unprotect(self, packet: bytes, seq: int | None = None) -> tuple[int, int, bytes]:
         """Only the cryptographic part of open(): (sequence number, next header, payload).
@@ -830,7 +884,7 @@ class InboundSa:
         elif seq & _MASK32 != seq_low:
             raise ValueError("seq does not match the packet's sequence number field")
         nh, payload = self._decrypt(packet, seq)
-        return seq, nh, payload
+        return seq, nh, bytes(payload)
 
     def usage(self) -> tuple[int, int]:
         """(packets, inner bytes) delivered so far: the SA's lifetime consumption."""
@@ -872,7 +926,12 @@ class _GcmInboundSa(InboundSa):
             pt = self._decrypt_aead(self._salt + packet[8:16], packet[16:], aad)
         except InvalidTag:
             raise EspDrop(DropReason.INTEGRITY) from None
-        return _strip_trailer(pt)
+        # _strip_trailer, without copying the payload out of the plaintext
+        pad = pt[-2]
+        end = len(pt) - TRAILER_LEN - pad
+        if end < 0 or pt[end : end + pad] != _PAD[pad]:
+            raise EspDrop(DropReason.BAD_PADDING)
+        return pt[-1], memoryview(pt)[:end]  # type: ignore[return-value]  # bytes | memoryview (perf)
 
 
 class _CbcInboundSa(InboundSa):
@@ -921,11 +980,12 @@ class Spd:
     no entry covers (including malformed ones).
     """
 
-    __slots__ = ("_cache", "_entries", "no_sa")
+    __slots__ = ("_cache", "_entries", "_fast", "no_sa")
 
     def __init__(self) -> None:
         self._entries: list[tuple[OutboundSa, tuple[_Compiled, ...], tuple[_Compiled, ...]]] = []
         self._cache: dict[tuple[object, ...], OutboundSa | None] = {}
+        self._fast: dict[bytes | tuple[int, bytes], OutboundSa | None] = {}  # by flow_key()
         self.no_sa = 0
 
     def add(
@@ -934,6 +994,7 @@ class Spd:
         """Route packets from `local_ts` to `remote_ts` through `sa` (after earlier entries)."""
         self._entries.append((sa, _compile(local_ts), _compile(remote_ts)))
         self._cache.clear()
+        self._fast.clear()
 
     def replace(self, old: OutboundSa, new: OutboundSa) -> None:
         """Rekey: `new` takes over `old`'s selectors and position (KeyError if absent)."""
@@ -941,18 +1002,37 @@ class Spd:
             if sa is old:
                 self._entries[i] = (new, local, remote)
                 self._cache.clear()
+                self._fast.clear()
                 return
         raise KeyError("SA not in the SPD")
 
     def remove(self, sa: OutboundSa) -> None:
         self._entries = [e for e in self._entries if e[0] is not sa]
         self._cache.clear()
+        self._fast.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def match(self, inner: bytes) -> OutboundSa | None:
+    def match(self, inner: bytes | memoryview) -> OutboundSa | None:
         """The SA whose (local TS, remote TS) covers the packet's source/destination."""
+        key = flow_key(inner)  # the common shapes: one slice and one dict hit
+        if key is not None:
+            fast = self._fast
+            try:
+                sa = fast[key]
+            except KeyError:
+                sa = self._match(bytes(inner))
+                if len(fast) >= _SPD_CACHE_MAX:
+                    fast.clear()
+                fast[key] = sa
+                return sa
+            if sa is None:
+                self.no_sa += 1
+            return sa
+        return self._match(bytes(inner) if isinstance(inner, memoryview) else inner)
+
+    def _match(self, inner: bytes) -> OutboundSa | None:
         flow = parse_flow(inner)
         if flow is None:
             self.no_sa += 1
@@ -1002,7 +1082,7 @@ class Sad:
         if sa is None:
             self.unknown_spi += 1
             raise EspDrop(DropReason.UNKNOWN_SPI)
-        return sa.open(packet)
+        return sa.open(packet)  # type: ignore[return-value]  # bytes | memoryview (perf)
 
 
 # --------------------------------------------------------------------------------------

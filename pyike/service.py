@@ -12,13 +12,15 @@ import logging
 import time
 from typing import Any
 
-from pyike import logs, status
+from pyike import decode, ladder, logs, status
 from pyike.control import ControlError, ControlServer, ControlSocket, Request
+from pyike.daemon import ike_key_record
 from pyike.ike import (
     Addr,
     ChildSaCreated,
     ChildSaDeleted,
     Event,
+    IkeKeysDerived,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
@@ -26,7 +28,10 @@ from pyike.ike import (
     State,
     id_text,
 )
+from pyike.registry import HeaderFlag
 from pyike.sdnotify import Notifier
+
+MAX_LADDER_KEYS = 4096  # IKE SAs whose messages the ladder monitor can decrypt
 
 log = logging.getLogger("pyike")
 
@@ -122,6 +127,11 @@ class Service:
             else None
         )
         daemon.observers.append(self.on_event)
+        # pyikectl monitor --ladder: every IKE message sent or received, drawn in RFC 7296
+        # notation here in the daemon (decrypted with the SAs' keys, which never leave it).
+        self._ladder_keys: dict[tuple[bytes, bytes], Any] = {}
+        self._count_message = daemon.driver.on_ike_message
+        daemon.driver.on_ike_message = self.on_ike_message
         daemon.on_started.append(self.started)
         daemon.on_stopping.append(self.stopping)
         daemon.reload_hooks.append(self.reload_hook)
@@ -173,6 +183,7 @@ class Service:
         return f"{ike} IKE SA{'s' if ike != 1 else ''}, {child} Child SA{'s' if child != 1 else ''}"
 
     def on_event(self, event: Event) -> None:
+        self._note_keys(event)
         rec = event_record(event)
         if rec is None:
             return
@@ -185,6 +196,28 @@ class Service:
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)
+
+    def on_ike_message(self, data: bytes, outbound: bool) -> None:
+        if self._count_message is not None:
+            self._count_message(data, outbound)
+        if self.control is None or not self.control.monitors or len(data) < 28:
+            return
+        # The I flag says the sender is the IKE SA's original initiator (RFC 7296 3.1):
+        # the ladder's left lifeline, whatever our role.
+        direction = "-->" if data[19] & HeaderFlag.INITIATOR else "<--"
+        try:
+            text = ladder.render_message(data, direction, keys=self._ladder_keys)
+        except Exception as e:  # a drawing for a watcher must never stop the daemon
+            text = f"{direction} ({len(data)} bytes, not drawn: {e})"
+        self.publish({"event": "message", "outbound": outbound, "line": text})
+
+    def _note_keys(self, event: Event) -> None:
+        if isinstance(event, IkeKeysDerived):
+            if len(self._ladder_keys) >= MAX_LADDER_KEYS:
+                self._ladder_keys.pop(next(iter(self._ladder_keys)))
+            self._ladder_keys.update(decode.ike_ciphers([ike_key_record(event)]))
+        elif isinstance(event, IkeSaClosed):
+            self._ladder_keys.pop((event.spi_i, event.spi_r), None)
 
     def publish(self, rec: dict[str, Any]) -> None:
         if self.control is not None:

@@ -205,6 +205,14 @@ def seeds_by_target() -> dict[str, list[bytes]]:
         "pcap": [p.read_bytes() for p in CAPTURES] + [b"00 11 22\n" + datagrams[0].hex().encode()],
         "keylog": _keylog_seeds(),
         "certs": _cert_seeds(),
+        "control": [
+            b'{"verb": "show sa"}',
+            b'{"verb": "show stats"}',
+            b'{"verb": "reset policy", "arg": "smtp-in"}',
+            b'{"verb": "reset id", "arg": "fqdn/carinho.lan"}',
+            b'{"verb": "log verbose"}',
+            b'{"verb": "monitor"}',
+        ],
     }
 
 

@@ -333,6 +333,17 @@ def _certs() -> OneInput:
     return one_input
 
 
+def _control() -> OneInput:
+    """One pyikectl request line, as the control socket's server reads it."""
+    from pyike import control
+
+    def one_input(data: bytes) -> None:
+        with contextlib.suppress(control.ControlError):
+            control.parse_request(data)
+
+    return one_input
+
+
 TARGETS: dict[str, Callable[[], OneInput]] = {
     "ike-decode": _ike_decode,
     "ike-endpoint": _ike_endpoint,
@@ -345,4 +356,5 @@ TARGETS: dict[str, Callable[[], OneInput]] = {
     "pcap": _pcap,
     "keylog": _keylog,
     "certs": _certs,
+    "control": _control,
 }

@@ -68,12 +68,12 @@ def _established(p: PyikeProc, n: int) -> list[dict]:
 class Monitor:
     """``pyikectl monitor --json`` in the background, its lines in a file."""
 
-    def __init__(self, p: PyikeProc, out: Path) -> None:
+    def __init__(self, p: PyikeProc, out: Path, flag: str = "--json") -> None:
         self.out = out
         self.f = out.open("wb")
         assert p.socket_path is not None
         self.proc = subprocess.Popen(
-            [*PYIKECTL, "-s", str(p.socket_path), "--json", "monitor"],
+            [*PYIKECTL, "-s", str(p.socket_path), flag, "monitor"],
             stdout=self.f, stderr=subprocess.STDOUT, cwd=str(REPO),
         )  # fmt: skip
 
@@ -123,6 +123,7 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
         assert st.st_uid == 0
         mon = Monitor(home, tmp_path / "monitor.jsonl")
+        ladder = Monitor(home, tmp_path / "ladder.txt", "--ladder")
 
         # show sa: both daemons list the same Child SA, SPIs mirrored.
         rows = _established(home, 1)
@@ -141,6 +142,16 @@ def test_pyikectl_pyike_pair(two_hosts: TwoHosts, tmp_path: Path) -> None:
         # monitor: the Child SA rekey (lifetime 12 s: at 10-11 s); establishes below.
         rekeyed = mon.wait("child-rekeyed", timeout=25)
         new_in = rekeyed[0]["spi_in"]
+        # monitor --ladder drew that rekey as RFC 7296 1.3.3 does, decrypted in the daemon.
+        wait_until(
+            lambda: "<--  HDR, SK {SA, Nr, TSi, TSr}" in ladder.out.read_text(),
+            timeout=10,
+            what="the rekey's response in monitor --ladder",
+        )
+        drawn = ladder.out.read_text()
+        assert "HDR, SK {N(REKEY_SA), SA, Ni, TSi, TSr}  -->" in drawn, drawn
+        assert "CREATE_CHILD_SA request" in drawn and "{encrypted}" not in drawn, drawn
+        ladder.close()
         wait_until(
             lambda: new_in in {spi for spi, _ in _spi_pairs(home.ctl_json("show", "sa"))},
             timeout=10,

@@ -62,7 +62,9 @@ SOURCE = (  # home's client: send the file, print the server's digest
 )
 
 
-def _start(hosts: TwoHosts, tmp: Path, outer: int, inner: int) -> tuple[PyikeProc, PyikeProc]:
+def _start(
+    hosts: TwoHosts, tmp: Path, outer: int, inner: int, home_extra: str = ""
+) -> tuple[PyikeProc, PyikeProc]:
     home_in, vm_in = INNER[inner]
     hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     home_keys = write_keydir(tmp / "home-keys", hk, {VM_ID: vk.public_key()})
@@ -70,7 +72,7 @@ def _start(hosts: TwoHosts, tmp: Path, outer: int, inner: int) -> tuple[PyikePro
     home_conf, vm_conf = tmp / "home.conf", tmp / "vm.conf"
     home_conf.write_text(
         f'ikev2 "bulk" active esp from {home_in} to {vm_in} '
-        f"peer {OUTER[outer]} {SUITES} srcid {HOME_ID} dstid {VM_ID} "
+        f"peer {OUTER[outer]} {SUITES} srcid {HOME_ID} dstid {VM_ID} {home_extra} "
         "ecdsa384\n"
     )
     vm_conf.write_text(
@@ -149,4 +151,27 @@ def test_bulk_tcp_through_batched_paths(
     else:
         assert h["gso_sends"] == v["gso_sends"] == v["merged"] == h["merged"] == 0
         assert v["tun_writes"] == v["tun_out"] and h["udp_sends"] == h["tun_in"] - h["no_sa"]
+    assert "Traceback" not in home.log() + vm.log()
+
+
+def test_byte_lifetime_is_checked_for_sas_that_carried_traffic(
+    two_hosts: TwoHosts, tmp_path: Path
+) -> None:
+    """The daemon polls byte counts only for Child SAs the data plane says moved
+    packets since the last poll (every 5 s): 4 MiB through an SA with a 2 MB
+    lifetime must end it (rekeyed at 90 %, or expired at 100 %) within a poll."""
+    data = os.urandom(SIZE)
+    src = tmp_path / "data"
+    src.write_bytes(data)
+    home, vm = _start(two_hosts, tmp_path, 4, 6, home_extra="lifetime 3600 bytes 2M")
+    vm_in = INNER[6][1]
+    try:
+        sink = two_hosts.vm.popen(["python3", "-c", SINK, vm_in])
+        r = two_hosts.home.run(["python3", "-c", SOURCE, str(src), vm_in], timeout=60)
+        two_hosts.vm.stop(sink, grace=2)
+        assert r.stdout.strip() == hashlib.sha256(data).hexdigest()
+        home.wait_log(r"expired: byte lifetime reached|rekeyed Child SA", timeout=12)
+    finally:
+        home.stop()
+        vm.stop()
     assert "Traceback" not in home.log() + vm.log()

@@ -163,6 +163,7 @@ def test_spoofed_init_flood_40k(two_hosts: TwoHosts, tmp_path: Path) -> None:
         )
         _report("IKE_SA_INIT 40k/s from 200 sources", figures)
         assert figures["during_flood"], f"charon established only after the flood: {figures}"
+        assert figures["established_s"] <= ESTABLISH_WITHIN_S, figures
         assert setup.pyike.poll() is None, setup.log()[-3000:]
         assert ping(setup.home, VM_INNER, count=3) >= 2
     log = setup.log()
@@ -176,6 +177,7 @@ def test_spoofed_init_flood_max_rate(two_hosts: TwoHosts, tmp_path: Path) -> Non
         figures = _establish_under(setup, ["init", "--source-count", "200"], 20.0)
         _report("IKE_SA_INIT at the sender's highest rate from 200 sources", figures)
         assert figures["during_flood"], f"charon established only after the flood: {figures}"
+        assert figures["established_s"] <= ESTABLISH_WITHIN_S, figures
         assert setup.pyike.poll() is None, setup.log()[-3000:]
     log = setup.log()
     assert "Traceback" not in log, log[-3000:]

@@ -25,8 +25,9 @@ from pyike.ike import (
     State,
     Transmit,
 )
+from pyike.limits import Limits
 from pyike.registry import ExchangeType, NotifyType
-from tests.ike_pair import VM, default_pair
+from tests.ike_pair import HOME, VM, default_pair
 
 
 def sent(p, direction: str) -> list[tuple[str, int, bool, list[int]]]:
@@ -334,3 +335,38 @@ def test_dpd_default_and_overrides() -> None:
     assert effective_dpd(Options(), GlobalOptions(dpd_check_interval=30)) == 30.0
     assert effective_dpd(Options(), GlobalOptions(dpd_check_interval=0)) == 0.0
     assert effective_dpd(Options(dpd_interval=60.0), GlobalOptions(dpd_check_interval=30)) == 60.0
+
+
+def test_many_sas_each_probed_at_its_own_deadline_and_closed_ones_forgotten() -> None:
+    """The Endpoint keeps deadlines in a heap and only revisits SAs something happened
+    to: each of several SAs, set up half a second apart, must still be probed when its own
+    5 s of silence are up (not earlier, not later), and a deleted one must be gone."""
+    # One peer identity for all six: lift the per-peer limit (4 by default).
+    p = default_pair(
+        home_kw={"dpd_interval": 5.0},
+        vm_kw={"dpd_interval": 0.0},
+        limits=Limits(ike_sas_per_peer=10, auth_per_source_per_s=100.0, auth_burst=100),
+    )
+    started: dict[bytes, float] = {}
+    for _ in range(6):
+        sa = p.home.connect(p.home_policy, HOME, VM, p.now)
+        p.run()
+        assert sa.state == State.ESTABLISHED
+        started[sa.spi_i] = p.now
+        p.advance(0.5)
+    probed: dict[bytes, float] = {}
+    for _ in range(60):  # 6 s in 0.1 s steps: every SA's first probe falls in there
+        p.wire_log.clear()
+        p.advance(0.1)
+        for name, t in p.wire_log:
+            msg = wire.parse_message(t.data)
+            if name == "home->vm" and msg.exchange == ExchangeType.INFORMATIONAL:
+                probed.setdefault(msg.spi_i, p.now)
+    assert set(probed) == set(started)
+    for spi, t0 in started.items():
+        assert t0 + 5.0 <= probed[spi] <= t0 + 5.0 + 0.11, (t0, probed[spi])
+    victim = next(iter(p.home.sas.values()))
+    victim.delete(p.now, "test")
+    p.run()
+    assert victim.spi_i not in p.home.sas and len(p.home.sas) == 5
+    assert victim.spi_r not in p.vm.sas and len(p.vm.sas) == 5

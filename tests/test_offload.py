@@ -179,13 +179,13 @@ def test_gso_refusal_falls_back_to_one_send_per_packet() -> None:
         with pytest.raises(OSError) as e:
             sock.sendmsg([bytes(100)] * 2, offload.gso_cmsg(100), 0, addr)
         assert e.value.errno in (errno.EIO, errno.EINVAL)  # the kernel says no
-        dp = DataPlane(daemon=None)
+        dp = DataPlane(socket_for=lambda _local: None, note_alive=lambda _spi, _now: None)
         assert dp.gso or os.environ.get("PYIKE_OFFLOAD") == "0"
         dp.gso = True
         remote = ("127.0.0.1", addr[1])
         tx = _Tx(
             sa=None,
-            child=SimpleNamespace(remote=remote),  # type: ignore[arg-type]
+            child=SimpleNamespace(remote=remote, spi_in=0x1234),  # type: ignore[arg-type]
             sock=sock,
             addr=addr,
             remote=remote,

@@ -1,18 +1,26 @@
 """Data-plane throughput of pyike next to strongSwan and bare veth, in one run.
 
 Usage (root): .venv/bin/python tools/bench_tunnel.py [--seconds N] [--runs K]
-                 [--only pyike|strongswan|veth|baseline] [--baseline DIR] [--profile S]
-                 [--no-veth-gro] [--keep]
+                 [--only pyike|pyike3|pyike100|noprivsep|wireguard|strongswan|veth|baseline]
+                 [--baseline DIR] [--profile S] [--no-veth-gro] [--keep]
 
-Three set-ups, each in a fresh pair of network namespaces joined by veth
+The set-ups, each in a fresh pair of network namespaces joined by veth
 (outer 192.0.2.1 home <-> 192.0.2.2 vm, RFC 5737; inner 2001:db8:c1da::1 <-> ::2,
 RFC 3849):
 
 - ``pyike``: pyike <-> pyike (home active, vm passive; one policy, no proto
   restriction, so iperf3's port 5201 is covered), ESP-in-UDP 4500, no ``-v``;
+- ``pyike3``, ``pyike100``: the same with 3 or 100 Child SAs (one IKE SA each, the
+  home side under distinct IDs; the traffic rides the first), so SPD/SAD lookups
+  and timers run with many SAs present;
+- ``wireguard``: wireguard-go <-> wireguard-go (Debian ``wireguard-go``, userspace
+  WireGuard, what a reader of the guide would pick instead; UDP 51820, MTU 1420);
 - ``strongswan``: charon <-> charon with kernel-libipsec (userspace ESP on a
   TUN, ``encap = yes``), the C reference for "userspace ESP on one core";
 - ``veth``: the inner addresses straight on the veth, no tunnel (the ceiling);
+- ``noprivsep``: as ``pyike``, both daemons with ``--no-privsep`` (one root
+  process): the cost of privilege separation, same run (``pyike`` runs
+  separated; CPU figures are the network process's);
 - ``baseline`` (with ``--baseline DIR``): pyike <-> pyike as in ``pyike``, but the
   pyike package of another tree (e.g. ``git archive <commit> | tar -x -C DIR``),
   for before/after figures in one run.
@@ -22,9 +30,12 @@ the veth default, off): real NICs do GRO, and without it a UDP GRO socket gets
 one datagram per receive.
 
 Both tunnels negotiate AES-256-GCM-16 for ESP. In each, iperf3 runs from home
-(client, sender) to the vm (server): one TCP stream for N seconds, then UDP with
-1300-byte datagrams at ``--udp-rate`` (default 0 = unlimited). From iperf3's JSON
-the table reports TCP Mbit/s, UDP Mbit/s received, received packets/s and loss,
+(client, sender) to the vm (server): one TCP stream for N seconds (with a ping
+every 0.2 s through the loaded tunnel: latency under load), then UDP with
+1300-byte datagrams at ``--udp-rate`` (default 0 = unlimited), then UDP with
+64-byte datagrams (the packet-rate test). From iperf3's JSON
+the table reports TCP Mbit/s, its retransmits and the tunnel devices' drops meanwhile,
+the median ping RTT under load, UDP Mbit/s received, received packets/s and loss,
 the CPU % of each daemon process over each test (utime+stime deltas of
 /proc/<pid>/stat, all threads; 100 % = one core) and each daemon's CPU time per
 packet it moved (us/pkt: TCP segments both ways counted at home; for UDP the
@@ -48,6 +59,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -80,9 +92,16 @@ HOME_ADDR, VM_ADDR = "192.0.2.1", "192.0.2.2"
 HOME_INNER, VM_INNER = "2001:db8:c1da::1", "2001:db8:c1da::2"
 IPERF_PORT = 5201
 UDP_LEN = 1300
+SMALL_LEN = 64  # the packet-rate test: 64-byte UDP payloads
+PING_EVERY = 0.2  # seconds between pings during the TCP test (latency under load)
+WG_PORT = 51820
+WG_MTU = 1420  # wireguard-go's default
 SETUP_TIMEOUT_S = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("pyike", "strongswan", "veth", "baseline")
+SCENARIOS = (
+    "pyike", "pyike3", "pyike100", "noprivsep", "wireguard", "strongswan", "veth", "baseline",
+)  # fmt: skip
+DEFAULT_SCENARIOS = ("pyike", "wireguard", "strongswan", "veth", "baseline")
 
 # The same suites on both tunnels: the data plane is AES-256-GCM-16 either way.
 PYIKE_SUITES = (
@@ -114,6 +133,7 @@ class Sample:
     pps: float = 0.0
     loss_pct: float = 0.0
     retransmits: int = 0  # TCP: segments the sender retransmitted
+    rtt_ms: float = float("nan")  # TCP: median ping RTT through the loaded tunnel
     drops: dict[str, int] = field(default_factory=dict)  # where packets were lost
     cpu: dict[str, float] = field(default_factory=dict)  # daemon label -> % of one core
     # daemon label -> its CPU microseconds per packet it moved (TUN reads + writes)
@@ -156,6 +176,11 @@ def drop_counters(ns: Netns, side: str) -> dict[str, int]:
                 if ln.startswith(prefix):
                     out[f"{side} udp6 rcvbuf err"] = int(ln.split()[1])
     return out
+
+
+def tunnel_drops(drops: dict[str, int]) -> int:
+    """Packets dropped at the tunnel devices (rx or tx, both ends): a full TUN queue."""
+    return sum(v for k, v in drops.items() if " drop" in k and k.split()[1] not in ("lo", "eth0"))
 
 
 def tunnel_packets(ns: Netns) -> int:
@@ -230,22 +255,41 @@ def iperf(ns: Netns, args: list[str], seconds: int) -> dict:
     return report
 
 
-def iperf_tcp(ns: Netns, seconds: int) -> Sample:
-    end = iperf(ns, [], seconds)["end"]
+def iperf_tcp(ns: Netns, seconds: int, rtt: bool = False) -> Sample:
+    """One TCP stream; with ``rtt``, pings through the loaded tunnel meanwhile (they
+    start a second after the stream, when its window has opened)."""
+    pinger = None
+    if rtt:
+        count = max(1, int((seconds - 2) / PING_EVERY))
+        pinger = ns.popen(
+            ["sh", "-c", f"sleep 1; exec ping -6 -n -c {count} -i {PING_EVERY} -W 2 {VM_INNER}"],
+            stdout=subprocess.PIPE,
+        )
+    try:
+        end = iperf(ns, [], seconds)["end"]
+    finally:
+        out = b""
+        if pinger is not None:
+            try:
+                out, _ = pinger.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                ns.stop(pinger)
+    times = [float(m) for m in re.findall(rb"time=([0-9.]+) ms", out)]
     return Sample(
         mbps=end["sum_received"]["bits_per_second"] / 1e6,
         retransmits=int(end["sum_sent"].get("retransmits", 0)),
+        rtt_ms=med(times),
     )
 
 
-def iperf_udp(ns: Netns, seconds: int, rate: str) -> Sample:
+def iperf_udp(ns: Netns, seconds: int, rate: str, length: int = UDP_LEN) -> Sample:
     """UDP: what the server received (iperf3 3.12 puts the server's counts in end.sum)."""
-    report = iperf(ns, ["-u", "-b", rate, "-l", str(UDP_LEN)], seconds)
+    report = iperf(ns, ["-u", "-b", rate, "-l", str(length)], seconds)
     s = report["end"]["sum"]
     received = s["packets"] - s["lost_packets"]
     secs = s["seconds"] or seconds
     return Sample(
-        mbps=received * UDP_LEN * 8 / secs / 1e6, pps=received / secs, loss_pct=s["lost_percent"]
+        mbps=received * length * 8 / secs / 1e6, pps=received / secs, loss_pct=s["lost_percent"]
     )
 
 
@@ -315,26 +359,58 @@ class QuietPyike(PyikeProc):
 BASELINE_SRC: Path | None = None  # --baseline DIR
 
 
+def network_pid(pid: int) -> int:
+    """The process that moves the packets: pyike's unprivileged child under privilege
+    separation (the root parent only serves requests), else ``pid`` itself."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(kids[0]) if len(kids) == 1 else pid
+
+
+def _extra_inner(i: int) -> str:
+    """The vm's inner address of the i-th extra Child SA (pyike3, pyike100)."""
+    return f"2001:db8:c1da:1::{i:x}"
+
+
 @contextlib.contextmanager
-def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
+def pyike_setup(
+    work: Path, src: Path = REPO, children: int = 1, args: tuple[str, ...] = ()
+) -> Iterator[Setup]:
+    """pyike <-> pyike; with ``children`` > 1, that many policies (each its own IKE SA
+    and Child SA: home uses a distinct ID per policy, which is how the vm's responder
+    tells them apart, RFC 7296 2.9 leaving the choice of policy to it). The first one
+    carries the traffic; the others cover extra vm addresses nobody sends to."""
     hk, vk = _keys()
-    home_keys = write_keydir(work / "home-keys", hk, {VM_ID: vk.public_key()})
-    vm_keys = write_keydir(work / "vm-keys", vk, {HOME_ID: hk.public_key()})
+    home_ids = [HOME_ID] + [f"c{i}.{HOME_ID}" for i in range(1, children)]
+    # The vm under as many IDs: pyike allows only a few IKE SAs per peer identity
+    # (pyike.limits ike_sas_per_peer), and here each policy is its own IKE SA.
+    vm_ids = [VM_ID] + [f"c{i}.{VM_ID}" for i in range(1, children)]
+    vm_inner = [VM_INNER] + [_extra_inner(i) for i in range(1, children)]
+    home_keys = write_keydir(work / "home-keys", hk, {i: vk.public_key() for i in vm_ids})
+    vm_keys = write_keydir(work / "vm-keys", vk, {i: hk.public_key() for i in home_ids})
     home_conf, vm_conf = work / "home-bench.conf", work / "vm-bench.conf"
     home_conf.write_text(
-        f'ikev2 "bench" active esp from {HOME_INNER} to {VM_INNER} '
-        f"peer {VM_ADDR} {PYIKE_SUITES} "
-        f"srcid {HOME_ID} dstid {VM_ID} ecdsa384\n"
+        "".join(
+            f'ikev2 "bench{i}" active esp from {HOME_INNER} to {inner} '
+            f"peer {VM_ADDR} {PYIKE_SUITES} "
+            f"srcid {hid} dstid {vid} ecdsa384\n"
+            for i, (hid, vid, inner) in enumerate(zip(home_ids, vm_ids, vm_inner, strict=True))
+        )
     )
     vm_conf.write_text(
-        f'ikev2 "bench" passive esp from {VM_INNER} to {HOME_INNER} '
-        f"local {VM_ADDR} peer any {PYIKE_SUITES} "
-        f"srcid {VM_ID} dstid {HOME_ID} ecdsa384\n"
+        "".join(
+            f'ikev2 "bench{i}" passive esp from {inner} to {HOME_INNER} '
+            f"local {VM_ADDR} peer any {PYIKE_SUITES} "
+            f"srcid {vid} dstid {hid} ecdsa384\n"
+            for i, (hid, vid, inner) in enumerate(zip(home_ids, vm_ids, vm_inner, strict=True))
+        )
     )
     for conf in (home_conf, vm_conf):
         conf.chmod(0o600)  # as iked wants (pyike warns otherwise)
     with two_hosts() as (home, vm):
-        vm_p = QuietPyike(vm, work, vm_conf, vm_keys)
+        vm_p = QuietPyike(vm, work, vm_conf, vm_keys, list(args))
         vm_p.src = src
         vm_p.start()
         home_p = None
@@ -342,18 +418,19 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
             # Without -v the driver's "listening" line is not logged; the TUN line
             # comes after the sockets are bound.
             vm_p.wait_log(r"TUN \S+ up", timeout=15)
-            home_p = QuietPyike(home, work, home_conf, home_keys)
+            home_p = QuietPyike(home, work, home_conf, home_keys, list(args))
             home_p.src = src
             home_p.start()
-            home_p.wait_log(r"created Child SA", timeout=SETUP_TIMEOUT_S)
-            vm_p.wait_log(r"created Child SA", timeout=SETUP_TIMEOUT_S)
+            wait = SETUP_TIMEOUT_S + children * 0.5
+            home_p.wait_log(r"created Child SA", timeout=wait, count=children)
+            vm_p.wait_log(r"created Child SA", timeout=wait, count=children)
             child = home_p.wait_log(r"created Child SA")[0].split("created Child SA", 1)[1]
             assert home_p.proc is not None and vm_p.proc is not None
             yield Setup(
                 home,
                 vm,
-                {"home": home_p.proc.pid, "vm": vm_p.proc.pid},
-                note=f"{src}: child SA{child}",
+                {"home": network_pid(home_p.proc.pid), "vm": network_pid(vm_p.proc.pid)},
+                note=f"{src}: {children} child SA(s), first{child}",
             )
         except AssertionError as e:
             raise BenchError(str(e)) from e
@@ -361,6 +438,98 @@ def pyike_setup(work: Path, src: Path = REPO) -> Iterator[Setup]:
             for p in (home_p, vm_p):
                 if p is not None:
                     p.stop()
+
+
+@contextlib.contextmanager
+def pyike3_setup(work: Path) -> Iterator[Setup]:
+    with pyike_setup(work, children=3) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def pyike100_setup(work: Path) -> Iterator[Setup]:
+    with pyike_setup(work, children=100) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def wireguard_setup(work: Path) -> Iterator[Setup]:
+    """wireguard-go on both ends. Its UAPI sockets all live in /var/run/wireguard
+    (not per namespace), so each daemon needs its own interface name; the name also
+    carries our PID so that concurrent runs do not collide."""
+    if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
+        raise BenchError("wireguard-go/wg missing: apt-get install wireguard-go wireguard-tools")
+    tag = f"{os.getpid() % 100000}"
+    names = {"home": f"wgh{tag}", "vm": f"wgv{tag}"}
+    keys_: dict[str, tuple[str, str]] = {}
+    for side in names:
+        priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout
+        pub = subprocess.run(
+            ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
+        ).stdout
+        (work / f"wg-{side}.key").write_text(priv)
+        (work / f"wg-{side}.key").chmod(0o600)
+        keys_[side] = (str(work / f"wg-{side}.key"), pub.strip())
+    with two_hosts() as (home, vm):
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for side, ns, peer_side, peer_addr, inner, peer_inner in (
+                ("home", home, "vm", VM_ADDR, HOME_INNER, VM_INNER),
+                ("vm", vm, "home", HOME_ADDR, VM_INNER, HOME_INNER),
+            ):
+                ifname = names[side]
+                log = (work / f"wireguard-{side}.log").open("wb")
+                procs[side] = ns.popen(
+                    ["wireguard-go", ifname],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"},
+                )
+                log.close()
+                wait_until(
+                    lambda ns=ns, ifname=ifname: (
+                        ns.run(["ip", "link", "show", ifname], check=False).returncode == 0
+                        and Path(f"/var/run/wireguard/{ifname}.sock").exists()
+                    ),
+                    10,
+                    what=f"wireguard-go {ifname}",
+                )
+                ns.run(
+                    [
+                        "wg",
+                        "set",
+                        ifname,
+                        "listen-port",
+                        str(WG_PORT),
+                        "private-key",
+                        keys_[side][0],
+                        "peer",
+                        keys_[peer_side][1],
+                        "endpoint",
+                        f"{peer_addr}:{WG_PORT}",
+                        "allowed-ips",
+                        f"{peer_inner}/128",
+                    ]
+                )
+                ns.run(["ip", "link", "set", ifname, "mtu", str(WG_MTU), "up"])
+                ns.run(["ip", "-6", "addr", "add", f"{inner}/128", "dev", ifname, "nodad"])
+                ns.run(["ip", "-6", "route", "add", f"{peer_inner}/128", "dev", ifname])
+            version = (
+                subprocess.run(
+                    ["wireguard-go", "--version"], capture_output=True, text=True, check=False
+                )
+                .stdout.strip()
+                .split("\n", 1)[0]
+            )
+            yield Setup(
+                home,
+                vm,
+                {"home": procs["home"].pid, "vm": procs["vm"].pid},
+                note=f"{version or 'wireguard-go'}, {names['home']}/{names['vm']} MTU {WG_MTU}",
+            )
+        finally:
+            for side, proc in procs.items():
+                (home if side == "home" else vm).stop(proc, grace=3)
 
 
 def _charon(
@@ -442,8 +611,18 @@ def baseline_setup(work: Path) -> Iterator[Setup]:
         yield s
 
 
+@contextlib.contextmanager
+def noprivsep_setup(work: Path) -> Iterator[Setup]:
+    with pyike_setup(work, REPO, args=("--no-privsep",)) as s:
+        yield s
+
+
 SETUPS = {
     "pyike": pyike_setup,
+    "noprivsep": noprivsep_setup,
+    "pyike3": pyike3_setup,
+    "pyike100": pyike100_setup,
+    "wireguard": wireguard_setup,
     "strongswan": strongswan_setup,
     "veth": veth_setup,
     "baseline": baseline_setup,
@@ -469,19 +648,23 @@ def iperf_server(vm: Netns) -> Iterator[None]:
 
 def measure(
     name: str, work: Path, seconds: int, udp_rate: str, profile_s: int
-) -> tuple[Sample, Sample, str, str]:
-    """Bring ``name`` up, run TCP then UDP, tear it down: (tcp, udp, note, profile)."""
+) -> tuple[Sample, Sample, Sample, str, str]:
+    """Bring ``name`` up, run TCP, UDP and small UDP, tear it down:
+    (tcp, udp, udp64, note, profile)."""
     work.mkdir(parents=True, exist_ok=True)
     with SETUPS[name](work) as s:
         if ping(s.home, VM_INNER, count=3) < 1:
             raise BenchError(f"{name}: no ping reply from {VM_INNER} through the path")
         with iperf_server(s.vm):
-            tcp = with_cpu(s, lambda: iperf_tcp(s.home, seconds), tcp_segments)
+            tcp = with_cpu(s, lambda: iperf_tcp(s.home, seconds, rtt=True), tcp_segments)
             udp = with_cpu(s, lambda: iperf_udp(s.home, seconds, udp_rate), tunnel_packets)
+            small = with_cpu(
+                s, lambda: iperf_udp(s.home, seconds, udp_rate, SMALL_LEN), tunnel_packets
+            )
             prof = profile(s, work, profile_s) if profile_s else ""
     lost = ", ".join(f"{k} {v}" for k, v in tcp.drops.items()) or "none"
     s.note += f"; drops during TCP: {lost}"
-    return tcp, udp, s.note, prof
+    return tcp, udp, small, s.note, prof
 
 
 # --- profile hint ---------------------------------------------------------------------
@@ -606,17 +789,17 @@ def med(values: list[float]) -> float:
 
 
 def table(
-    results: dict[str, list[tuple[Sample, Sample]]], seconds: int, runs: int, udp_rate: str
+    results: dict[str, list[tuple[Sample, Sample, Sample]]], seconds: int, runs: int, udp_rate: str
 ) -> str:
     head = (
-        f"{'set-up':<11} {'TCP Mbit/s':>10} {'retr':>5} {'cpu home/vm %':>14} "
-        f"{'us/pkt h/vm':>12} "
-        f"{'UDP rx Mbit/s':>13} {'rx kpps':>8} {'loss %':>7} {'cpu home/vm %':>14} "
-        f"{'us/pkt enc/dec':>14}"
+        f"{'set-up':<10} {'TCP Mbit/s':>10} {'retr':>5} {'tun drop':>8} {'rtt ms':>6} "
+        f"{'cpu home/vm %':>13} {'us/pkt h/vm':>11} "
+        f"{'UDP Mbit/s':>10} {'kpps':>6} {'loss%':>5} {'us/pkt e/d':>10} "
+        f"{'64B kpps':>8} {'loss%':>5} {'us/pkt e/d':>10}"
     )
     lines = [
-        f"iperf3 home -> vm, {seconds} s per test, TCP 1 stream, UDP {UDP_LEN} B "
-        f"-b {udp_rate}; median of {runs} run(s); veth GRO "
+        f"iperf3 home -> vm, {seconds} s per test, TCP 1 stream (+ ping every {PING_EVERY} s), "
+        f"UDP {UDP_LEN} B and {SMALL_LEN} B -b {udp_rate}; median of {runs} run(s); veth GRO "
         f"{'on' if VETH_GRO else 'off'}",
         head,
         "-" * len(head),
@@ -631,38 +814,46 @@ def table(
         )
 
     figures: dict[str, dict[str, float]] = {}
-    for name, pairs in results.items():
-        tcps, udps = [t for t, _ in pairs], [u for _, u in pairs]
+    for name, triples in results.items():
+        tcps, udps, smalls = ([t[i] for t in triples] for i in range(3))
         f = figures[name] = {
             "tcp": med([t.mbps for t in tcps]),
+            "retr": med([t.retransmits for t in tcps]),
+            "tun_drop": med([tunnel_drops(t.drops) for t in tcps]),
+            "rtt": med([t.rtt_ms for t in tcps]),
             "udp": med([u.mbps for u in udps]),
             "pps": med([u.pps for u in udps]),
             "loss": med([u.loss_pct for u in udps]),
-            "retr": med([t.retransmits for t in tcps]),
+            "pps64": med([u.pps for u in smalls]),
+            "loss64": med([u.loss_pct for u in smalls]),
         }
         lines.append(
-            f"{name:<11} {f['tcp']:>10.0f} {f['retr']:>5.0f} "
-            f"{per_daemon(tcps, 'cpu', '.0f'):>14} "
-            f"{per_daemon(tcps, 'us_per_pkt', '.1f'):>12} {f['udp']:>13.0f} "
-            f"{f['pps'] / 1e3:>8.1f} {f['loss']:>7.1f} "
-            f"{per_daemon(udps, 'cpu', '.0f'):>14} "
-            f"{per_daemon(udps, 'us_per_pkt', '.1f'):>14}"
+            f"{name:<10} {f['tcp']:>10.0f} {f['retr']:>5.0f} {f['tun_drop']:>8.0f} "
+            f"{f['rtt']:>6.2f} {per_daemon(tcps, 'cpu', '.0f'):>13} "
+            f"{per_daemon(tcps, 'us_per_pkt', '.1f'):>11} {f['udp']:>10.0f} "
+            f"{f['pps'] / 1e3:>6.1f} {f['loss']:>5.1f} "
+            f"{per_daemon(udps, 'us_per_pkt', '.1f'):>10} "
+            f"{f['pps64'] / 1e3:>8.1f} {f['loss64']:>5.1f} "
+            f"{per_daemon(smalls, 'us_per_pkt', '.1f'):>10}"
         )
     lines.append(
-        "retr: TCP retransmits; cpu: daemon % of one core; us/pkt: daemon CPU time "
-        "per packet it moved (TCP: data + ACKs; UDP: home only encrypts, vm only "
-        "decrypts)"
+        "retr: TCP retransmits; tun drop: packets dropped at the tunnel devices during "
+        "TCP; rtt: median ping RTT through the loaded tunnel; cpu: daemon % of one core; "
+        "us/pkt: daemon CPU time per packet it moved (TCP: data + ACKs; UDP: home only "
+        "encrypts, vm only decrypts); kpps: packets received per second"
     )
-    for other in ("strongswan", "baseline"):
-        if "pyike" in figures and other in figures:
-            p, c = figures["pyike"], figures[other]
+    for ours in [n for n in figures if n.startswith("pyike")]:
+        for other in ("noprivsep", "wireguard", "strongswan", "baseline"):
+            if other in figures:
+                p, c = figures[ours], figures[other]
 
-            def ratio(k: str, c: dict[str, float] = c, p: dict[str, float] = p) -> str:
-                return f"{p[k] / c[k]:.2f}" if c[k] else "n/a"
+                def ratio(k: str, c: dict[str, float] = c, p: dict[str, float] = p) -> str:
+                    return f"{p[k] / c[k]:.2f}" if c[k] else "n/a"
 
-            lines.append(
-                f"pyike/{other}: TCP {ratio('tcp')}  UDP rx {ratio('udp')}  pps {ratio('pps')}"
-            )
+                lines.append(
+                    f"{ours}/{other}: TCP {ratio('tcp')}  UDP rx {ratio('udp')}  "
+                    f"pps {ratio('pps')}  64B pps {ratio('pps64')}"
+                )
     return "\n".join(lines)
 
 
@@ -724,10 +915,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [
         n
         for n in SCENARIOS
-        if (not args.only or n in args.only) and (n != "baseline" or BASELINE_SRC is not None)
+        if (n in args.only if args.only else n in DEFAULT_SCENARIOS)
+        and (n != "baseline" or BASELINE_SRC is not None)
     ]
     work = Path(tempfile.mkdtemp(prefix="pyike-bench-"))
-    results: dict[str, list[tuple[Sample, Sample]]] = {n: [] for n in names}
+    results: dict[str, list[tuple[Sample, Sample, Sample]]] = {n: [] for n in names}
     notes: dict[str, str] = {}
     profiles: list[str] = []
     try:
@@ -735,10 +927,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 prof_s = args.profile if name == "pyike" and run == args.runs - 1 else 0
                 print(f"run {run + 1}/{args.runs}: {name} ...", file=sys.stderr, flush=True)
-                tcp, udp, notes[name], prof = measure(
+                tcp, udp, small, notes[name], prof = measure(
                     name, work / f"{name}-{run}", args.seconds, args.udp_rate, prof_s
                 )
-                results[name].append((tcp, udp))
+                results[name].append((tcp, udp, small))
                 if prof:
                     profiles.append(prof)
     except (BenchError, HarnessError) as e:

@@ -8,6 +8,8 @@ deadline (``get_timer``) and events (``next_event``). The driver moves the bytes
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -32,6 +34,44 @@ _IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
 _RESPONSE = int(HeaderFlag.RESPONSE)
 
 PolicyLookup = Callable[[Addr, Addr, tuple[int, bytes] | None], SaPolicy | None]
+
+
+# Every this many seconds every SA's deadline is recomputed, whatever was touched: a
+# backstop for a deadline moved earlier by a path that touch() does not see (one pass
+# over the SAs per minute costs about 5 us per SA).
+RESYNC_EVERY = 60.0
+
+
+class _SaTable(dict[bytes, IkeSa]):
+    """The IKE SAs by our SPI; an SA put in (new, rekeyed) is touched (its timers)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+
+    def __setitem__(self, spi: bytes, sa: IkeSa) -> None:
+        super().__setitem__(spi, sa)
+        self._endpoint.touch(sa)
+        if sa.peer_id is not None:  # an IKE SA rekey's new SA: same peer
+            self._endpoint.note_peer(sa)
+
+
+class _HalfOpenTable(dict[tuple[bytes, Addr], IkeSa]):
+    """Responder SAs waiting for IKE_AUTH by (SPIi, peer address it came from); keeps
+    each SA's key, since the SA's own peer address may move (to port 4500) later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_of: dict[bytes, tuple[bytes, Addr]] = {}  # our SPI -> key here
+
+    def __setitem__(self, key: tuple[bytes, Addr], sa: IkeSa) -> None:
+        super().__setitem__(key, sa)
+        self.key_of[sa.our_spi] = key
+
+    def forget(self, sa: IkeSa) -> None:
+        key = self.key_of.pop(sa.our_spi, None)
+        if key is not None and self.get(key) is sa:
+            del self[key]
 
 
 def _no_policy(_peer: Addr, _local: Addr, _peer_id: tuple[int, bytes] | None) -> SaPolicy | None:
@@ -61,8 +101,22 @@ class Endpoint:
         )
         self.half_open_timeout = limits.half_open_timeout
         self.guard = Guard(limits)
-        self.sas: dict[bytes, IkeSa] = {}  # by our SPI
-        self.half_open: dict[tuple[bytes, Addr], IkeSa] = {}  # responder, by (SPIi, peer)
+        # Timers and reaping cost O(log n) per event, not a pass over every SA: SAs
+        # something happened to (a datagram, a timer, a state move, a message sent, a
+        # new entry in `sas`) are "touched"; only those get their next_deadline()
+        # recomputed into a heap of (deadline, n, SPI) and are checked for removal.
+        # A heap entry whose deadline is no longer the SA's is skipped when it surfaces.
+        self._touched: set[bytes] = set()  # for the timer heap
+        self._reap_touched: set[bytes] = set()  # for reap()
+        self._deadline: dict[bytes, float] = {}  # SPI -> deadline in the heap
+        self._heap: list[tuple[float, int, bytes]] = []
+        self._heap_n = itertools.count()
+        self._resync_at = float("-inf")
+        # Peer identity -> its IKE SAs (the per-peer limit looks there, not at all SAs);
+        # pruned of SAs that are gone whenever it is read.
+        self._by_peer: dict[tuple[int, bytes], list[IkeSa]] = {}
+        self.sas: dict[bytes, IkeSa] = _SaTable(self)  # by our SPI
+        self.half_open: _HalfOpenTable = _HalfOpenTable()  # responder, by (SPIi, peer)
         self.cookie_secret = rng(32)
         self._child_spis: set[int] = set()
         self.transmits: list[Transmit] = []
@@ -108,15 +162,68 @@ class Endpoint:
     def next_event(self) -> Event | None:
         return self.events.pop(0) if self.events else None
 
+    def touch(self, sa: IkeSa) -> None:
+        """Something changed in ``sa`` that may move its deadline or end it."""
+        spi = sa.our_spi
+        self._touched.add(spi)
+        self._reap_touched.add(spi)
+
+    def note_peer(self, sa: IkeSa) -> None:
+        """``sa`` knows its peer's identity now (IKE_AUTH, or an IKE SA rekey)."""
+        assert sa.peer_id is not None
+        same = self._by_peer.setdefault(sa.peer_id, [])
+        if sa not in same:
+            same.append(sa)
+
+    def peer_sas(self, peer_id: tuple[int, bytes]) -> list[IkeSa]:
+        """The IKE SAs we hold with this peer identity (any state)."""
+        same = self._by_peer.get(peer_id, [])
+        live = [sa for sa in same if self.sas.get(sa.our_spi) is sa and sa.peer_id == peer_id]
+        if live:
+            self._by_peer[peer_id] = live
+        else:
+            self._by_peer.pop(peer_id, None)
+        return live
+
+    def _refresh(self) -> None:
+        """Recompute the deadlines of touched SAs into the heap."""
+        touched, self._touched = self._touched, set()
+        sas, deadlines, heap = self.sas, self._deadline, self._heap
+        for spi in touched:
+            sa = sas.get(spi)
+            d = sa.next_deadline() if sa is not None else None
+            if d is None:
+                deadlines.pop(spi, None)
+            elif deadlines.get(spi) != d:
+                deadlines[spi] = d
+                heapq.heappush(heap, (d, next(self._heap_n), spi))
+        # Stale entries (deadline moved or SA gone) at the top would hide the real one.
+        while heap and deadlines.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        if len(heap) > 2 * len(deadlines) + 64:  # many stale entries: rebuild
+            self._heap = heap = [(d, next(self._heap_n), spi) for spi, d in deadlines.items()]
+            heapq.heapify(heap)
+
     def get_timer(self) -> float | None:
-        deadlines = [d for sa in self.sas.values() if (d := sa.next_deadline()) is not None]
-        return min(deadlines) if deadlines else None
+        self._refresh()
+        return self._heap[0][0] if self._heap else None
 
     def handle_timer(self, now: float) -> None:
-        for sa in list(self.sas.values()):
-            deadline = sa.next_deadline()
-            if deadline is not None and now >= deadline:
+        if now >= self._resync_at:  # the backstop (RESYNC_EVERY)
+            self._resync_at = now + RESYNC_EVERY
+            self._touched.update(self.sas)
+        self._refresh()
+        heap, deadlines, due = self._heap, self._deadline, []
+        while heap and heap[0][0] <= now:
+            d, _n, spi = heapq.heappop(heap)
+            if deadlines.get(spi) == d:
+                del deadlines[spi]
+                due.append(spi)
+        for spi in due:
+            sa = self.sas.get(spi)
+            if sa is not None:
                 sa.handle_timer(now)
+                self.touch(sa)
         self.reap()
 
     # ------------------------------------------------------------------ queries and commands by ID
@@ -128,6 +235,11 @@ class Endpoint:
     def child_sas(self) -> list[ChildSaInfo]:
         """Every Child SA of every IKE SA, as values."""
         return [c.info() for sa in self.sas.values() for c in sa.children.values()]
+
+    def child_sa(self, spi_in: int) -> ChildSaInfo | None:
+        """The Child SA with inbound SPI ``spi_in``, as a value, while it exists."""
+        found = self._child_owner(spi_in)
+        return found[1].info() if found is not None else None
 
     def _child_owner(self, spi_in: int) -> tuple[IkeSa, ChildSa] | None:
         for sa in self.sas.values():
@@ -235,6 +347,7 @@ class Endpoint:
                 self._answer_invalid_spi(msg, src, dst, now)
             return
         sa.receive(msg, data, src, dst, now)
+        self.touch(sa)
 
     def _answer_invalid_spi(self, msg: Message, src: Addr, dst: Addr, now: float) -> None:
         """2.21.4: a request for an SA we do not know (we restarted, say) MAY get an
@@ -275,12 +388,18 @@ class Endpoint:
         self.transmits.append(Transmit(wire.build_message(reply), dst, src))
 
     def reap(self) -> None:
-        for spi, sa in list(self.sas.items()):
+        """Forget closed SAs and half-open entries that completed: only touched SAs
+        can have changed state (see ``touch``)."""
+        touched, self._reap_touched = self._reap_touched, set()
+        for spi in touched:
+            sa = self.sas.get(spi)
+            if sa is None:
+                continue
             if sa.state == State.CLOSED:
                 del self.sas[spi]
-                self.half_open.pop((sa.spi_i, sa.peer), None)
+                self._deadline.pop(spi, None)
+                self.half_open.forget(sa)
                 for c in sa.children:
                     self._child_spis.discard(c)
-        for key, sa in list(self.half_open.items()):
-            if sa.state != State.INIT_DONE:
-                del self.half_open[key]
+            elif sa.state != State.INIT_DONE:
+                self.half_open.forget(sa)

@@ -96,6 +96,8 @@ class IkeSaClosed(Event):
     reason: str
     error: bool = True  # False for an orderly DELETE or a rekey
     peer: Addr | None = None
+    spi_i: bytes = b""  # both SPIs, as in its IkeKeysDerived (the key log's index)
+    spi_r: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

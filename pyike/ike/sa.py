@@ -178,9 +178,10 @@ class IkeSa:
         limit = self.endpoint.limits.ike_sas_per_peer
         if self.peer_id is None:
             return
+        self.endpoint.note_peer(self)
         same = [
             sa
-            for sa in self.endpoint.sas.values()
+            for sa in self.endpoint.peer_sas(self.peer_id)  # not a pass over every SA
             if sa is not self
             and sa.peer_id == self.peer_id
             and sa.state == State.ESTABLISHED
@@ -215,6 +216,7 @@ class IkeSa:
             raise StateError(f"{self.label}: IKE SA state {old.name} -> {new.name} not allowed")
         log.debug("%s: IKE SA %s -> %s", self.label, old.name, new.name)
         self.state = new
+        self.endpoint.touch(self)  # its deadlines change with the state
 
     def set_child_state(self, child: ChildSa, new: ChildState) -> None:
         """The one place a Child SA's state changes."""
@@ -228,6 +230,7 @@ class IkeSa:
             )
         log.debug("%s: Child SA 0x%08x %s -> %s", self.label, child.spi_in, old.name, new.name)
         child.state = new
+        self.endpoint.touch(self)
 
     # ------------------------------------------------------------------ naming
 
@@ -292,6 +295,7 @@ class IkeSa:
             len(data),
         )
         fragments.send(self, data, self.local, self.peer)
+        self.endpoint.touch(self)  # a request sent: a retransmission deadline
 
     def flags(self, response: bool) -> int:
         return (HeaderFlag.INITIATOR if self.initiator else 0) | (
@@ -557,6 +561,8 @@ class IkeSa:
                 reason,
                 error,
                 self.peer,
+                self.spi_i,
+                self.spi_r,
             )
         )
 
