@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import errno
 import functools
 import logging
@@ -34,6 +35,26 @@ from pyike.registry import ExchangeType
 log = logging.getLogger("pyike.driver")
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 2.2
+
+
+class NattKind(enum.Enum):
+    """What a datagram on port 4500 is (RFC 3948 2.2, 2.3)."""
+
+    ESP = "esp"  # a non-zero SPI, and at least SPI + sequence number
+    IKE = "ike"  # behind the 4-octet non-ESP marker
+    OTHER = "other"  # a NAT-T keepalive (one 0xFF octet) or a runt: ignored
+
+
+ESP, IKE = NattKind.ESP, NattKind.IKE
+
+
+def natt_kind(d: bytes | memoryview) -> NattKind:
+    """Sort one port-4500 datagram (every one goes through here: kept to two tests)."""
+    if d[:4] == NON_ESP_MARKER:
+        return IKE
+    return ESP if len(d) >= 8 else NattKind.OTHER
+
+
 NATT_KEEPALIVE = b"\xff"  # RFC 3948 2.3
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
@@ -331,7 +352,8 @@ class Driver:
                 continue
             seg = offload.gro_segment_size(anc)  # > 0: several datagrams in `data`
             for d in offload.split_gro(data, seg) if seg else (data,):
-                if len(d) >= 8 and d[:4] != NON_ESP_MARKER:  # ESP: a non-zero SPI
+                kind = natt_kind(d)
+                if kind is ESP:
                     if src != esp_src and esp:
                         self._deliver_esp(esp, esp_src)
                         esp = []
@@ -340,7 +362,7 @@ class Driver:
                     if len(esp) >= ESP_BATCH:
                         self._deliver_esp(esp, esp_src)
                         esp = []
-                elif d[:4] == NON_ESP_MARKER:  # IKE (RFC 3948 2.2); keep the order
+                elif kind is IKE:  # keep the order with the ESP around it
                     if esp:
                         self._deliver_esp(esp, esp_src)
                         esp = []

@@ -708,7 +708,8 @@ class _CbcOutboundSa(OutboundSa):
             raise self._overflow()
         self.seq = seq
         n = len(inner)
-        pt = inner + _TRAILERS[-(n + 2) & 15][next_header]  # RFC 4303 2.4: block-align
+        # RFC 4303 2.4: block-align; join: `inner` may be a memoryview (the TUN batch)
+        pt = b"".join((inner, _TRAILERS[-(n + 2) & 15][next_header]))
         pos = self._iv_pos
         if pos == _IV_POOL_BYTES:
             self._iv_pool = os.urandom(_IV_POOL_BYTES)

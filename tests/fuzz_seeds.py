@@ -179,6 +179,36 @@ def _cert_seeds() -> list[bytes]:
     return [b"\x01" + ca.cert_path.read_bytes(), b"\x01" + crl, chain(der), chain(der, ca_der)]
 
 
+def _fragment_seeds() -> list[bytes]:
+    """A DELETE-less INFORMATIONAL in one, two and three fragments, plus a duplicate."""
+    notify = bytes([0, 0, 0, 8, 0, 0, 0x40, 0x00])  # N(INITIAL_CONTACT)-like body
+
+    def frag(number: int, total: int, piece: bytes) -> bytes:
+        return bytes([number, total, len(piece)]) + piece
+
+    return [
+        frag(1, 1, notify),
+        frag(1, 2, notify[:4]) + frag(2, 2, notify[4:]),
+        frag(2, 3, notify[3:6]) + frag(1, 3, notify[:3]) + frag(3, 3, notify[6:]),
+        frag(1, 2, notify[:4]) + frag(1, 2, notify[:4]) + frag(2, 2, notify[4:]),
+    ]
+
+
+def _privsep_seeds() -> list[bytes]:
+    from ipaddress import ip_address, ip_network
+
+    from pyike.privsep import requests as rq
+
+    return [
+        rq.encode_request(r)
+        for r in (
+            rq.AddressRequest(True, "pyike0", ip_address("2001:db8:c1da::1"), 128),
+            rq.RouteRequest(True, "pyike0", ip_network("2001:db8:c1da::2/128"), None),
+            rq.UdpOpenRequest(ip_address("0.0.0.0"), 500),
+        )
+    ]
+
+
 def seeds_by_target() -> dict[str, list[bytes]]:
     from pyike import pcap
 
@@ -205,6 +235,13 @@ def seeds_by_target() -> dict[str, list[bytes]]:
         "pcap": [p.read_bytes() for p in CAPTURES] + [b"00 11 22\n" + datagrams[0].hex().encode()],
         "keylog": _keylog_seeds(),
         "certs": _cert_seeds(),
+        "ike-fragments": _fragment_seeds(),
+        "privsep": _privsep_seeds(),
+        "natt-demux": [
+            b"\xff",
+            bytes(4) + datagrams[0],
+            bytes.fromhex("0000123400000001") + bytes(40),
+        ],
         "control": [
             b'{"verb": "show sa"}',
             b'{"verb": "show stats"}',

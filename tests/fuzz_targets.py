@@ -344,6 +344,103 @@ def _control() -> OneInput:
     return one_input
 
 
+class _Fragmenting(_Established):
+    """An established pair that negotiated IKE fragmentation (RFC 7383)."""
+
+    def renew(self) -> None:
+        from tests.ike_pair import default_pair
+
+        small = {"fragmentation": True, "fragment_size": 300}
+        self.pair = default_pair(home_kw=small, vm_kw=small)
+        self.pair.connect()
+        self.pair.run()
+        (self.home_sa,) = self.pair.home.sas.values()
+        (self.vm_sa,) = self.pair.vm.sas.values()
+
+
+def _ike_fragments() -> OneInput:
+    """Authentic SKF fragments (RFC 7383 2.5) with fuzzed numbering and contents.
+
+    Each input is a sequence of fragments: per fragment 1 octet Fragment Number, 1
+    octet Total Fragments, 1 octet length, then that many plaintext octets; all are
+    sealed with the home side's real keys under the VM's expected message ID and
+    delivered in order, so the fuzzer drives reassembly (limits, duplicates, gaps,
+    totals that change) behind the per-fragment integrity check.
+    """
+    from pyike import wire
+    from pyike.registry import ExchangeType, HeaderFlag, PayloadType
+
+    state = _Fragmenting()
+
+    def one_input(data: bytes) -> None:
+        if not state.alive():
+            state.renew()
+        home, vm, pair = state.home_sa, state.vm_sa, state.pair
+        out = home.cipher_out
+        assert out is not None
+        rest = data
+        for _ in range(80):
+            if len(rest) < 3:
+                break
+            number, total, n = rest[0], rest[1], rest[2]
+            piece, rest = rest[3 : 3 + n], rest[3 + n :]
+            body_len = 4 + out.sealed_length(len(piece))
+            header = wire.Header(
+                home.spi_i,
+                home.spi_r,
+                PayloadType.SKF,
+                ExchangeType.INFORMATIONAL,
+                HeaderFlag.INITIATOR,
+                vm.peer_next_id,
+                wire.HEADER_LEN + 4 + body_len,
+            ).pack()
+            first = PayloadType.NOTIFY if number == 1 else 0
+            aad = (
+                header
+                + wire.payload_header(first, 4 + body_len)
+                + number.to_bytes(2, "big")
+                + total.to_bytes(2, "big")
+            )
+            pair.now += 0.001
+            pair.vm.receive(aad + out.seal(aad, piece), home.local, home.peer, pair.now)
+        pair.vm.datagrams_to_send()
+        while pair.vm.next_event() is not None:
+            pass
+
+    return one_input
+
+
+def _privsep() -> OneInput:
+    """The privileged parent's request parser: any bytes from the unprivileged side."""
+    from ipaddress import ip_network
+
+    from pyike.privsep import requests as rq
+
+    policy = rq.PrivPolicy(
+        ifname="pyike0",
+        addresses=frozenset({(ip_address("2001:db8:c1da::1"), 128)}),
+        routes=frozenset({ip_network("2001:db8:c1da::2/128")}),
+    )
+
+    def one_input(data: bytes) -> None:
+        result = rq.parse_request(data, policy)
+        assert isinstance(result, rq.Request | rq.Refusal), result  # total, never raises
+
+    return one_input
+
+
+def _natt_demux() -> OneInput:
+    """Port 4500's demultiplexing (RFC 3948 2.2/2.3): ESP, IKE behind the non-ESP
+    marker, keepalive or runt, as the driver sorts every datagram."""
+    from pyike import driver
+
+    def one_input(data: bytes) -> None:
+        kind = driver.natt_kind(data)
+        assert kind in driver.NattKind, kind
+
+    return one_input
+
+
 TARGETS: dict[str, Callable[[], OneInput]] = {
     "ike-decode": _ike_decode,
     "ike-endpoint": _ike_endpoint,
@@ -357,4 +454,7 @@ TARGETS: dict[str, Callable[[], OneInput]] = {
     "keylog": _keylog,
     "certs": _certs,
     "control": _control,
+    "ike-fragments": _ike_fragments,
+    "privsep": _privsep,
+    "natt-demux": _natt_demux,
 }

@@ -3,7 +3,9 @@
 Two namespaces (home 192.0.2.1, vm 192.0.2.2 on one veth) run the real pyike
 daemons with the guide's configs. Faults are applied to the outer link only:
 ``tc netem`` loss, the home link down and up, the home outer address changed,
-the VM daemon killed (SIGKILL) and started again. Recovery is the time from
+the VM daemon killed (SIGKILL) and started again. With ``nat=True`` a third
+namespace (tests/nat.py: nftables masquerade) sits between home and the VM, and
+the fault is the NAT's mapping changing on the idle tunnel. Recovery is the time from
 the moment the fault ends (link usable again, new address in place, VM daemon
 listening again) to the first ICMPv6 echo answered through the tunnel; the
 prober starts only when the fault ends, so no traffic helps the tunnel come
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests import nat as natns
 from tests.netns import Netns, veth_pair, wait_until
 from tests.pyike_proc import CONF, PyikeProc, write_keydir
 
@@ -62,6 +65,11 @@ class Tunnel:
     workdir: Path
     home_args: tuple[str, ...] = ()
     vm_args: tuple[str, ...] = ()
+    nat: bool = False  # home behind a NAT namespace (tests/nat.py)
+    home_conf: Path = CONF / "home-iked.conf"
+    nat_ns: Netns | None = field(init=False, default=None)
+    vm_outer: str = field(init=False, default=VM_OUTER)
+    nat_ports: str = field(init=False, default=natns.PORTS_A)
     home_ns: Netns = field(init=False)
     vm_ns: Netns = field(init=False)
     home: PyikeProc = field(init=False)
@@ -76,7 +84,12 @@ class Tunnel:
         self.home_ns = Netns("home").create()
         try:
             self.vm_ns = Netns("vm").create()
-            veth_pair(self.home_ns, self.vm_ns, HOME_ADDRS, VM_ADDRS)
+            if self.nat:
+                self.nat_ns = Netns("nat").create()
+                natns.wire_nat(self.home_ns, self.nat_ns, self.vm_ns, self.nat_ports)
+                self.vm_outer = natns.VM_ADDR
+            else:
+                veth_pair(self.home_ns, self.vm_ns, HOME_ADDRS, VM_ADDRS)
             hk, vk = (
                 ec.generate_private_key(ec.SECP384R1()),
                 ec.generate_private_key(ec.SECP384R1()),
@@ -91,9 +104,9 @@ class Tunnel:
             self.home = PyikeProc(
                 self.home_ns,
                 self.workdir,
-                CONF / "home-iked.conf",
+                self.home_conf,
                 self._home_keys,
-                ["-D", f"vm_host={VM_OUTER}", *self.home_args],
+                ["-D", f"vm_host={self.vm_outer}", *self.home_args],
             ).start()
             self.home.wait_log(r"established .*as initiator", timeout=30, count=3)
             self.wait_tunnel(30)
@@ -106,7 +119,7 @@ class Tunnel:
         for proc in (getattr(self, "home", None), getattr(self, "vm", None)):
             if proc is not None:
                 proc.stop()
-        for ns in (getattr(self, "vm_ns", None), self.home_ns):
+        for ns in (getattr(self, "vm_ns", None), self.nat_ns, self.home_ns):
             if ns is not None:
                 ns.close()
 
@@ -120,18 +133,18 @@ class Tunnel:
             workdir,
             CONF / "vm-iked.conf",
             self._vm_keys,
-            ["-D", f"ext={VM_OUTER}", *self.vm_args, *extra],
+            ["-D", f"ext={self.vm_outer}", *self.vm_args, *extra],
         ).start()
         self.vm.wait_log(r"listening on IPv4 UDP port 4500", timeout=30)
         return time.monotonic()
 
     # ------------------------------------------------------------ probing
 
-    def tunnel_back_at(self, limit: float) -> float | None:
-        """CLOCK_MONOTONIC time of the first echo answered through the tunnel."""
-        r = self.home_ns.run(
-            [sys.executable, "-c", _PROBE, VPN1, str(limit)], check=False, timeout=limit + 15
-        )
+    def tunnel_back_at(self, limit: float, from_vm: bool = False) -> float | None:
+        """CLOCK_MONOTONIC time of the first echo answered through the tunnel
+        (sent from home, or with ``from_vm`` from the VM to home)."""
+        ns, dst = (self.vm_ns, VPN0) if from_vm else (self.home_ns, VPN1)
+        r = ns.run([sys.executable, "-c", _PROBE, dst, str(limit)], check=False, timeout=limit + 15)
         return float(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else None
 
     def wait_tunnel(self, limit: float) -> float:
@@ -143,9 +156,9 @@ class Tunnel:
             )
         return back
 
-    def recovery(self, since: float, limit: float = 40.0) -> float | None:
+    def recovery(self, since: float, limit: float = 40.0, from_vm: bool = False) -> float | None:
         """Seconds from ``since`` until the tunnel carried an echo (None: not in limit)."""
-        back = self.tunnel_back_at(limit)
+        back = self.tunnel_back_at(limit, from_vm)
         return None if back is None else max(0.0, back - since)
 
     # ------------------------------------------------------------ faults
@@ -203,6 +216,14 @@ class Tunnel:
         old, self.home_addr = self.home_addr, new
         self.home_ns.run(["ip", "addr", "del", old, "dev", "eth0"])
         self.home_ns.run(["ip", "addr", "add", new, "dev", "eth0"])
+        return time.monotonic()
+
+    def rebind_nat(self) -> float:
+        """The NAT's mapping changes (new port range, conntrack flushed), as after a
+        router reboot or a CGNAT timeout; returns when done."""
+        assert self.nat_ns is not None, "Tunnel(nat=True) only"
+        self.nat_ports = natns.PORTS_B if self.nat_ports == natns.PORTS_A else natns.PORTS_A
+        natns.change_mapping(self.nat_ns, self.nat_ports)
         return time.monotonic()
 
     def kill_vm(self) -> None:

@@ -950,3 +950,13 @@ def test_construction_errors() -> None:
     with pytest.raises(ValueError):
         OutboundSa(0, GCM, 128, NONE, bytes(20), b"")  # SPI 0 is reserved (RFC 4303 2.1)
     assert isinstance(OutboundSa(1, GCM, 128, NONE, bytes(20), b""), OutboundSa)
+
+
+@pytest.mark.parametrize("name,encr,bits,integ", SUITES, ids=[s[0] for s in SUITES])
+def test_seal_takes_a_memoryview(name: str, encr: int, bits: int, integ: int) -> None:
+    """The data plane hands seal() a memoryview into its TUN batch buffer: every
+    suite must take it (AES-CBC once did not: a TypeError for iked's transforms)."""
+    out, inb = sa_pair(encr, bits, integ)
+    pkt = v6_packet(333)
+    data = out.seal(memoryview(bytearray(pkt)), 41)
+    assert inb.open(data) == (41, pkt)

@@ -9,6 +9,7 @@ from ipaddress import ip_address
 
 from pyike import wire
 from pyike.ike import ChildSaCreated, IkeSaEstablished, Transmit, mobike
+from pyike.ike.states import State
 from tests.ike_pair import HOME, Pair, default_pair
 
 HOME2 = (ip_address("198.51.100.7"), 500)  # home's new address (4G fallback, say)
@@ -154,11 +155,16 @@ def test_nat_mapping_change_on_idle_tunnel_sends_update() -> None:
     p.advance(6)
     assert vc.remote == (nat_ip, 40001)
     assert v.peer == (nat_ip, 40001)
-    # Liveness, then UPDATE_SA_ADDRESSES (and the VM's return routability request).
-    assert h.window.next_id == updates_before + 2
+    # Liveness, UPDATE_SA_ADDRESSES (and the VM's return routability request), then
+    # the Child SA rekeyed (CREATE_CHILD_SA and the old one's DELETE), so that a peer
+    # whose kernel ESP stays on the old port (OpenIKED) installs the new mapping.
+    assert h.window.next_id == updates_before + 4
     (hc,) = h.children.values()
+    (vc2,) = v.children.values()
     assert hc.remote == v.local
+    assert vc2 is not vc and vc2.remote == (nat_ip, 40001)
     assert h.mobike.moves == 1
+    assert h.state == State.ESTABLISHED and v.peer == (nat_ip, 40001)
 
 
 def test_other_requests_from_a_new_address_move_nothing() -> None:

@@ -202,3 +202,59 @@ def test_address_change_moves_sa_with_iked(two_hosts: TwoHosts, tmp_path: Path) 
         ]
         assert len(updated) == 3, p.iked.installed_sas()
     assert "Traceback" not in p.pyike.log()
+
+
+def test_mail_after_mobike_move_with_charon(two_hosts: TwoHosts, tmp_path: Path) -> None:
+    """The guide's mail path across a MOBIKE move: home's address changes, pyike
+    moves the IKE SA, then OpenSMTPD on the VM relays a mail (submitted with swaks
+    after the move) through the tunnel to home's smtpd, which delivers it."""
+    from tests.netns import require_binary
+    from tests.test_smtp_netns import check_mail, deliver_mail
+
+    _need_tools()
+    for binary, package in (("smtpd", "opensmtpd"), ("swaks", "swaks"), ("ss", "iproute2")):
+        require_binary(binary, package)
+    home, vm = two_hosts
+    k = _keys()
+    _add_inner(vm, VM_INNER)
+    home_keys = write_keydir(tmp_path / "home-keys", k.home, {VM_ID: k.vm.public_key()})
+    conf = _home_conf(tmp_path / "home-iked.conf")
+    charon = _charon(
+        vm,
+        tmp_path / "charon",
+        home=False,
+        own=k.vm,
+        peer_public=k.home.public_key(),
+        suite=GCM,
+        rfc7427=True,
+    )
+    charon.remote_addr = "%any"
+    with charon:
+        charon.load()
+        pyike = PyikeProc(home, tmp_path, conf, home_keys).start()
+        try:
+            pyike.wait_log(r"created Child SA", timeout=TIMEOUT_S)
+            charon.wait_established(timeout=TIMEOUT_S)
+            (before,) = charon.list_sas()
+            _settle(pyike)
+            home.run(["ip", "addr", "del", f"{HOME_ADDR}/24", "dev", "eth0"])
+            home.run(["ip", "addr", "add", f"{NEW_HOME_ADDR}/24", "dev", "eth0"])
+            changed = time.monotonic()
+            # No ping from home first: the mail is the first traffic after the move.
+            mail = deliver_mail(two_hosts, tmp_path, "mobike")
+            print(
+                f"\nMOBIKE move to the mail in home's Maildir: {time.monotonic() - changed:.2f} s"
+            )
+            check_mail(mail)
+            log = pyike.log()
+            assert re.search(r"moved to local \[192\.0\.2\.11\]:4500 .*MOBIKE", log), log[-3000:]
+            (after,) = charon.list_sas()
+            assert (after["initiator-spi"], after["responder-spi"]) == (
+                before["initiator-spi"],
+                before["responder-spi"],
+            ), after
+            assert after["remote-host"] == NEW_HOME_ADDR, after
+            assert "re-establishing" not in log
+        finally:
+            pyike.stop()
+    assert "Traceback" not in pyike.log()

@@ -15,7 +15,6 @@ proof: a ping from the VM (no traffic from home meanwhile) gets through within
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,8 @@ import pytest
 
 from interop.strongswan import Charon
 from pyike import keys
-from tests.netns import Netns, ping, require_binary, requires_root, veth_pair, wait_until
+from tests.nat import PORTS_A, PORTS_B, VM_ADDR, change_mapping, wire_nat
+from tests.netns import Netns, ping, require_binary, requires_root, wait_until
 from tests.pyike_proc import PyikeProc, write_keydir
 from tests.test_interop_strongswan import (
     GCM,
@@ -40,34 +40,15 @@ from tests.test_interop_strongswan import (
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns, requires_root]
 
-HOME_ADDR, NAT_IN, NAT_OUT, VM_ADDR = "192.0.2.1", "192.0.2.254", "203.0.113.254", "203.0.113.2"
 RECOVERY_LIMIT = 10.0
 DPD = 2  # pyike's idle probe interval here (s)
-
-_FLUSH = "from pyroute2 import Conntrack\nConntrack().flush()\n"
-
-
-def _masquerade(nat: Netns, ports: str) -> None:
-    nat.run(["nft", "flush ruleset"])
-    nat.run(
-        [
-            "nft",
-            "add table ip pyikenat; add chain ip pyikenat post "
-            "{ type nat hook postrouting priority 100; }; add rule ip pyikenat post "
-            f'oifname "eth1" meta l4proto udp masquerade to :{ports}',
-        ]
-    )
 
 
 @pytest.fixture
 def three_hosts() -> Iterator[tuple[Netns, Netns, Netns]]:
     require_binary("nft", "nftables")
     with Netns("home") as home, Netns("nat") as nat, Netns("vm") as vm:
-        veth_pair(home, nat, f"{HOME_ADDR}/24", f"{NAT_IN}/24", if_a="eth0", if_b="eth0")
-        veth_pair(nat, vm, f"{NAT_OUT}/24", f"{VM_ADDR}/24", if_a="eth1", if_b="eth0")
-        home.run(["ip", "route", "add", "default", "via", NAT_IN])
-        nat.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        _masquerade(nat, "40000-40099")
+        wire_nat(home, nat, vm, PORTS_A)
         yield home, nat, vm
 
 
@@ -121,8 +102,7 @@ def test_nat_rebind_on_idle_tunnel_charon(three_hosts, tmp_path: Path) -> None:
             # until its own retransmission (charon's behaviour, not the NAT's).
             pyike.wait_log(r"recv INFORMATIONAL res \d+ peer", timeout=3 * DPD + 5, count=3)
             time.sleep(0.5)
-            _masquerade(nat, "41000-41099")
-            nat.run([sys.executable, "-c", _FLUSH])
+            change_mapping(nat, PORTS_B)
             changed = time.monotonic()
             answered = None
             while time.monotonic() < changed + RECOVERY_LIMIT:

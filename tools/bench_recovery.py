@@ -1,7 +1,8 @@
 """How fast the pyike <-> pyike tunnel comes back after outer-link faults.
 
 Usage (root): python tools/bench_recovery.py [--runs N] [--ref-runs N]
-                  [--loss-seconds S] [--down-seconds S] [--faults loss,link,addr,restart]
+                  [--loss-seconds S] [--down-seconds S]
+                  [--faults loss,link,addr,mobike,nat-rebind,restart]
 
 Two network namespaces run the real daemons with the guide's configs (see
 tests/recovery.py). For each fault it prints the recovery time: from the fault
@@ -14,6 +15,14 @@ random) before the fault. Not in the default list:
 "blackhole" drops every packet on the path for --down-seconds, an outage the
 home box cannot see in its own links, addresses or routes; "restart-silent"
 restarts the VM daemon with INVALID_IKE_SPI answers off, as OpenIKED behaves.
+
+"addr" changes home's outer address with ``set nomobike`` in home's config
+(new IKE SAs from the new address); "mobike" is the same change with MOBIKE
+(the default), the SAs moved by UPDATE_SA_ADDRESSES (RFC 4555). "nat-rebind"
+puts a NAT namespace (nftables masquerade, tests/nat.py) between home and the
+VM and changes its mapping on the idle tunnel (new port range, conntrack
+flushed); its probe runs from the VM to home, so no traffic from home helps:
+only pyike's own liveness check (NAT-D, RFC 4555 3.5) can find the change.
 
 Side by side, the same faults with pyike run with iked's timers as the
 reference (--dpd 60 --retransmit-cap 0 --no-netwatch --replace-after 0
@@ -37,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.pyike_proc import CONF
 from tests.recovery import Tunnel
 
 PYIKE: tuple[str, ...] = ()
@@ -50,7 +60,8 @@ IKED_TIMERS = (
     "0",
     "--no-invalid-spi",
 )
-FAULTS = ("loss", "link", "addr", "restart", "blackhole", "restart-silent")
+FAULTS = ("loss", "link", "addr", "mobike", "nat-rebind", "restart", "blackhole", "restart-silent")
+NOMOBIKE_CONF = "set nomobike\n"
 
 
 def measure(tunnel: Tunnel, fault: str, args: argparse.Namespace) -> float | None:
@@ -63,7 +74,9 @@ def measure(tunnel: Tunnel, fault: str, args: argparse.Namespace) -> float | Non
         ended = tunnel.link_up()
     elif fault == "blackhole":  # a path outage home's netlink cannot see
         ended = tunnel.loss(100, args.down_seconds)
-    elif fault == "addr":
+    elif fault == "nat-rebind":  # home's public port changes; the VM must follow
+        return tunnel.recovery(tunnel.rebind_nat(), args.limit, from_vm=True)
+    elif fault in ("addr", "mobike"):
         new = "192.0.2.11/24" if tunnel.home_addr == "192.0.2.1/24" else "192.0.2.1/24"
         ended = tunnel.change_home_address(new)
     elif fault == "restart-silent":  # the restarted VM never answers INVALID_IKE_SPI
@@ -83,13 +96,21 @@ def run_config(
     rng = random.Random(args.seed)
     for fault in faults:
         for i in range(runs):
-            with (
-                tempfile.TemporaryDirectory(prefix="pyike-bench-recovery-") as tmp,
-                Tunnel(Path(tmp), home_args=extra, vm_args=extra) as tunnel,
-            ):
-                time.sleep(args.settle + rng.uniform(0, 5))
-                took = measure(tunnel, fault, args)
-                method = tunnel.loss_method
+            with tempfile.TemporaryDirectory(prefix="pyike-bench-recovery-") as tmp:
+                home_conf = CONF / "home-iked.conf"
+                if fault == "addr":
+                    home_conf = Path(tmp) / "home-nomobike.conf"
+                    home_conf.write_text(NOMOBIKE_CONF + (CONF / "home-iked.conf").read_text())
+                with Tunnel(
+                    Path(tmp),
+                    home_args=extra,
+                    vm_args=extra,
+                    nat=fault == "nat-rebind",
+                    home_conf=home_conf,
+                ) as tunnel:
+                    time.sleep(args.settle + rng.uniform(0, 5))
+                    took = measure(tunnel, fault, args)
+                    method = tunnel.loss_method or how_recovered(tunnel.home.log())
             out[fault].append(took)
             shown = f"{took:.2f} s" if took is not None else f"> {args.limit:.0f} s"
             how = f" ({method})" if method else ""
@@ -97,6 +118,15 @@ def run_config(
                 f"  [{label}] {fault} run {i + 1}/{runs}: {shown}{how}", file=sys.stderr, flush=True
             )
     return out
+
+
+def how_recovered(home_log: str) -> str:
+    """What home's pyike did: moved its SAs (MOBIKE) or made new ones."""
+    moved = "UPDATE_SA_ADDRESSES" in home_log
+    new = "re-establishing" in home_log or "negotiating a replacement" in home_log
+    return {(True, False): "moved", (False, True): "new IKE SA", (True, True): "moved+new"}.get(
+        (moved, new), ""
+    )
 
 
 def summary(values: list[float | None], limit: float) -> str:
@@ -135,8 +165,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--faults",
-        default=",".join(FAULTS[:4]),
-        help=f"comma-separated, from {','.join(FAULTS)} (default: the first four)",
+        default=",".join(FAULTS[:6]),
+        help=f"comma-separated, from {','.join(FAULTS)} (default: the first six)",
     )
     args = p.parse_args()
     faults = [f for f in args.faults.split(",") if f]
@@ -145,7 +175,9 @@ def main() -> int:
     names = {
         "loss": f"30% loss both ways, {args.loss_seconds:.0f} s",
         "link": f"home link down {args.down_seconds:.0f} s",
-        "addr": "home outer address changed",
+        "addr": "home outer address changed, nomobike",
+        "mobike": "home outer address changed, MOBIKE",
+        "nat-rebind": "NAT mapping changed (idle; VM pings)",
         "restart": "VM daemon SIGKILLed, back 2 s later",
         "blackhole": f"all packets dropped {args.down_seconds:.0f} s (path)",
         "restart-silent": "VM restarted, no INVALID_IKE_SPI (as iked)",
