@@ -99,7 +99,7 @@ def dn_text(name: x509.Name) -> str:
     out = []
     for attr in name:
         key = _DN_SHORT.get(attr.oid, attr.oid.dotted_string)
-        out.append(f"/{key}={attr.value}")
+        out.append(f"/{key}={attr.value!s}")
     return "".join(out) or "/"
 
 

@@ -1251,14 +1251,14 @@ class _Parser:
             self.state.warn(tok.pos, f'"set {word}" is parsed but has no effect in pyike')
         elif word == "ocsp":
             url = self.expect_string("the OCSP responder URL")
-            value = url.value
+            ocsp = url.value
             if self.at_kw("tolerate"):
                 self.take()
-                value += f" tolerate {self.time_spec()}"
+                ocsp += f" tolerate {self.time_spec()}"
                 if self.at_kw("maxage"):
                     self.take()
-                    value += f" maxage {self.time_spec()}"
-            opts.generic["ocsp"] = value
+                    ocsp += f" maxage {self.time_spec()}"
+            opts.generic["ocsp"] = ocsp
             self.state.warn(tok.pos, '"set ocsp" is parsed but has no effect in pyike')
         else:
             known = sorted([*_SET_FLAGS, "dpd_check_interval", "ocsp", *_SET_GENERIC])
@@ -2130,7 +2130,7 @@ def parse_config(
 
 
 def load_config(
-    path: str,
+    path: str | os.PathLike[str],
     macros: dict[str, str] | None = None,
     resolver: Resolver | None = None,
     hostname: Callable[[], str] | None = None,
@@ -2138,6 +2138,7 @@ def load_config(
     refuse_unservable: bool = True,
 ) -> Config:
     """Read and parse an iked.conf file (and the files it includes); see parse_config."""
+    path = os.fspath(path)
     state = _new_state(macros, resolver, hostname, platform, refuse_unservable)
     try:
         text = _read_config_file(path, None, state)
@@ -2280,8 +2281,8 @@ def select_responder_policy(
     config: Config,
     peer_addr: str | IPAddress,
     local_addr: str | IPAddress,
-    peer_id: tuple[IdType, str] | None = None,
-    local_id: tuple[IdType, str] | None = None,
+    peer_id: tuple[IdType | int, str] | None = None,
+    local_id: tuple[IdType | int, str] | None = None,
 ) -> Policy | None:
     """The policy iked would use for a connection the peer initiates.
 

@@ -1004,7 +1004,7 @@ def _verify_digital_signature(key: PublicSigningKey, octets: bytes, auth_data: b
 
 
 def verify_auth(
-    method: AuthMethod, public_key: PublicSigningKey, octets: bytes, auth_data: bytes
+    method: AuthMethod | int, public_key: PublicSigningKey, octets: bytes, auth_data: bytes
 ) -> None:
     """Verify signature AUTH data (methods 9/10/11/14); raises AuthenticationError only.
 

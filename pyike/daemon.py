@@ -36,17 +36,16 @@ from pyike import config as cfg
 from pyike.driver import NATT_KEEPALIVE, Driver
 from pyike.ike import (
     Addr,
-    ChildSa,
     ChildSaCreated,
     ChildSaDeleted,
     Endpoint,
     Event,
     IkeKeysDerived,
-    IkeSa,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
     PeerLostSa,
+    PeerMoved,
     SaPolicy,
     State,
     mobike,
@@ -67,6 +66,7 @@ from pyike.supervisor import (
     SupervisedPolicy,
     Supervisor,
 )
+from pyike.wire import TrafficSelector
 
 if TYPE_CHECKING:
     from pyike.dataplane import DataPlane
@@ -139,7 +139,8 @@ def id_bytes(id_type: int, text: str) -> bytes:
 
 def flows_to_selectors(policy: cfg.Policy) -> tuple[list, list]:
     """Local and remote traffic selectors of a policy's from/to flows."""
-    local, remote = [], []
+    local: list[TrafficSelector] = []
+    remote: list[TrafficSelector] = []
     for f in policy.flows:
         for sel, net, port in ((local, f.src, f.src_port), (remote, f.dst, f.dst_port)):
             s = ts.from_network(ip_network(net), f.proto, port)
@@ -281,7 +282,7 @@ def resolve(host: str, family_hint: int | None = None) -> list:
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
     out = []
     for info in infos:
-        a = ip_address(info[4][0].split("%")[0])
+        a = ip_address(str(info[4][0]).split("%")[0])
         if a not in out and (family_hint is None or a.version == family_hint):
             out.append(a)
     return out
@@ -319,24 +320,21 @@ def sa_views(endpoint: Endpoint) -> list[SaView]:
 def feed_event(supervisor: Supervisor, event: Event, now: float) -> None:
     """Hand one core event to the supervisor, as values."""
     if isinstance(event, IkeSaEstablished):
-        replaces = event.replaces.our_spi if event.replaces is not None else None
-        supervisor.sa_established(now, event.sa.our_spi, replaces)
+        supervisor.sa_established(now, event.spi, event.replaces)
     elif isinstance(event, InitialContact):
-        supervisor.initial_contact(now, event.sa.our_spi, event.peer_id)
+        supervisor.initial_contact(now, event.spi, event.peer_id)
     elif isinstance(event, PeerLostSa):
-        supervisor.peer_lost(now, event.sa.our_spi)
+        supervisor.peer_lost(now, event.spi)
     elif isinstance(event, IkeSaClosed):
-        supervisor.sa_closed(now, event.sa.our_spi)
+        supervisor.sa_closed(now, event.spi)
 
 
 def ike_key_record(event: IkeKeysDerived) -> keylog.IkeKeyRecord:
     """The SK_* keys of a new IKE SA as a key-log record (--keylog, pyikectl monitor
     --ladder's decryption inside the daemon)."""
-    s = event.sa.suite
-    assert s is not None
-    k = event.keys
+    s, k = event.suite, event.keys
     return keylog.IkeKeyRecord(
-        event.sa.spi_i, event.sa.spi_r, s.encr, s.key_bits, s.integ,
+        event.spi_i, event.spi_r, s.encr, s.key_bits, s.integ,
         k.sk_ei, k.sk_er, k.sk_ai, k.sk_ar,
     )  # fmt: skip
 
@@ -347,12 +345,8 @@ class Daemon:
 
     def __init__(self, options: Options, on_child: Callable[[Event], None] | None = None) -> None:
         self.options = options
-        self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted)
+        self.on_child = on_child  # the data plane's hook (ChildSaCreated/Deleted, PeerMoved)
         self.dataplane: DataPlane | None = None  # set by pyike.dataplane.attach_dataplane
-        # Inbound SPI -> (IKE SA it was created on, its Child SA), for note_esp() and
-        # _poll_usage() (the ChildSa object moves with its IKE SA's children when
-        # that is rekeyed: follow IkeSa.rekeyed_to for the current one).
-        self._esp_children: dict[int, tuple[IkeSa, ChildSa]] = {}
         self.config: cfg.Config | None = None
         self.policies: dict[cfg.PolicyKey, SaPolicy] = {}
         self.configured: dict[cfg.PolicyKey, cfg.Policy] = {}
@@ -399,7 +393,7 @@ class Daemon:
 
     def read_config(self) -> cfg.Config:
         """The parsed configuration file (privsep: read by the parent instead)."""
-        return cfg.load_config(self.options.config_file, self.options.macros)
+        return cfg.load_config(str(self.options.config_file), self.options.macros)
 
     def key_store(self) -> keys.KeyStore:
         """Where keys come from (privsep: through the parent once unprivileged)."""
@@ -606,13 +600,9 @@ class Daemon:
         if dp is None:
             return
         for spi_in in dp.take_used():
-            entry = self._esp_children.get(spi_in)
-            if entry is None:
-                continue
-            sa, child = entry
-            while sa.rekeyed_to is not None:  # the child moved with an IKE SA rekey
-                sa = sa.rekeyed_to
-            sa.note_child_usage(spi_in, dp.octets(child), now)
+            child = self.endpoint.child_sa(spi_in)
+            if child is not None:
+                self.endpoint.note_child_usage(spi_in, dp.octets(child), now)
 
     def _arm_supervisor_timer(self) -> None:
         if self._supervisor_timer is not None:
@@ -664,21 +654,16 @@ class Daemon:
                         key[1],
                     )
                 )
-        if isinstance(event, ChildSaCreated):
-            self._esp_children[event.child.spi_in] = (event.sa, event.child)
-        elif isinstance(event, ChildSaDeleted):
-            self._esp_children.pop(event.child.spi_in, None)
         for observer in self.observers:  # first: a deleted Child SA's counters still exist
             observer(event)
-        if isinstance(event, ChildSaCreated | ChildSaDeleted) and self.on_child is not None:
+        moved = PeerMoved | mobike.IkeSaMoved
+        if isinstance(event, ChildSaCreated | ChildSaDeleted | moved) and self.on_child:
             self.on_child(event)
 
     def note_esp(self, spi_in: int, now: float) -> None:
         """The data plane authenticated ESP on inbound SPI ``spi_in`` at ``now``: the
         peer is alive, so its IKE SA's liveness check need not probe (RFC 7296 2.4)."""
-        entry = self._esp_children.get(spi_in)
-        if entry is not None:
-            entry[1].last_inbound = max(entry[1].last_inbound, now)
+        self.endpoint.note_alive(spi_in, now)
 
     # ------------------------------------------------------------------ recovery
 

@@ -38,12 +38,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network, summarize_address_range
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute, NetlinkError
 
 from pyike import esp, offload
-from pyike.ike import Addr, ChildSa, ChildSaCreated, ChildSaDeleted, Event
+from pyike.ike import Addr, ChildSaCreated, ChildSaDeleted, ChildSaInfo, Event, PeerMoved, mobike
 from pyike.registry import EncrId, IntegId
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class _Tx:
     """One outbound SA with where its packets go."""
 
     sa: esp.OutboundSa
-    child: ChildSa
+    child: ChildSaInfo  # replaced when the peer moves (PeerMoved)
     sock: socket.socket
     addr: tuple[str, int]
     remote: object  # the child's remote Addr the cached ``addr`` was built from
@@ -112,7 +112,7 @@ class DataPlane:
         self.socket_for = socket_for
         self.note_alive = note_alive
         self.tun_name = tun_name
-        self.tun = None
+        self.tun: Any = None  # pytun.TunTapDevice once open (pytun has no type hints)
         self.fd = -1
         self.mtu = 0
         self.spd = esp.Spd()
@@ -281,10 +281,15 @@ class DataPlane:
             self._add(event)
         elif isinstance(event, ChildSaDeleted):
             self._remove(event.child)
+        elif isinstance(event, PeerMoved | mobike.IkeSaMoved):
+            for c in event.children:
+                tx = self._tx.get(c.spi_out)
+                if tx is not None:
+                    tx.child = c  # _send follows c.remote
 
     def _add(self, event: ChildSaCreated) -> None:
         c, s = event.child, event.child.suite
-        peer = event.sa.peer_id or event.sa.peer[0]
+        peer = event.peer_id or c.remote[0]
         flows = self._peer_flows.setdefault(peer, esp.PeerFlows())
         self._flow_keys[c.spi_in] = (peer, flows.add(c.ts_local, c.ts_remote))
         if c.peer_ts_wider:
@@ -318,7 +323,7 @@ class DataPlane:
         self.spd.add(outbound, c.ts_local, c.ts_remote)
         self._tx[c.spi_out] = _Tx(outbound, c, sock, (str(c.remote[0]), c.remote[1]), c.remote)
 
-    def _remove(self, c: ChildSa) -> None:
+    def _remove(self, c: ChildSaInfo) -> None:
         peer, key = self._flow_keys.pop(c.spi_in, (None, None))
         if peer in self._peer_flows:
             self._peer_flows[peer].remove(key)  # type: ignore[arg-type]
@@ -358,9 +363,9 @@ class DataPlane:
                         continue
             else:
                 pkt = frame
-            sa = match(pkt)  # RFC 4301 5.1: which Child SA's selectors cover it
+            sa = match(pkt)  # type: ignore[arg-type]  # RFC 4301 5.1: which Child SA's selectors cover it
             if sa is None:
-                if _link_scope(pkt):  # the kernel's own (router solicitations): never ours
+                if _link_scope(pkt):  # type: ignore[arg-type]  # the kernel's own (router solicitations): never ours
                     self.counters["link_local"] += 1
                     continue
                 self.counters["no_sa"] += 1
@@ -371,7 +376,7 @@ class DataPlane:
                 continue
             tx = tx_by_spi[sa.spi]
             try:
-                data = sa.seal(pkt, 41 if pkt[0] >> 4 == 6 else 4)  # encrypt: RFC 4303 3.3
+                data = sa.seal(pkt, 41 if pkt[0] >> 4 == 6 else 4)  # type: ignore[arg-type,index]  # encrypt: RFC 4303 3.3
             except esp.SequenceOverflow:
                 self._rate_log("seq", f"SA 0x{sa.spi:08x} used up its sequence numbers")
                 continue
@@ -484,7 +489,7 @@ class DataPlane:
             for p in packets:
                 self._tun_write(os.writev, [offload.PLAIN_VNET_HDR, p], 1)
             return
-        for start, end, bufs in offload.coalesce(packets):
+        for start, end, bufs in offload.coalesce(packets):  # type: ignore[arg-type]  # bytes | memoryview (perf)
             if end - start == 1:
                 self._tun_write(os.writev, bufs, 1)
                 continue
@@ -525,7 +530,7 @@ class DataPlane:
         used, self._used = self._used, set()
         return used
 
-    def octets(self, c: ChildSa) -> int:
+    def octets(self, c: ChildSaInfo) -> int:
         """Inner bytes a Child SA has carried both ways (its byte lifetime, RFC 4301 4.4.2.1)."""
         inbound = self.sad.get(c.spi_in)
         tx = self._tx.get(c.spi_out)

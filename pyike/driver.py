@@ -248,7 +248,7 @@ class Driver:
         families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
         on_event: Callable[[Event], None] | None = None,
         on_esp: Callable[[list[bytes], object], None] | None = None,
-        on_reload: Callable[[], None] | None = None,
+        on_reload: Callable[[], object] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.ports = ports
@@ -358,7 +358,7 @@ class Driver:
                         self._deliver_esp(esp, esp_src)
                         esp = []
                     esp_src = src
-                    esp.append(d)
+                    esp.append(d)  # type: ignore[arg-type]  # bytes | memoryview (perf)
                     if len(esp) >= ESP_BATCH:
                         self._deliver_esp(esp, esp_src)
                         esp = []

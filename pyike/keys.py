@@ -438,6 +438,8 @@ def install_peer_key(
         raise KeyFileError(
             path, f"was not written: the public key cannot be parsed ({e})"
         ) from None
+    if not isinstance(key, PublicKey):
+        raise KeyFileError(path, f"was not written: pyike cannot use a {type(key).__name__}")
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     _write_new(path, public_key_pem(key), 0o644, force)
     return path

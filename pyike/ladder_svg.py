@@ -166,7 +166,7 @@ def _row(svg: ET.Element, y: float, step: Step, link: str | None, shade: bool) -
 
 
 def _legend(svg: ET.Element, y: float) -> float:
-    x = AXIS_X + 10
+    x: float = AXIS_X + 10
     for name, colour in COLOURS.items():
         _sub(svg, "line", x1=x, y1=y, x2=x + 26, y2=y, stroke=colour, stroke_width=2.2,
              marker_end=f"url(#head-{name})")  # fmt: skip

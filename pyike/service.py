@@ -16,6 +16,7 @@ from pyike import decode, ladder, logs, status
 from pyike.control import ControlError, ControlServer, ControlSocket, Request
 from pyike.daemon import ike_key_record
 from pyike.ike import (
+    Addr,
     ChildSaCreated,
     ChildSaDeleted,
     Event,
@@ -35,12 +36,15 @@ MAX_LADDER_KEYS = 4096  # IKE SAs whose messages the ladder monitor can decrypt
 log = logging.getLogger("pyike")
 
 
-def _sa_facts(sa: Any) -> dict[str, Any]:
+def _sa_facts(
+    spi: bytes, policy: str, peer: Addr | None, peer_id: tuple[int, bytes] | None
+) -> dict[str, Any]:
+    """The IKE SA facts of a monitor record, from an event's values."""
     return {
-        "sa": sa.our_spi.hex(),
-        "policy": sa.policy.name,
-        "peer": f"[{sa.peer[0]}]:{sa.peer[1]}",
-        "peer_id": id_text(*sa.peer_id) if sa.peer_id else None,
+        "sa": spi.hex(),
+        "policy": policy,
+        "peer": f"[{peer[0]}]:{peer[1]}" if peer is not None else None,
+        "peer_id": id_text(*peer_id) if peer_id else None,
     }
 
 
@@ -48,18 +52,19 @@ def event_record(event: Event) -> dict[str, Any] | None:
     """A core event as a monitor record: ``event`` (its kind), facts, ``line`` (text)."""
     if isinstance(event, IkeSaEstablished):
         kind = "ike-rekeyed" if event.replaces is not None else "ike-established"
-        rec = {"event": kind, **_sa_facts(event.sa)}
-        alg = event.sa.suite.describe() if event.sa.suite else ""
+        rec = {"event": kind, **_sa_facts(event.spi, event.policy, event.peer, event.peer_id)}
+        alg = event.suite.describe() if event.suite else ""
         rec["line"] = (
             f"IKE SA {rec['sa']} {'rekeyed' if event.replaces else 'established'}: policy "
             f"'{rec['policy']}' peer {rec['peer']} {rec['peer_id'] or ''} ({alg})"
         )
         if event.replaces is not None:
-            rec["replaces"] = event.replaces.our_spi.hex()
+            rec["replaces"] = event.replaces.hex()
             rec["line"] += f", replaces {rec['replaces']}"
         return rec
     if isinstance(event, IkeSaClosed):
-        rec = {"event": "ike-closed", **_sa_facts(event.sa), "reason": event.reason}
+        facts = _sa_facts(event.spi, event.policy, event.peer, event.peer_id)
+        rec = {"event": "ike-closed", **facts, "reason": event.reason}
         rec["line"] = f"IKE SA {rec['sa']} closed: policy '{rec['policy']}': {event.reason}"
         return rec
     if isinstance(event, ChildSaCreated):
@@ -67,7 +72,7 @@ def event_record(event: Event) -> dict[str, Any] | None:
         kind = "child-rekeyed" if event.replaces is not None else "child-created"
         rec = {
             "event": kind,
-            **_sa_facts(event.sa),
+            **_sa_facts(event.ike_spi, c.policy, c.remote, event.peer_id),
             "spi_in": f"0x{c.spi_in:08x}",
             "spi_out": f"0x{c.spi_out:08x}",
         }
@@ -77,14 +82,14 @@ def event_record(event: Event) -> dict[str, Any] | None:
             f"({c.suite.describe()})"
         )
         if event.replaces is not None:
-            rec["replaces"] = f"0x{event.replaces.spi_in:08x}"
+            rec["replaces"] = f"0x{event.replaces:08x}"
             rec["line"] += f", replaces in {rec['replaces']}"
         return rec
     if isinstance(event, ChildSaDeleted):
         c = event.child
         rec = {
             "event": "child-deleted",
-            **_sa_facts(event.sa),
+            **_sa_facts(event.ike_spi, c.policy, c.remote, event.peer_id),
             "spi_in": f"0x{c.spi_in:08x}",
             "spi_out": f"0x{c.spi_out:08x}",
             "reason": event.reason,
@@ -92,11 +97,13 @@ def event_record(event: Event) -> dict[str, Any] | None:
         rec["line"] = f"Child SA in {rec['spi_in']} out {rec['spi_out']} deleted: {event.reason}"
         return rec
     if isinstance(event, PeerLostSa):
-        rec = {"event": "peer-lost-sa", **_sa_facts(event.sa)}
+        facts = _sa_facts(event.spi, event.policy, event.peer, event.peer_id)
+        rec = {"event": "peer-lost-sa", **facts}
         rec["line"] = f"IKE SA {rec['sa']}: the peer answered INVALID_IKE_SPI"
         return rec
     if isinstance(event, InitialContact):
-        rec = {"event": "initial-contact", **_sa_facts(event.sa)}
+        facts = _sa_facts(event.spi, event.policy, event.peer, event.peer_id)
+        rec = {"event": "initial-contact", **facts}
         rec["line"] = f"IKE SA {rec['sa']}: INITIAL_CONTACT from {id_text(*event.peer_id)}"
         return rec
     return None
@@ -210,7 +217,7 @@ class Service:
                 self._ladder_keys.pop(next(iter(self._ladder_keys)))
             self._ladder_keys.update(decode.ike_ciphers([ike_key_record(event)]))
         elif isinstance(event, IkeSaClosed):
-            self._ladder_keys.pop((event.sa.spi_i, event.sa.spi_r), None)
+            self._ladder_keys.pop((event.spi_i, event.spi_r), None)
 
     def publish(self, rec: dict[str, Any]) -> None:
         if self.control is not None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from pyike.registry import IpProto, TsType
-from pyike.wire import TrafficSelector
+from pyike.wire import TrafficSelector, UnknownSelector
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -49,7 +49,8 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
         return None
     lo_port, hi_port = max(a.start_port, b.start_port), min(a.end_port, b.end_port)
     lo_addr, hi_addr = max(a.start_addr, b.start_addr), min(a.end_addr, b.end_addr)
-    if lo_port > hi_port or lo_addr > hi_addr:
+    # Same ts_type, so the same address family: the comparison is defined.
+    if lo_port > hi_port or lo_addr > hi_addr:  # type: ignore[operator]
         return None
     return TrafficSelector(
         ts_type=a.ts_type,
@@ -62,17 +63,20 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
 
 
 def narrow(
-    offered: Sequence[TrafficSelector], allowed: Iterable[TrafficSelector]
+    offered: Sequence[TrafficSelector | UnknownSelector], allowed: Iterable[TrafficSelector]
 ) -> list[TrafficSelector]:
     """Every non-empty intersection of an offered selector with an allowed one.
 
     Used both by the responder (offered = the initiator's TS, allowed = the
     policy) and by the initiator (offered = the response, allowed = what it
-    asked for). Duplicates are dropped, order follows ``offered``.
+    asked for). Duplicates are dropped, order follows ``offered``; selectors of a
+    type we cannot use (wire.UnknownSelector) overlap nothing.
     """
     allowed = list(allowed)
     out: list[TrafficSelector] = []
     for o in offered:
+        if not isinstance(o, TrafficSelector):
+            continue
         for a in allowed:
             both = intersect(o, a)
             if both is not None and both not in out:
@@ -85,15 +89,15 @@ def covers(ts: TrafficSelector, addr: IPAddress, proto: int, port: int) -> bool:
     return (
         (ts.ip_proto == 0 or ts.ip_proto == proto)
         and ts.start_addr.version == addr.version
-        and ts.start_addr <= addr <= ts.end_addr
+        and ts.start_addr <= addr <= ts.end_addr  # type: ignore[operator]  # same family
         and ts.start_port <= port <= ts.end_port
     )
 
 
-def describe(ts: TrafficSelector) -> str:
+def describe(ts: TrafficSelector | UnknownSelector) -> str:
     """``tcp 2001:db8::1 port 25`` style text for logs, like iked prints flows."""
     if not isinstance(ts, TrafficSelector):  # wire.UnknownSelector: a type we cannot use
-        return f"selector type {getattr(ts, 'ts_type', '?')}"
+        return f"selector type {ts.ts_type}"
     if ts.start_addr == ts.end_addr:
         addr = str(ts.start_addr)
     else:

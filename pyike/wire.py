@@ -108,7 +108,7 @@ def _named(enum_cls: type[IntEnum], value: int) -> int:
 
 
 # Which registry names the Transform IDs of each Transform Type (RFC 7296 3.3.2).
-TRANSFORM_ID_ENUMS: dict[int, type] = {
+TRANSFORM_ID_ENUMS: dict[int, type[EncrId | PrfId | IntegId | DhId | EsnId]] = {
     TransformType.ENCR: EncrId,
     TransformType.PRF: PrfId,
     TransformType.INTEG: IntegId,
@@ -679,6 +679,8 @@ def _parse_selector(body: bytes, off: int) -> tuple[TrafficSelector | UnknownSel
     if not _SELECTOR_HEAD.size <= length <= len(body) - off:
         raise WireError(f"traffic selector length {length} outside 4..{len(body) - off}")
     end = off + length
+    start: IPAddress
+    stop: IPAddress
     if ts_type == TsType.TS_IPV4_ADDR_RANGE:
         if length != _V4_SELECTOR_LEN:
             raise WireError(f"IPv4 traffic selector length {length}, must be 16")

@@ -14,7 +14,7 @@ from ipaddress import ip_address
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pyike import proposals, ts
-from pyike.ike import Addr, Endpoint, Event, SaPolicy, Transmit
+from pyike.ike import Addr, Endpoint, Event, IkeSa, SaPolicy, Transmit
 from pyike.registry import (
     DhId,
     EncrId,
@@ -124,9 +124,17 @@ class Pair:
         self.wire_log: list[tuple[str, Transmit]] = []
         self.home_events: list[Event] = []
         self.vm_events: list[Event] = []
+        # Every IKE SA each side had, by our SPI, also once closed: events name SAs
+        # by SPI, the tests look at the core's objects behind them.
+        self.seen: dict[str, dict[bytes, IkeSa]] = {"home": {}, "vm": {}}
 
     def connect(self) -> None:
         self.home.connect(self.home_policy, HOME, VM, self.now)
+        self._collect()
+
+    def sa(self, side: str, spi: bytes) -> IkeSa:
+        """The IKE SA an event of ``side`` names by ``spi``."""
+        return self.seen[side][spi]
 
     def _deliver(self, t: Transmit, to: Endpoint, name: str) -> None:
         self.wire_log.append((name, t))
@@ -155,6 +163,8 @@ class Pair:
         return moved
 
     def _collect(self) -> None:
+        self.seen["home"].update(self.home.sas)
+        self.seen["vm"].update(self.vm.sas)
         while (e := self.home.next_event()) is not None:
             self.home_events.append(e)
         while (e := self.vm.next_event()) is not None:

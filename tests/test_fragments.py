@@ -126,7 +126,7 @@ def test_reordered_and_duplicated_fragments() -> None:
     p.run()
     assert up(p)
     (h,) = p.events("home", IkeSaEstablished)
-    assert h.sa.is_established
+    assert p.home.sas[h.spi].is_established
 
 
 def test_forged_fragment_dropped_sa_untouched() -> None:

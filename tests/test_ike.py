@@ -16,10 +16,12 @@ from pyike import crypto, proposals, ts, wire
 from pyike.ike import (
     ChildSaCreated,
     ChildSaDeleted,
+    ChildState,
     IkeSaClosed,
     IkeSaEstablished,
     InitialContact,
     State,
+    StateError,
     Transmit,
     child_negotiation,
 )
@@ -51,7 +53,7 @@ from tests.ike_pair import (
 def established(p: Pair) -> tuple:
     (h,) = p.events("home", IkeSaEstablished)
     (v,) = p.events("vm", IkeSaEstablished)
-    return h.sa, v.sa
+    return p.sa("home", h.spi), p.sa("vm", v.spi)
 
 
 def child_pair(p: Pair) -> tuple:
@@ -537,3 +539,23 @@ def test_keys_reported_for_keylog_match_crypto() -> None:
     p.run()
     home, _ = established(p)
     assert isinstance(home.keys, crypto.IkeKeys) and len(home.keys.sk_d) == 48
+
+
+def test_state_moves_are_checked_and_logged(caplog) -> None:
+    """IkeSa.set_state / set_child_state are the only writers of the states: each move
+    is logged at debug level, and a move the tables do not allow is refused."""
+    caplog.set_level(logging.DEBUG, logger="pyike.ike")
+    p = default_pair()
+    p.connect()
+    p.run()
+    home, _vm = established(p)
+    moves = [r.getMessage().split(": ", 1)[1] for r in caplog.records if " -> " in r.getMessage()]
+    assert "IKE SA INIT_SENT -> AUTH_SENT" in moves and "IKE SA AUTH_SENT -> ESTABLISHED" in moves
+    assert "IKE SA INIT_DONE -> ESTABLISHED" in moves
+    with pytest.raises(StateError):
+        home.set_state(State.INIT_SENT)
+    (child,) = home.children.values()
+    home.set_child_state(child, ChildState.DELETING)
+    with pytest.raises(StateError):
+        home.set_child_state(child, ChildState.ACTIVE)
+    assert home.state == State.ESTABLISHED and child.state == ChildState.DELETING

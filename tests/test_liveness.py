@@ -8,10 +8,23 @@ retransmits) right away when the network changed.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
+import pytest
+
 from pyike import wire
-from pyike.ike import Endpoint, IkeSaClosed, PeerLostSa, State
+from pyike.ike import (
+    ChildSaCreated,
+    ChildSaInfo,
+    Endpoint,
+    IkeSaClosed,
+    IkeSaEstablished,
+    PeerLostSa,
+    PeerMoved,
+    State,
+    Transmit,
+)
 from pyike.limits import Limits
 from pyike.registry import ExchangeType, NotifyType
 from tests.ike_pair import HOME, VM, default_pair
@@ -58,7 +71,7 @@ def test_restarted_peer_answers_invalid_ike_spi_and_we_hear_it() -> None:
     assert (msg.spi_i, msg.spi_r) == (sa.spi_i, sa.spi_r)
     assert not msg.is_initiator  # the VM answers as the original responder
     (lost,) = p.events("home", PeerLostSa)
-    assert lost.sa is sa
+    assert lost.spi == sa.our_spi
     # Unauthenticated: the SA is kept (the daemon decides), and the hint comes once.
     assert sa.state == State.ESTABLISHED
     p.advance(3.0)
@@ -171,6 +184,58 @@ def test_check_alive_probes_now_and_restarts_the_backoff() -> None:
     assert sent(p, "home->vm") == [("INFORMATIONAL", 3, False, [])]
     assert sent(p, "vm->home") == [("INFORMATIONAL", 3, True, [])]
     assert sa.window.outstanding is None and sa.state == State.ESTABLISHED
+
+
+def test_esp_from_the_peer_counts_as_alive() -> None:
+    """The data plane reports authenticated ESP by Child SA SPI (Endpoint.note_alive):
+    an SA that receives ESP needs no probe; one that receives nothing is probed."""
+    p, sa = established_pair()
+    (spi_in,) = sa.children
+    p.wire_log.clear()
+    for _ in range(6):  # 12 s, more than twice the 5 s interval
+        p.home.note_alive(spi_in, p.now)
+        p.advance(2.0)
+    assert sent(p, "home->vm") == []
+    p.home.note_alive(0x1234, p.now)  # an SPI the core does not know: ignored
+    p.advance(6.0)
+    assert sent(p, "home->vm") == [("INFORMATIONAL", 2, False, [])]
+
+
+def test_peer_moving_is_reported_with_its_children() -> None:
+    """A NAT rebinding: the peer's authenticated request comes from a new port. The
+    core answers there and reports the move as a value the data plane can follow.
+    (Without MOBIKE: with it, only UPDATE_SA_ADDRESSES moves an SA, tests/test_mobike.py.)"""
+    p = default_pair(
+        home_kw={"dpd_interval": 5.0, "mobike": False}, vm_kw={"dpd_interval": 0.0, "mobike": False}
+    )
+    p.connect()
+    p.run()
+    (sa,) = p.home.sas.values()
+    (vm_sa,) = p.vm.sas.values()
+    moved = (VM[0], 4501)
+    p.hook = lambda t: [Transmit(t.data, moved, t.remote) if t.local == VM else t]
+    vm_sa.check_alive(p.now)
+    p.run()
+    (event,) = p.events("home", PeerMoved)
+    assert event.ike_spi == sa.our_spi and event.peer == moved
+    (child,) = event.children
+    assert child.spi_in in sa.children and child.remote == moved
+    assert sa.peer == moved
+    assert [name for name, t in p.wire_log if name == "home->vm" and t.remote == moved]
+
+
+def test_events_are_values() -> None:
+    """Consumers get frozen values, not the core's objects; queries go by SPI."""
+    p, sa = established_pair()
+    (created,) = p.events("home", ChildSaCreated)
+    (established,) = p.events("home", IkeSaEstablished)
+    assert isinstance(created.child, ChildSaInfo) and created.ike_spi == sa.our_spi
+    assert established.spi == sa.our_spi and established.policy == sa.policy.name
+    assert established.peer_id == sa.peer_id and established.initiator
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        created.child.remote = VM  # type: ignore[misc]
+    assert p.home.child_sas() == [created.child]
+    assert p.home.ike_sa(established.spi) is sa
 
 
 # --------------------------------------------------------------------------- netwatch

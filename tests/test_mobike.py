@@ -56,6 +56,9 @@ def test_initiator_moves_same_spis_responder_checks_return_routability() -> None
     assert len(p.events("home", IkeSaEstablished)) == 1  # no new IKE SA
     assert h.mobike.moves == 1 and v.mobike.moves == 1
     assert [e.peer for e in p.events("vm", mobike.IkeSaMoved)] == [HOME2]
+    # The event carries the moved Child SA as a value: what the data plane follows.
+    (moved,) = p.events("vm", mobike.IkeSaMoved)
+    assert [(c.spi_in, c.remote) for c in moved.children] == [(vc.spi_in, HOME2)]
     # Everything after the move goes between the new addresses.
     last = p.wire_log[-1][1]
     assert HOME2 in (last.local, last.remote)

@@ -90,7 +90,7 @@ def test_child_rekey_on_lifetime_by_initiator() -> None:
     assert not p.events("home", ChildSaDeleted)
     p.advance(3.0)
     created = p.events("home", ChildSaCreated)
-    assert len(created) == 2 and created[1].replaces is hc0
+    assert len(created) == 2 and created[1].replaces == hc0.spi_in
     hc, _vc = assert_pair_matches(p)
     assert hc.spi_in != hc0.spi_in and hc.key_in != hc0.key_in
     # The initiator of the rekey deleted the old SA; both sides reported it.
@@ -150,13 +150,25 @@ def test_child_rekey_on_bytes() -> None:
     assert hc is not hc0
 
 
+def test_byte_counts_by_spi_through_the_endpoint() -> None:
+    """The daemon reports byte counts by Child SA SPI (Endpoint.note_child_usage)."""
+    p = up(home_kw={"child_lifetime_bytes": 1_000_000})
+    hc0 = only_child(current(p.home.sas))
+    (info,) = p.home.child_sas()
+    p.home.note_child_usage(info.spi_in, 950_000, p.now)
+    p.home.note_child_usage(0x1234, 950_000, p.now)  # unknown SPI: ignored
+    p.run()
+    hc, _ = assert_pair_matches(p)
+    assert hc is not hc0
+
+
 def test_hard_byte_limit_deletes_at_once() -> None:
     p = up(home_kw={"child_lifetime_bytes": 1_000_000})
     home = current(p.home.sas)
     hc0 = only_child(home)
     p.hook = lambda t: []  # the peer hears nothing: the SA must still stop
     home.note_child_usage(hc0.spi_in, 1_000_000, p.now)
-    assert [e.child for e in home.endpoint.events if isinstance(e, ChildSaDeleted)] == [hc0]
+    assert [e.child for e in home.endpoint.events if isinstance(e, ChildSaDeleted)] == [hc0.info()]
 
 
 def test_simultaneous_child_rekey_keeps_exactly_one() -> None:
@@ -228,7 +240,7 @@ def test_unanswered_rekey_hard_expires_then_ike_sa_closes() -> None:
     p.hook = lambda t: []
     p.advance(20.5)
     deleted = p.events("home", ChildSaDeleted)
-    assert [e.child for e in deleted] == [hc0] and "hard lifetime" in deleted[0].reason
+    assert [e.child for e in deleted] == [hc0.info()] and "hard lifetime" in deleted[0].reason
     p.advance(70.0)
     (closed,) = p.events("home", IkeSaClosed)
     assert "not responding" in closed.reason
@@ -288,7 +300,7 @@ def test_ike_rekey_by_initiator_moves_children() -> None:
     # The same Child SA objects, now under the new IKE SA; nothing was deleted.
     assert only_child(new_home) is hc0 and only_child(new_vm) is vc0
     assert not p.events("home", ChildSaDeleted) and not p.events("vm", ChildSaDeleted)
-    assert [e.replaces for e in p.events("home", IkeSaEstablished)] == [None, old_home]
+    assert [e.replaces for e in p.events("home", IkeSaEstablished)] == [None, old_home.our_spi]
     closes = p.events("home", IkeSaClosed) + p.events("vm", IkeSaClosed)
     assert len(closes) == 2 and not any(e.error for e in closes)
     # The new SA works: message IDs restart at 0 and a child rekey goes through.
@@ -344,7 +356,7 @@ def test_simultaneous_ike_rekey_settles_on_one_sa() -> None:
             e for e in p.events("home", IkeSaClosed) + p.events("vm", IkeSaClosed) if e.error
         ]
         # The daemon follows IkeSaEstablished.replaces: the last one names the survivor.
-        assert p.events("home", IkeSaEstablished)[-1].sa is new_home
+        assert p.events("home", IkeSaEstablished)[-1].spi == new_home.our_spi
 
 
 def test_child_rekey_refused_during_ike_delete() -> None:

@@ -131,7 +131,7 @@ class Home:
         return [c for t, c in self.done if isinstance(c, cls) and t >= since]
 
     def closed(self, spi: bytes) -> IkeSaClosed:
-        return next(e for e in self.p.events("home", IkeSaClosed) if e.sa.our_spi == spi)
+        return next(e for e in self.p.events("home", IkeSaClosed) if e.spi == spi)
 
 
 @pytest.fixture

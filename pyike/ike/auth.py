@@ -24,7 +24,7 @@ from pyike.ike.common import (
     id_text,
     notify,
 )
-from pyike.ike.events import ChildSaCreated, InitialContact
+from pyike.ike.events import InitialContact
 from pyike.ike.informational import DeleteChildRequest
 from pyike.ike.requests import Request, Response
 from pyike.ike.states import State
@@ -128,7 +128,7 @@ class AuthRequest(Request):
         )
         negotiation.note_wider(sa, child, wider)
         log.info("%s: created Child SA %s", sa.label, child.describe())
-        sa.emit(ChildSaCreated(sa, child))
+        sa.child_created(child)
 
 
 @dataclass(eq=False)
@@ -179,7 +179,7 @@ def on_auth_request(
     sa.established(now)
     if has_notify(payloads, NotifyType.INITIAL_CONTACT):
         assert sa.peer_id is not None
-        sa.emit(InitialContact(sa, sa.peer_id))
+        sa.emit(InitialContact(sa.our_spi, sa.peer_id, sa.policy.name, sa.peer))
     sa_p = find(payloads, SaPayload)
     if sa_p is None:  # childless IKE SA (RFC 6023): nothing more to do
         return reply
@@ -199,7 +199,7 @@ def on_auth_request(
         sa, chosen, spi_in, local, remote, sa.ni, sa.nr, we_initiated=False, now=now
     )
     log.info("%s: created Child SA %s", sa.label, child.describe())
-    sa.emit(ChildSaCreated(sa, child))
+    sa.child_created(child)
     return [
         *reply,
         SaPayload([answer]),

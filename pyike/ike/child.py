@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyike import ts
 from pyike.ike.common import Addr
+from pyike.ike.events import ChildSaInfo
 from pyike.ike.states import ChildState
 from pyike.proposals import Suite
 from pyike.wire import TrafficSelector
@@ -34,17 +34,34 @@ class ChildSa:
     rekey_at: float = float("inf")
     expire_at: float = float("inf")
     state: ChildState = ChildState.ACTIVE
-    last_inbound: float = 0.0  # set by the data plane: authenticated ESP arrived
-    # The responder answered with wider selectors than we asked for (OpenIKED
-    # returns its whole policy, 2.9): it may then send on this SA any traffic of
-    # that policy, including what our other Child SAs to it carry. The data plane
-    # accepts such packets if another of our Child SAs with this peer allows them.
+    last_inbound: float = 0.0  # authenticated ESP arrived (Endpoint.note_alive)
+    # The responder answered with wider selectors than we asked for (2.9); see
+    # ChildSaInfo. The data plane accepts such packets if another of our Child
+    # SAs with this peer allows them.
     peer_ts_wider: bool = False
 
+    def info(self) -> ChildSaInfo:
+        """What consumers learn of this SA (events carry values, not this object)."""
+        return ChildSaInfo(
+            policy=self.policy,
+            spi_in=self.spi_in,
+            spi_out=self.spi_out,
+            suite=self.suite,
+            key_in=self.key_in,
+            key_out=self.key_out,
+            ts_local=tuple(self.ts_local),
+            ts_remote=tuple(self.ts_remote),
+            lifetime=self.lifetime,
+            lifetime_bytes=self.lifetime_bytes,
+            encap=self.encap,
+            local=self.local,
+            remote=self.remote,
+            peer_ts_wider=self.peer_ts_wider,
+            state=self.state,
+            created=self.created,
+            rekey_at=self.rekey_at,
+            expire_at=self.expire_at,
+        )
+
     def describe(self) -> str:
-        flows = ", ".join(
-            f"{ts.describe(a)} -> {ts.describe(b)}" for a in self.ts_local for b in self.ts_remote
-        )
-        return (
-            f"spi in 0x{self.spi_in:08x} out 0x{self.spi_out:08x} ({self.suite.describe()}) {flows}"
-        )
+        return self.info().describe()

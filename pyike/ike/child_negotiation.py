@@ -139,4 +139,4 @@ def ts_payloads(
 ) -> list[wire.Payload]:
     """TSi is the exchange initiator's side (2.9)."""
     tsi, tsr = (local, remote) if we_initiate else (remote, local)
-    return [TsPayload(PayloadType.TSi, tsi), TsPayload(PayloadType.TSr, tsr)]
+    return [TsPayload(PayloadType.TSi, [*tsi]), TsPayload(PayloadType.TSr, [*tsr])]

@@ -17,7 +17,7 @@ from pyike import crypto, proposals, wire
 from pyike.ike import child_negotiation as negotiation
 from pyike.ike.child import ChildSa
 from pyike.ike.common import NONCE_LEN, ProtocolError, error_notifies, find, find_ts
-from pyike.ike.events import ChildSaCreated, ChildSaDeleted, IkeKeysDerived, IkeSaEstablished
+from pyike.ike.events import IkeKeysDerived
 from pyike.ike.informational import DeleteChildRequest
 from pyike.ike.requests import Request, Response
 from pyike.ike.states import ChildState, State
@@ -118,7 +118,7 @@ class CreateChildRequest(Request):
             elif any(n.type == NotifyType.CHILD_SA_NOT_FOUND for n in errors):
                 if old is not None:
                     sa.forget_child(old.spi_in)
-                    sa.emit(ChildSaDeleted(sa, old, "the peer no longer has it"))
+                    sa.child_deleted(old, "the peer no longer has it")
             elif old is not None and old.state == ChildState.REKEYING:
                 sa.set_child_state(old, ChildState.ACTIVE)
                 old.rekey_at = retry_later(sa, errors, now)
@@ -167,7 +167,7 @@ class CreateChildRequest(Request):
         )
         negotiation.note_wider(sa, child, wider)
         log.info("%s: %s Child SA %s", sa.label, "rekeyed" if old else "created", child.describe())
-        sa.emit(ChildSaCreated(sa, child, replaces=old))
+        sa.child_created(child, replaces=old)
         if old is not None:
             child_rekey_done(sa, old, ChildRekey(True, min(self.ni, nonce.data), child), now)
 
@@ -389,7 +389,7 @@ def on_request(
         shared=shared,
     )
     log.info("%s: %s Child SA %s", sa.label, "rekeyed" if old else "created", child.describe())
-    sa.emit(ChildSaCreated(sa, child, replaces=old))
+    sa.child_created(child, replaces=old)
     if old is not None:
         child_rekey_done(sa, old, ChildRekey(False, min(nonce.data, nr), child), now)
     return [
@@ -515,7 +515,7 @@ def spawn_rekeyed(
         old_prf=sa.suite.prf,
     )
     new.make_ciphers()
-    new.emit(IkeKeysDerived(new, new.keys))
+    new.emit(IkeKeysDerived(spi_i, spi_r, suite, new.keys))
     new.established_at = now
     new.rekey_at = new.soft_deadline(now, sa.policy.ike_lifetime)
     sa.endpoint.sas[new.our_spi] = new
@@ -558,6 +558,6 @@ def move_to(sa: IkeSa, new: IkeSa, now: float, replaces: IkeSa | None = None) ->
     sa.children, sa.child_rekeys = {}, {}
     new.window.queue.extend(sa.window.take_child_requests())
     sa.rekeyed_to, sa.rekeyed_at = new, now
-    sa.emit(IkeSaEstablished(new, replaces=replaces or sa))
+    sa.emit(new.established_event(replaces=replaces or sa))
     if new.window.outstanding is None:
         new.window.done(new, now)

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from pyike import wire
 from pyike.ike import init
+from pyike.ike.child import ChildSa
 from pyike.ike.common import ZERO_SPI, Addr, IPAddress, notify, spi_text
-from pyike.ike.events import Event, Transmit
+from pyike.ike.events import ChildSaInfo, Event, Transmit
 from pyike.ike.guard import Guard
 from pyike.ike.policy import SaPolicy
 from pyike.ike.sa import IkeSa
@@ -224,6 +225,44 @@ class Endpoint:
                 sa.handle_timer(now)
                 self.touch(sa)
         self.reap()
+
+    # ------------------------------------------------------------------ queries and commands by ID
+
+    def ike_sa(self, spi: bytes) -> IkeSa | None:
+        """The IKE SA that events name by ``spi`` (ours), while it exists."""
+        return self.sas.get(spi)
+
+    def child_sas(self) -> list[ChildSaInfo]:
+        """Every Child SA of every IKE SA, as values."""
+        return [c.info() for sa in self.sas.values() for c in sa.children.values()]
+
+    def child_sa(self, spi_in: int) -> ChildSaInfo | None:
+        """The Child SA with inbound SPI ``spi_in``, as a value, while it exists."""
+        found = self._child_owner(spi_in)
+        return found[1].info() if found is not None else None
+
+    def _child_owner(self, spi_in: int) -> tuple[IkeSa, ChildSa] | None:
+        for sa in self.sas.values():
+            child = sa.children.get(spi_in)
+            if child is not None:
+                return sa, child
+        return None
+
+    def note_alive(self, spi_in: int, now: float) -> None:
+        """The data plane opened authenticated ESP of Child SA ``spi_in``: its peer is
+        alive, so no liveness probe is needed (RFC 7296 2.4). Unknown SPIs are ignored."""
+        found = self._child_owner(spi_in)
+        if found is not None:
+            child = found[1]
+            child.last_inbound = max(child.last_inbound, now)
+
+    def note_child_usage(self, spi_in: int, octets: int, now: float) -> None:
+        """The data plane's byte count of Child SA ``spi_in`` (its byte lifetime)."""
+        found = self._child_owner(spi_in)
+        if found is not None:
+            found[0].note_child_usage(spi_in, octets, now)
+
+    # ------------------------------------------------------------------ SPIs
 
     def new_child_spi(self) -> int:
         """A fresh inbound ESP SPI (>= 256: 1-255 are reserved, RFC 4303 2.1)."""

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from pyike import wire
 from pyike.ike.common import FIRST_STATUS_NOTIFY
-from pyike.ike.events import ChildSaDeleted
 from pyike.ike.requests import Request, Response
 from pyike.ike.states import State
 from pyike.registry import ExchangeType, NotifyType, ProtocolId
@@ -66,7 +65,7 @@ class DeleteChildRequest(Request):
     def on_response(self, sa: IkeSa, response: Response, now: float) -> None:
         child = sa.forget_child(self.spi_in)
         if child is not None:
-            sa.emit(ChildSaDeleted(sa, child, "deleted by us"))
+            sa.child_deleted(child, "deleted by us")
 
 
 def on_request(
@@ -89,7 +88,7 @@ def on_request(
                     sa.forget_child(child.spi_in)
                     ours.append(child.spi_in.to_bytes(4, "big"))
                     log.info("%s: peer deleted Child SA %s", sa.label, child.describe())
-                    sa.emit(ChildSaDeleted(sa, child, "deleted by peer"))
+                    sa.child_deleted(child, "deleted by peer")
                 if ours:
                     reply.append(DeletePayload(p.protocol, 4, ours))
         elif isinstance(p, NotifyPayload) and p.type == NotifyType.AUTHENTICATION_FAILED:

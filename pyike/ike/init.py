@@ -218,7 +218,7 @@ def derive_keys(sa: IkeSa, suite: Suite, shared: bytes) -> None:
         sa.spi_r,
     )
     sa.make_ciphers()
-    sa.emit(IkeKeysDerived(sa, sa.keys))
+    sa.emit(IkeKeysDerived(sa.spi_i, sa.spi_r, suite, sa.keys))
 
 
 # --------------------------------------------------------------------------- responder

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from pyike import crypto, wire
 from pyike.ike import informational
 from pyike.ike.common import IKE_PORT, Addr, has_notify, notify
-from pyike.ike.events import Event
+from pyike.ike.events import ChildSaInfo, Event
 from pyike.ike.requests import Request, Response
 from pyike.ike.states import State
 from pyike.registry import ExchangeType, NotifyType
@@ -43,14 +43,19 @@ COOKIE2_LEN = 16  # 8..64 octets (3.8)
 NAT_HASH_LEN = 20  # SHA-1 (RFC 7296 2.23)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaMoved(Event):
-    """The IKE SA (and, with ``children``, its Child SAs' ESP) uses new addresses."""
+    """The IKE SA uses new addresses; ``children`` are its Child SAs whose ESP moved
+    with it (with their new ``local``/``remote``), none before return routability."""
 
-    sa: IkeSa
+    spi: bytes
     local: Addr
     peer: Addr
-    children: bool = True
+    children: tuple[ChildSaInfo, ...] = ()
+
+
+def _children(sa: IkeSa) -> tuple[ChildSaInfo, ...]:
+    return tuple(c.info() for c in sa.children.values())
 
 
 @dataclass(slots=True)
@@ -197,7 +202,7 @@ class UpdateAddressesRequest(Request):
             sa.peer[0],
             sa.peer[1],
         )
-        sa.emit(IkeSaMoved(sa, sa.local, sa.peer))
+        sa.emit(IkeSaMoved(sa.our_spi, sa.local, sa.peer, _children(sa)))
         if self.rekey_children:
             for spi_in in list(sa.children):
                 sa.rekey_child(spi_in, now)
@@ -334,7 +339,7 @@ class ReturnRoutabilityRequest(Request):
             sa.peer[0],
             sa.peer[1],
         )
-        sa.emit(IkeSaMoved(sa, sa.local, sa.peer))
+        sa.emit(IkeSaMoved(sa.our_spi, sa.local, sa.peer, _children(sa)))
 
 
 def on_informational(
@@ -393,5 +398,5 @@ def _on_update(
         else:
             sa.queue_request(ReturnRoutabilityRequest(peer=src), now)
     else:
-        sa.emit(IkeSaMoved(sa, sa.local, sa.peer, children=False))
+        sa.emit(IkeSaMoved(sa.our_spi, sa.local, sa.peer))
     return reply

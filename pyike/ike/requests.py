@@ -71,7 +71,7 @@ class Request:
 
     def retransmit_at(self, policy: SaPolicy) -> float:
         """2.1: exponential backoff from retransmit_base, capped at retransmit_cap."""
-        wait = policy.retransmit_base * 2 ** (self.tries - 1)
+        wait = policy.retransmit_base * (1 << (self.tries - 1))
         if policy.retransmit_cap > 0:
             wait = min(wait, policy.retransmit_cap)
         return self.sent_at + wait

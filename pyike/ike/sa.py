@@ -32,11 +32,13 @@ from pyike.ike.common import (
     spi_text,
 )
 from pyike.ike.events import (
+    ChildSaCreated,
     ChildSaDeleted,
     Event,
     IkeSaClosed,
     IkeSaEstablished,
     PeerLostSa,
+    PeerMoved,
 )
 from pyike.ike.policy import SaPolicy
 from pyike.ike.requests import Request, RequestWindow, Response
@@ -148,10 +150,6 @@ class IkeSa:
         self.fragments_in = fragments.Reassembly()
         self.mobike = mobike.MobikeState()  # RFC 4555, negotiated in IKE_AUTH (auth.py)
 
-    def note_alive(self, now: float) -> None:
-        """The driver saw authenticated traffic (ESP) from the peer: no probe needed."""
-        self.last_received = max(self.last_received, now)
-
     def last_heard(self) -> float:
         """When the peer last proved it is alive: an IKE message, or ESP on a child."""
         return max([self.last_received, *(c.last_inbound for c in self.children.values())])
@@ -170,7 +168,7 @@ class IkeSa:
         self.established_at = now
         self.rekey_at = self.soft_deadline(now, self.policy.ike_lifetime)
         log.info("%s: established %s", self.label, self.describe())
-        self.emit(IkeSaEstablished(self))
+        self.emit(self.established_event())
         self._enforce_per_peer_limit(now)
 
     def _enforce_per_peer_limit(self, now: float) -> None:
@@ -189,7 +187,9 @@ class IkeSa:
             and sa.state == State.ESTABLISHED
             and sa.rekeyed_to is None
         ]
-        for old in sorted(same, key=lambda sa: sa.established_at)[: max(0, len(same) + 1 - limit)]:
+        for old in sorted(same, key=lambda sa: sa.established_at or 0.0)[
+            : max(0, len(same) + 1 - limit)
+        ]:
             self.endpoint.guard.note(
                 "limit_ike_sas_per_peer",
                 now,
@@ -256,6 +256,32 @@ class IkeSa:
 
     def emit(self, event: Event) -> None:
         self.endpoint.events.append(event)
+
+    def established_event(self, replaces: IkeSa | None = None) -> IkeSaEstablished:
+        return IkeSaEstablished(
+            self.our_spi,
+            self.policy.name,
+            self.policy.key,
+            self.peer_id,
+            self.local,
+            self.peer,
+            self.initiator,
+            replaces.our_spi if replaces is not None else None,
+            self.suite,
+        )
+
+    def child_created(self, child: ChildSa, replaces: ChildSa | None = None) -> None:
+        self.emit(
+            ChildSaCreated(
+                self.our_spi,
+                self.peer_id,
+                child.info(),
+                replaces.spi_in if replaces is not None else None,
+            )
+        )
+
+    def child_deleted(self, child: ChildSa, reason: str) -> None:
+        self.emit(ChildSaDeleted(self.our_spi, child.info(), reason, self.peer_id))
 
     def transmit(self, data: bytes, what: str) -> None:
         log.info(
@@ -497,7 +523,7 @@ class IkeSa:
         """Stop using a Child SA at once and tell the peer (RFC 4301: hard lifetime)."""
         log.warning("%s: Child SA 0x%08x expired: %s", self.label, child.spi_in, reason)
         self.forget_child(child.spi_in)
-        self.emit(ChildSaDeleted(self, child, reason))
+        self.child_deleted(child, reason)
         self.queue_request(informational.DeleteChildRequest(child.spi_in), now)
 
     def forget_child(self, spi_in: int) -> ChildSa | None:
@@ -520,13 +546,25 @@ class IkeSa:
         self.set_state(State.CLOSED)
         self.close_reason = reason
         for child in list(self.children.values()):
-            self.emit(ChildSaDeleted(self, child, reason))
+            self.child_deleted(child, reason)
         self.children.clear()
         self.window.clear()
         self.fragments_in.clear()
         level = logging.DEBUG if half_open else logging.WARNING if error else logging.INFO
         log.log(level, "%s: IKE SA closed: %s", self.label, reason)
-        self.emit(IkeSaClosed(self, reason, error))
+        self.emit(
+            IkeSaClosed(
+                self.our_spi,
+                self.policy.name,
+                self.policy.key,
+                self.peer_id,
+                reason,
+                error,
+                self.peer,
+                self.spi_i,
+                self.spi_r,
+            )
+        )
 
     def successor(self, *, initiator: bool, now: float) -> IkeSa:
         """A new IKE SA with this one's policy and addresses, for a rekey (2.18)."""
@@ -593,7 +631,11 @@ class IkeSa:
                     src[0],
                     src[1],
                 )
-                self.emit(PeerLostSa(self))
+                self.emit(
+                    PeerLostSa(
+                        self.our_spi, self.policy.name, self.policy.key, self.peer_id, self.peer
+                    )
+                )
             else:
                 log.debug(
                     "%s: drop unprotected %s response #%d",
@@ -749,4 +791,5 @@ class IkeSa:
             self.peer = src
             for child in self.children.values():
                 child.remote = src
+            self.emit(PeerMoved(self.our_spi, src, tuple(c.info() for c in self.children.values())))
         self.local = dst
