@@ -49,8 +49,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.iked import DEBIAN_PACKAGES, IKED_BIN, Iked
 from pyike import keys
-from pyike.keylog import parse_esp_records
-from tests.netns import TwoHosts, capture, require_binary
+from pyike.keylog import EspKeyRecord, parse_esp_records
+from tests.netns import HarnessError, TwoHosts, capture, require_binary, wait_until
 from tests.pyike_proc import CONF, REPO, PyikeProc, write_keydir
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
@@ -275,7 +275,15 @@ def check_children(p: Pair, children: list[re.Match[str]]) -> dict[str, tuple[in
 
 def check_keys(p: Pair, spis: list[int]) -> None:
     """Each SPI: pyike's esp_sa record equals iked's SADB_ADD/UPDATE (addresses, keys)."""
-    records = {r.spi: r for r in parse_esp_records((p.keylog / "esp_sa").read_text())}
+
+    def logged() -> dict[int, EspKeyRecord]:
+        return {r.spi: r for r in parse_esp_records((p.keylog / "esp_sa").read_text())}
+
+    # pyike logs "created Child SA" in the core; the key log is written when the
+    # daemon handles the event, a moment later: wait (bounded) for every SPI's record.
+    with contextlib.suppress(HarnessError):  # the asserts below then say what is missing
+        wait_until(lambda: set(spis) <= set(logged()), 10, interval=0.1, what="key records")
+    records = logged()
     iked_sas = {sa["spi"]: sa for sa in p.iked.installed_sas()}
     for spi in spis:
         assert spi in iked_sas, (hex(spi), sorted(hex(s) for s in iked_sas))
