@@ -212,7 +212,7 @@ def run_daemon(argv: list[str]) -> int:
         return 1
     if args.check:
         try:
-            conf = cfg.load_config(args.file, macros)
+            conf = cfg.load_config(args.file, macros, refuse_loose_permissions=True)
         except cfg.ConfigError as e:
             print(f"pyike: {e}", file=sys.stderr)
             return 1

@@ -1046,6 +1046,9 @@ class _State:
     hostname: Callable[[], str]
     platform: Platform
     refuse_unservable: bool = True
+    # iked's check_file_secrecy() refuses such files; the daemon and `pyike -n` do too
+    # (the file can hold PSKs), library callers get a warning.
+    refuse_loose_permissions: bool = False
     options: GlobalOptions = field(default_factory=GlobalOptions)
     policies: list[Policy] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
@@ -1588,10 +1591,15 @@ def _read_config_file(
     except OSError as exc:
         what = "read key file" if secret_only else "include file" if pos else "read"
         _fail(where, f"failed to {what} {path}: {exc.strerror or exc}")
+    problem = ""
     if st.st_uid not in (0, os.getuid()):
-        state.warn(where, f"{path}: owner not root or current user (iked refuses this file)")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
-        state.warn(where, f"{path}: group writable or world read/writable (iked refuses this file)")
+        problem = "owner not root or current user"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
+        problem = f"group writable or world read/writable (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem and state.refuse_loose_permissions:
+        _fail(where, f"{path}: {problem}: iked refuses this file too (run: chmod 600 {path})")
+    if problem:
+        state.warn(where, f"{path}: {problem} (iked refuses this file)")
     return data.decode("latin-1")
 
 
@@ -2136,10 +2144,15 @@ def load_config(
     hostname: Callable[[], str] | None = None,
     platform: Platform = "openbsd",
     refuse_unservable: bool = True,
+    refuse_loose_permissions: bool = False,
 ) -> Config:
-    """Read and parse an iked.conf file (and the files it includes); see parse_config."""
+    """Read and parse an iked.conf file (and the files it includes); see parse_config.
+
+    ``refuse_loose_permissions``: as iked, a file others may read or write (or owned by
+    someone else) is an error rather than a warning (the daemon and `pyike -n`)."""
     path = os.fspath(path)
     state = _new_state(macros, resolver, hostname, platform, refuse_unservable)
+    state.refuse_loose_permissions = refuse_loose_permissions
     try:
         text = _read_config_file(path, None, state)
     except _ParseError as exc:

@@ -393,7 +393,9 @@ class Daemon:
 
     def read_config(self) -> cfg.Config:
         """The parsed configuration file (privsep: read by the parent instead)."""
-        return cfg.load_config(str(self.options.config_file), self.options.macros)
+        return cfg.load_config(
+            str(self.options.config_file), self.options.macros, refuse_loose_permissions=True
+        )
 
     def key_store(self) -> keys.KeyStore:
         """Where keys come from (privsep: through the parent once unprivileged)."""

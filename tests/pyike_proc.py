@@ -55,6 +55,18 @@ def write_keydir(
     return root
 
 
+def private_config(conf: Path, workdir: Path) -> Path:
+    """``conf`` as pyike (and iked) accept it: mode 0600. A file of this checkout (the
+    guide's, 0644 in git) is copied into ``workdir``; a test's own file is chmod-ed where
+    it is, so that the test can still rewrite it for a reload."""
+    if conf.resolve().is_relative_to(REPO):
+        copy = workdir / f"private-{conf.name}"
+        copy.write_bytes(conf.read_bytes())
+        conf = copy
+    conf.chmod(0o600)
+    return conf
+
+
 @dataclass
 class PyikeProc:
     """One pyike daemon in a namespace."""
@@ -72,6 +84,7 @@ class PyikeProc:
     socket_path: Path | None = None
 
     def start(self) -> PyikeProc:
+        self.conf = private_config(self.conf, self.workdir)
         self.log_path = self.workdir / f"pyike-{self.ns.name}.log"
         if self.socket_path is None:
             self.socket_path = Path(f"/tmp/pyike-{self.ns.name}.sock")

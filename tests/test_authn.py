@@ -136,6 +136,7 @@ def _check(tmp_path: Path, keydir: Path, srcid: str, auth: str = "") -> str:
 
     conf = tmp_path / "iked.conf"
     conf.write_text(CONF.format(srcid=srcid, auth=auth))
+    conf.chmod(0o600)  # pyike -n refuses what others can read, as iked does
     r = subprocess.run(
         [sys.executable, "-m", "pyike", "-n", "-f", str(conf), "--keydir", str(keydir)],
         capture_output=True, text=True, timeout=60,

@@ -1307,6 +1307,7 @@ def test_iked_is_really_the_reference_when_installed() -> None:
 def _pyike_check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     conf = tmp_path / "iked.conf"
     conf.write_text(text)
+    conf.chmod(0o600)  # pyike -n refuses what others can read, as iked does
     return subprocess.run(
         [sys.executable, "-m", "pyike", "-n", "-f", str(conf)],
         capture_output=True, text=True, timeout=60, check=False,

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from interop.strongswan import CHARON_BIN, DEBIAN_PACKAGES, Charon
 from pyike import keys
 from tests.netns import Netns, TwoHosts, ping, require_binary, wait_until
-from tests.pyike_proc import CONF, REPO, write_keydir
+from tests.pyike_proc import CONF, REPO, private_config, write_keydir
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow]
 
@@ -80,7 +80,7 @@ def _start(two_hosts: TwoHosts, tmp_path: Path) -> Setup:
                 "-m",
                 "pyike",
                 "-f",
-                str(CONF / "vm-iked.conf"),
+                str(private_config(CONF / "vm-iked.conf", tmp_path)),
                 "--keydir",
                 str(vm_keys),
                 "-D",

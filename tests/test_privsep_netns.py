@@ -96,6 +96,7 @@ def parent(stale_netns_swept: None, tmp_path: Path) -> Iterator[tuple[Netns, Par
     conf.write_text(
         f'ikev2 "t" passive esp from {VPN0} to {VPN1} srcid me.example dstid peer.example\n'
     )
+    conf.chmod(0o600)  # as iked, the parent refuses a config others can read
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with Netns("privsep") as ns:
         log_path = tmp_path / "parent.log"

@@ -143,11 +143,37 @@ def test_wrong_key_is_refused_by_both_sides(two_hosts: TwoHosts, tmp_path: Path)
     assert "Traceback" not in home.log() + vm.log()
 
 
+def test_config_others_can_read_is_refused_like_iked(tmp_path: Path) -> None:
+    """iked's check_file_secrecy(): a config file (it may hold PSKs) that others can
+    read is refused, with the remedy; 0600 is accepted."""
+    conf = tmp_path / "iked.conf"
+    conf.write_text('ikev2 "x" passive esp from 2001:db8::1 to 2001:db8::2 psk "s3cret"\n')
+    conf.chmod(0o644)
+    r = subprocess.run(
+        [__import__("sys").executable, "-m", "pyike", "-n", "-f", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "world read/writable (mode 0644)" in r.stderr and f"chmod 600 {conf}" in r.stderr
+    assert "Traceback" not in r.stderr
+    conf.chmod(0o600)
+    r = subprocess.run(
+        [__import__("sys").executable, "-m", "pyike", "-n", "-f", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+
+
 def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     bad = tmp_path / "iked.conf"
     bad.write_text(
         'ikev2 "x" active esp from 2001:db8::1 to 2001:db8::2 peer 192.0.2.9 ikesa enc aes-999\n'
     )
+    bad.chmod(0o600)
     r = subprocess.run(
         [__import__("sys").executable, "-m", "pyike", "-n", "-f", str(bad)],
         capture_output=True,

@@ -85,7 +85,7 @@ from tests.netns import (
     veth_pair,
     wait_until,
 )
-from tests.pyike_proc import REPO, PyikeProc, write_keydir
+from tests.pyike_proc import REPO, PyikeProc, private_config, write_keydir
 
 HOME_ID, VM_ID = "carinho.lan", "namorar.example.com"
 HOME_ADDR, VM_ADDR = "192.0.2.1", "192.0.2.2"
@@ -337,6 +337,7 @@ class QuietPyike(PyikeProc):
     src: Path = REPO
 
     def start(self) -> QuietPyike:
+        self.conf = private_config(self.conf, self.workdir)
         self.log_path = self.workdir / f"pyike-{self.ns.name}.log"
         cmd = [
             sys.executable,

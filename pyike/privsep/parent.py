@@ -181,7 +181,9 @@ class Parent:
     def _reload(self) -> bytes:
         result = ReloadResult()
         try:
-            result.config = cfg.load_config(self.config_file, self.macros)
+            result.config = cfg.load_config(
+                self.config_file, self.macros, refuse_loose_permissions=True
+            )
         except cfg.ConfigError as e:
             result.config_error = str(e)
         except OSError as e:
