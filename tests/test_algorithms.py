@@ -100,7 +100,7 @@ def test_iked_default_proposals_offer_only_what_pyike_serves() -> None:
 
 def test_a_proposal_left_without_a_cipher_is_not_offered() -> None:
     cfg = parse_config(
-        "ikev2 esp from 10.0.0.1 to 10.0.0.2 childsa enc aes-128-ctr childsa enc aes-128-gcm\n",
+        "ikev2 esp from 192.0.2.1 to 192.0.2.2 childsa enc aes-128-ctr childsa enc aes-128-gcm\n",
         resolver=lambda name: [],
         refuse_unservable=False,
     )

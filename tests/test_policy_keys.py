@@ -15,11 +15,11 @@ from pyike.daemon import Daemon, Options, policy_key
 from pyike.registry import IdType
 
 CONF = """\
-ikev2 "vpn" passive esp from 10.0.0.1 to 10.0.1.0/24 peer 192.0.2.2 \\
+ikev2 "vpn" passive esp from 192.0.2.100 to 198.51.100.0/26 peer 192.0.2.2 \\
 \tsrcid home.example dstid a.example psk "one"
-ikev2 "vpn" passive esp from 10.0.0.1 to 10.0.2.0/24 peer 192.0.2.3 \\
+ikev2 "vpn" passive esp from 192.0.2.100 to 198.51.100.64/26 peer 192.0.2.3 \\
 \tsrcid home.example dstid b.example psk "two"
-ikev2 "other" passive esp from 10.0.0.1 to 10.0.3.0/24 peer 192.0.2.4 \\
+ikev2 "other" passive esp from 192.0.2.100 to 198.51.100.128/26 peer 192.0.2.4 \\
 \tsrcid home.example dstid c.example psk "three"
 """
 
@@ -34,6 +34,7 @@ def test_policy_keys_number_repeated_names() -> None:
 def test_daemon_keeps_both_policies_and_answers_with_the_matching_one(tmp_path: Path) -> None:
     path = tmp_path / "iked.conf"
     path.write_text(CONF)
+    path.chmod(0o600)  # the daemon refuses a config others can read, as iked does
     d = Daemon(Options(config_file=path, keydir=tmp_path, netwatch=False))
     d.load()
     assert list(d.policies) == cfg.policy_keys(d.config.policies)  # type: ignore[union-attr]
