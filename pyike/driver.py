@@ -126,6 +126,9 @@ _STEER_COOKIES = [
     (_BPF_RET_K, 0, 0, 0),  # socket 0
 ]
 SO_ATTACH_REUSEPORT_CBPF = 51  # not in Python's socket module
+# A plain int: socket.MSG_TRUNC is an IntFlag, and `flags & IntFlag` builds an enum member
+# (about a microsecond) for every datagram received.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 PRIORITY_EVERY = 8  # while draining socket 0, look at the priority socket this often
 
 
@@ -344,7 +347,7 @@ class Driver:
             except OSError as e:  # e.g. a queued ICMP error: not fatal for the socket
                 log.debug("receive on UDP %d: %s", s.port, e.strerror)
                 break
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 log.warning("dropped a datagram larger than %d bytes on UDP %d", RECV_SIZE, s.port)
                 continue
             if not natt:
@@ -381,7 +384,7 @@ class Driver:
                 return
             except OSError:
                 return
-            if not flags & socket.MSG_TRUNC:
+            if not flags & _MSG_TRUNC:
                 self._receive_ike(s, data, anc, src)
 
     def _deliver_esp(self, datagrams: list[bytes], src: object) -> None:

@@ -21,6 +21,10 @@ class Limits:
     half_open: int = 256  # responder SAs waiting for IKE_AUTH; the oldest goes
     cookie_threshold: int = 16  # half-open SAs from which a COOKIE is demanded (2.6)
     half_open_timeout: float = 30.0  # seconds a half-open SA waits for IKE_AUTH
+    # COOKIE answers per second per source address, like DNS response rate limiting:
+    # a real initiator needs one per attempt; a flood from a few addresses gets no more.
+    cookies_per_source_per_s: float = 2.0
+    cookie_burst: int = 4
     child_sas_per_ike_sa: int = 64  # CREATE_CHILD_SA beyond: NO_ADDITIONAL_SAS (3.10.1)
     # Signature checks are the expensive step of IKE_AUTH: a token bucket per source.
     auth_per_source_per_s: float = 4.0  # IKE_AUTH verifications per second per address

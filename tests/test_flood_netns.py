@@ -129,8 +129,18 @@ def _flood(ns: Netns, args: list[str], timeout: float) -> tuple[subprocess.Popen
     return proc, out
 
 
+def _udp_counters(ns: Netns) -> dict[str, int]:
+    """The namespace's UDP MIB (/proc/net/snmp): what its sockets took in and dropped."""
+    rows = [line.split() for line in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()]
+    names, values = [r for r in rows if r and r[0] == "Udp:"][:2]
+    return dict(zip(names[1:], map(int, values[1:]), strict=True))
+
+
 def _establish_under(setup: Setup, flood_args: list[str], seconds: float) -> dict[str, object]:
-    """Flood for ``seconds``; 2 s in, charon initiates; returns the figures."""
+    """Flood for ``seconds``; 2 s in, charon initiates; returns the figures, among them
+    how many datagrams pyike read and how many the kernel dropped before it could (its
+    socket buffer full: a real initiator's request is then lost with the same odds)."""
+    before = _udp_counters(setup.vm)
     flooder, out = _flood(setup.home, [*flood_args, "--seconds", str(seconds)], seconds + 30)
     try:
         time.sleep(2.0)
@@ -143,10 +153,13 @@ def _establish_under(setup: Setup, flood_args: list[str], seconds: float) -> dic
     finally:
         flooder.wait(timeout=seconds + 30)
     time.sleep(0.5)
+    after = _udp_counters(setup.vm)
     return {
         "established_s": round(took, 2),
         "during_flood": alive_during,
         "flood": out[0].strip() if out else "",
+        "read": after["InDatagrams"] - before["InDatagrams"],
+        "kernel_drops": after["RcvbufErrors"] - before["RcvbufErrors"],
         "peak_rss_mib": round(setup.peak_rss_kib() / 1024, 1),
     }
 

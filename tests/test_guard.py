@@ -88,10 +88,12 @@ def test_cookie_reply_is_what_the_full_parser_reads() -> None:
 def test_spoofed_flood_keeps_no_state_and_a_real_initiator_gets_in(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Past the threshold every spoofed request gets a COOKIE and no SA; the table stays
-    at the threshold; a real initiator (which echoes the cookie) still establishes; and
-    10,000 datagrams write at most a handful of log lines."""
-    p = default_pair(limits=Limits(cookie_threshold=8))
+    """Past the threshold every spoofed request gets a COOKIE (each of the 250 sources
+    up to its burst, then nothing) and no SA; the table stays at the threshold; a real
+    initiator (which echoes the cookie) still establishes; and 10,000 datagrams write
+    at most a handful of log lines."""
+    limits = Limits(cookie_threshold=8)
+    p = default_pair(limits=limits)
     data = _init_request()
     with caplog.at_level(logging.INFO, logger="pyike"):
         for n in range(10_000):
@@ -101,13 +103,33 @@ def test_spoofed_flood_keeps_no_state_and_a_real_initiator_gets_in(
         replies = p.vm.datagrams_to_send()
     assert len(p.vm.half_open) == 8
     assert len(p.vm.sas) == 8
+    answered = 250 * limits.cookie_burst  # the first 8, answered in full, took none
     cookies = [wire.parse_message(t.data).notify(NotifyType.COOKIE) for t in replies[8:]]
-    assert len(cookies) == 10_000 - 8 and all(c is not None for c in cookies)
-    assert p.vm.guard.counters["cookie_sent"] == 10_000 - 8
-    assert len(caplog.records) <= 1, [r.getMessage() for r in caplog.records]
+    assert len(cookies) == answered and all(c is not None for c in cookies)
+    assert p.vm.guard.counters["cookie_sent"] == answered
+    assert p.vm.guard.counters["cookie_limited"] == 10_000 - 8 - answered
+    assert len(caplog.records) <= 2, [r.getMessage() for r in caplog.records]
     p.connect()
     p.run()
     assert p.events("home", IkeSaEstablished) and p.events("vm", IkeSaEstablished)
+
+
+def test_cookie_answers_per_source_refill_with_time() -> None:
+    """A source past its budget is answered again once its bucket refills, and a valid
+    COOKIE is never refused for want of a token: it costs no answer."""
+    limits = Limits(cookie_threshold=0, cookies_per_source_per_s=2.0, cookie_burst=3)
+    p = default_pair(limits=limits)
+    data, src = _init_request(), _source(0)
+    for n in range(10):
+        p.vm.receive(_spoof(data, n + 1), src, VM, p.now)
+    assert len(p.vm.datagrams_to_send()) == 3
+    p.now += 1.0  # two tokens back
+    for n in range(10):
+        p.vm.receive(_spoof(data, n + 100), src, VM, p.now)
+    assert len(p.vm.datagrams_to_send()) == 2
+    p.connect()  # the real initiator, from another address, echoes its cookie
+    p.run()
+    assert p.events("vm", IkeSaEstablished)
 
 
 def test_half_open_table_is_bounded_oldest_goes() -> None:

@@ -292,8 +292,9 @@ class Endpoint:
             # 2.6 under load: answer a cookie-less IKE_SA_INIT before parsing it at all,
             # so that a spoofed flood costs a hash per datagram (see guard.py).
             reply = self.guard.cookie_fast_path(data, src, self.cookie_secret, now)
-            if reply is not None:
+            if reply:
                 self.transmits.append(Transmit(reply, dst, src))
+            if reply is not None:
                 return
         try:
             msg = wire.parse_message(data)

@@ -5,9 +5,12 @@ An unauthenticated sender can make a responder do three expensive things: keep s
 RFC 7296 2.6 answers the first two with cookies: above a threshold of half-open SAs,
 a responder keeps no state and does no DH for an initiator until it echoes a COOKIE
 that proves it receives at its claimed address. This module makes that answer cheap
-(``cookie_fast_path``: no full parse, no log line, one hash, one small datagram) so a
-flood is answered at the rate it arrives, bounds the tables that remain, and limits
-signature checks per source address (a flood with real addresses passes cookies).
+(``cookie_fast_path``: no full parse, no log line, one hash, one small datagram),
+answers each source address at most a few times a second (sending is what costs most:
+a flood from a few hundred addresses is then read and dropped, so the kernel does not
+drop a real initiator's request before pyike sees it), bounds the tables that remain,
+and limits signature checks per source address (a flood with real addresses passes
+cookies).
 
 Every refusal is counted in ``Guard.counters`` and logged at most once a minute per kind
 (``Guard.note``), so a flood cannot fill the journal.
@@ -129,7 +132,11 @@ class Guard:
         self.counters: Counter[str] = Counter()
         self._logged: dict[str, tuple[float, int]] = {}  # kind -> (window start, lines)
         self._suppressed: Counter[str] = Counter()
-        self._auth_buckets: dict[IPAddress, tuple[float, float]] = {}  # tokens, at
+        # Token buckets keyed by the address as an int: ipaddress's own hash costs a
+        # microsecond, paid twice per flood datagram. (An IPv4 address and the IPv6
+        # address ::a.b.c.d share a bucket; nobody sends from the latter.)
+        self._auth_buckets: dict[int, tuple[float, float]] = {}  # tokens, at
+        self._cookie_buckets: dict[int, tuple[float, float]] = {}
 
     def note(
         self, kind: str, now: float, fmt: str, *args: object, level: int = logging.WARNING
@@ -151,13 +158,21 @@ class Guard:
     def cookie_fast_path(self, data: bytes, src: Addr, secret: bytes, now: float) -> bytes | None:
         """Under load (2.6): the COOKIE answer to a request without the right cookie, or
         None when the request must go on to the full parser (it has the right cookie,
-        or it is not a well-framed IKE_SA_INIT request)."""
+        or it is not a well-framed IKE_SA_INIT request), or ``b""``: drop it unanswered,
+        its source had its share of answers this second."""
+        # Only a request whose first payload is a Notify can carry a COOKIE (2.6): for
+        # the rest the per-source budget is checked first, the cheapest refusal.
+        if data[16] != _NOTIFY and not self._may_answer(src, now):
+            return b""
         scan = scan_init_request(data)
         if scan is None:
             return None
         expected = cookie_value(secret, scan.nonce, src[0], scan.spi_i)
-        if scan.cookie is not None and hmac.compare_digest(scan.cookie, expected):
-            return None
+        if scan.cookie is not None:
+            if hmac.compare_digest(scan.cookie, expected):
+                return None
+            if not self._may_answer(src, now):
+                return b""
         self.note(
             "cookie_sent",
             now,
@@ -167,15 +182,54 @@ class Guard:
         )
         return cookie_reply(scan.spi_i, expected)
 
+    def _may_answer(self, src: Addr, now: float) -> bool:
+        """Whether ``src`` may have one more COOKIE answer this second."""
+        if _take(
+            self._cookie_buckets,
+            int(src[0]),
+            self.limits.cookies_per_source_per_s,
+            self.limits.cookie_burst,
+            now,
+        ):
+            return True
+        self.note(
+            "cookie_limited",
+            now,
+            "under load: not answering [%s] more than %g times a second",
+            src[0],
+            self.limits.cookies_per_source_per_s,
+        )
+        return False
+
     def allow_auth(self, src: IPAddress, now: float) -> bool:
         """A token for one signature verification from ``src`` (bucket per address)."""
-        rate, burst = self.limits.auth_per_source_per_s, float(self.limits.auth_burst)
-        tokens, at = self._auth_buckets.get(src, (burst, now))
-        tokens = min(burst, tokens + (now - at) * rate)
-        if len(self._auth_buckets) >= MAX_BUCKETS and src not in self._auth_buckets:
-            self._auth_buckets.clear()
-        if tokens < 1.0:
-            self._auth_buckets[src] = (tokens, now)
-            return False
-        self._auth_buckets[src] = (tokens - 1.0, now)
-        return True
+        return _take(
+            self._auth_buckets,
+            int(src),
+            self.limits.auth_per_source_per_s,
+            self.limits.auth_burst,
+            now,
+        )
+
+
+def _take(
+    buckets: dict[int, tuple[float, float]],
+    src: int,
+    rate: float,
+    burst: int,
+    now: float,
+) -> bool:
+    """One token from ``src``'s bucket (``rate`` a second, up to ``burst``), if it has
+    one. The table is bounded: beyond MAX_BUCKETS sources it starts afresh."""
+    entry = buckets.get(src)
+    if entry is None:
+        if len(buckets) >= MAX_BUCKETS:
+            buckets.clear()
+        tokens = float(burst)
+    else:
+        tokens = min(float(burst), entry[0] + (now - entry[1]) * rate)
+    if tokens < 1.0:
+        buckets[src] = (tokens, now)
+        return False
+    buckets[src] = (tokens - 1.0, now)
+    return True
