@@ -37,7 +37,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network, summarize_address_range
+from ipaddress import ip_network
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute, NetlinkError
@@ -70,16 +70,6 @@ LOG_EVERY = 10.0  # seconds between repeated drop log lines
 # dropped ~1.4 % of the segments, 1000 ~0.2 %, 3000 none; 1000 (Ethernet's default)
 # keeps the worst-case queueing delay near 20 ms at 600 Mbit/s.
 TUN_TXQUEUELEN = 1000
-
-
-def selector_networks(selectors: list) -> list[IPv4Network | IPv6Network]:
-    """The address ranges of traffic selectors as CIDR networks (for routes)."""
-    out: list[IPv4Network | IPv6Network] = []
-    for s in selectors:
-        for net in summarize_address_range(s.start_addr, s.end_addr):
-            if net not in out:
-                out.append(net)
-    return out
 
 
 class DataPlaneError(Exception):

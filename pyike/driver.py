@@ -203,15 +203,6 @@ def datagram_addresses(s: UdpSocket, anc: list, src: tuple) -> tuple[Addr, Addr]
     return (src_ip, src[1]), (local_ip, s.port)
 
 
-def recv_datagram(s: UdpSocket) -> tuple[bytes, Addr, Addr] | None:
-    """One datagram with its source and the local address it arrived on."""
-    try:
-        data, anc, _flags, src = s.sock.recvmsg(RECV_SIZE, 256)
-    except (BlockingIOError, InterruptedError):
-        return None
-    return (data, *datagram_addresses(s, anc, src))
-
-
 def send_datagram(s: UdpSocket, data: bytes, local: Addr, remote: Addr) -> None:
     """Send from a chosen local address (packet info), to ``remote``."""
     try:
