@@ -13,7 +13,6 @@ local.key; pubkeys/fqdn/<id>, no ca/).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from interop.iked import DEBIAN_PACKAGES, IKED_BIN, Iked
+from interop.vm.auth import ikectl_ca
 from pyike import keys
 from pyike.registry import IdType
 from tests.netns import TwoHosts, require_binary
-from tests.pyike_proc import REPO, PyikeProc
+from tests.pyike_proc import PyikeProc
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
@@ -33,7 +33,6 @@ HOME_ID, VM_ID = "carinho.lan", "namorar.example.com"
 HOME_ADDR, VM_ADDR = "192.0.2.1", "192.0.2.2"
 HOME_INNER, VM_INNER = "2001:db8:c1da::1", "2001:db8:c1da::2"
 TIMEOUT_S = 20.0
-IKECA_CNF = REPO / "interop" / "ikeca.cnf"
 
 
 def _need_tools() -> None:
@@ -41,24 +40,6 @@ def _need_tools() -> None:
     require_binary("ikectl", "openiked")
     require_binary("gcc", "gcc libc6-dev")
     require_binary("unshare", "util-linux")
-
-
-def ikectl_ca(workdir: Path) -> Path:
-    """``ikectl ca vpn create`` and a certificate per host; returns the CA directory."""
-    ssl = workdir / "ssl"
-    ssl.mkdir(parents=True)
-    shutil.copy(IKECA_CNF, ssl / "ikeca.cnf")
-    script = (
-        'mount --bind "$1" /etc/ssl && ikectl ca vpn create password test-only'
-        f" && ikectl ca vpn certificate {HOME_ID} create"
-        f" && ikectl ca vpn certificate {VM_ID} create"
-    )
-    r = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script, "sh", str(ssl)],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    return ssl / "vpn"
 
 
 def _conf(initiator: bool, auth: str = "") -> str:
@@ -142,7 +123,7 @@ def run(
 
 @pytest.mark.parametrize("pyike_home", [True, False], ids=["pyike-init", "iked-init"])
 def test_ikectl_ca_certificates(two_hosts: TwoHosts, tmp_path: Path, pyike_home: bool) -> None:
-    ca_dir = ikectl_ca(tmp_path)
+    ca_dir = ikectl_ca(tmp_path, (HOME_ID, VM_ID))
     pyike_host, iked_host = (HOME_ID, VM_ID) if pyike_home else (VM_ID, HOME_ID)
     plog, ilog = run(
         two_hosts, tmp_path, pyike_home=pyike_home,
@@ -173,7 +154,7 @@ def test_pyike_ca_signs_with_an_ikectl_ca(tmp_path: Path) -> None:
     _need_tools()
     from pyike.ca import Ca
 
-    ca_dir = ikectl_ca(tmp_path)
+    ca_dir = ikectl_ca(tmp_path, (HOME_ID, VM_ID))
     ca = Ca("vpn", ca_dir.parent)
     out = ca.certificate("pyike.example")
     r = subprocess.run(["openssl", "verify", "-CAfile", str(ca_dir / "ca.crt"), str(out)],

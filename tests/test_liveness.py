@@ -201,6 +201,33 @@ def test_esp_from_the_peer_counts_as_alive() -> None:
     assert sent(p, "home->vm") == [("INFORMATIONAL", 2, False, [])]
 
 
+def _liveness_requests(p, direction: str) -> int:
+    return sum(1 for ex, _mid, resp, _n in sent(p, direction) if ex == "INFORMATIONAL" and not resp)
+
+
+def test_only_one_end_checks_an_idle_sa() -> None:
+    """Both ends at 5 s: the initiator checks every 5 s and the responder only answers
+    (its interval runs 20 % longer and restarts on each check it hears)."""
+    p = default_pair(home_kw={"dpd_interval": 5.0}, vm_kw={"dpd_interval": 5.0})
+    p.connect()
+    p.run()
+    p.wire_log.clear()
+    p.advance(60.0)
+    assert _liveness_requests(p, "home->vm") == 12
+    assert _liveness_requests(p, "vm->home") == 0
+
+
+def test_responder_checks_when_the_initiator_waits_longer() -> None:
+    """An initiator at iked's 60 s: the responder at 5 s checks every 6 s itself."""
+    p = default_pair(home_kw={"dpd_interval": 60.0}, vm_kw={"dpd_interval": 5.0})
+    p.connect()
+    p.run()
+    p.wire_log.clear()
+    p.advance(59.0)
+    assert _liveness_requests(p, "vm->home") == 9  # at 6, 12, ... 54 s
+    assert _liveness_requests(p, "home->vm") == 0
+
+
 def test_peer_moving_is_reported_with_its_children() -> None:
     """A NAT rebinding: the peer's authenticated request comes from a new port. The
     core answers there and reports the move as a value the data plane can follow.

@@ -24,6 +24,17 @@ Reported, each a median over the handshakes (or repetitions) of this run:
 - the cost of one timer wake-up with nothing due (``get_timer()`` + ``handle_timer()``),
   at each size: it should not grow with the number of SAs (issue 14 item 3).
 
+With ``--idle N`` the idle cost of many peers is measured instead (sans-IO too): one
+initiator ``Endpoint`` brings up N IKE SAs (each with its Child SA, each under its own
+ID) with one responder ``Endpoint``; both stay alive, carry no traffic, and a fake
+clock runs ``--idle-seconds`` through every timer either side sets (liveness probes,
+their answers) at each ``--dpd`` interval. Reported: the responder's datagrams per
+second, its core CPU per second (process time in its calls: receive, timers, sends,
+events), the cost of the system calls per datagram measured now on a loopback UDP
+socket (``recvmsg`` and ``sendmsg`` with packet info, as pyike.driver makes them), and
+the sum as a share of one core: what an idle responder daemon for N peers spends,
+besides the event loop's own wake-ups (counted, not costed).
+
 With ``--net N`` (root), the network version runs first: in two namespaces joined by
 veth, one charon initiator with N connections (same keys and proposals, started all
 at once by ``start_action = start``, each from its own address and ID, ``unique =
@@ -179,6 +190,120 @@ def timer_wakeup_us(endpoint: Endpoint, now: float, reps: int = 20) -> float:
         endpoint.handle_timer(now)
         times.append(time.perf_counter() - t0)
     return 1e6 * statistics.median(times)
+
+
+# --- idle peers ------------------------------------------------------------------------
+
+
+def syscall_us(reps: int = 20000) -> float:
+    """One datagram's system calls in a daemon, on loopback: the receiver's recvmsg()
+    with ancillary space and the sender's sendmsg() with packet info, per datagram."""
+    import socket
+
+    from pyike.driver import _IN_PKTINFO, IP_PKTINFO
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        rx.bind(("127.0.0.1", 0))
+        dst = rx.getsockname()
+        cmsg = [
+            (socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, bytes([127, 0, 0, 1]), bytes(4)))
+        ]
+        data = bytes(80)  # a liveness probe is about this size
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.process_time()
+            for _ in range(reps // 5):
+                tx.sendmsg([data], cmsg, 0, dst)
+                rx.recvmsg(65535, 256)
+            best = min(best, (time.process_time() - t0) / (reps // 5))
+        return 1e6 * best
+    finally:
+        rx.close()
+        tx.close()
+
+
+class _Timed:
+    """Process time spent in one Endpoint's calls."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+
+    def __enter__(self) -> None:
+        self._t0 = time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu += time.process_time() - self._t0
+
+
+def idle_bench(
+    n: int, seconds: float, dpd: float, home_policy: SaPolicy, vm_policy: SaPolicy
+) -> str:
+    """N live, idle SA pairs for ``seconds`` of fake time: one line of figures."""
+    home_policy = dataclasses.replace(home_policy, dpd_interval=dpd)
+    vm_policy = dataclasses.replace(vm_policy, dpd_interval=dpd)
+    resp = Responder(vm_policy)
+    home = Endpoint(lambda *_: home_policy, limits=BENCH_LIMITS)
+    now = 1000.0
+    timed = _Timed()
+    datagrams = [0]  # into and out of the responder during the idle phase
+
+    def shuttle(count: bool) -> None:
+        for _ in range(20):  # request/response chains end within a few rounds
+            to_vm = [t.data for t in home.datagrams_to_send()]
+            while home.next_event() is not None:
+                pass
+            if not to_vm:
+                return
+            to_home: list[bytes] = []
+            with timed:
+                for d in to_vm:
+                    to_home += resp.take(d, now)
+            if count:
+                datagrams[0] += len(to_vm) + len(to_home)
+            for d in to_home:
+                home.receive(d, VM, HOME, now)
+
+    for i in range(n):
+        policy = dataclasses.replace(
+            home_policy, local_id=(IdType.ID_FQDN, f"i{i}.carinho.lan".encode())
+        )
+        home.connect(policy, HOME, VM, now)
+        shuttle(False)
+    if resp.established < n:
+        raise SystemExit(f"bench_handshake: only {resp.established} of {n} SAs came up")
+    # Start the clock where the last handshake left it; run every timer of either side.
+    timed.cpu, wakeups, end = 0.0, 0, now + seconds
+    while True:
+        deadlines = [t for t in (home.get_timer(), resp.endpoint.get_timer()) if t is not None]
+        if not deadlines or min(deadlines) > end:
+            break
+        now = max(now, min(deadlines))
+        home.handle_timer(now)
+        with timed:
+            due = resp.endpoint.get_timer()
+            if due is not None and due <= now:
+                wakeups += 1
+                resp.endpoint.handle_timer(now)
+                out = resp.endpoint.datagrams_to_send()
+                while resp.endpoint.next_event() is not None:
+                    pass
+            else:
+                out = []
+        datagrams[0] += len(out)
+        for t in out:
+            home.receive(t.data, VM, HOME, now)
+        shuttle(True)
+    alive = sum(1 for sa in resp.endpoint.sas.values() if sa.state.name == "ESTABLISHED")
+    per_s = datagrams[0] / seconds
+    core = 100 * timed.cpu / seconds
+    sys_pct = 100 * per_s * syscall_us() / 1e6
+    return (
+        f"{n:>6} {dpd:>6.0f} {alive:>7} {per_s:>12.0f} {wakeups / seconds:>10.1f} "
+        f"{core:>9.2f} {sys_pct:>10.2f} {core + sys_pct:>8.2f}"
+    )
 
 
 # --- the network version -------------------------------------------------------------
@@ -352,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-reps", type=int, default=200)
     ap.add_argument("--net", type=int, default=0, metavar="N", help="network version, N SAs")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--idle", type=int, default=0, metavar="N", help="idle cost of N peers")
+    ap.add_argument("--idle-seconds", type=float, default=120.0)
+    ap.add_argument("--dpd", default="5,60", help="liveness intervals for --idle, seconds")
     args = ap.parse_args(argv)
     net_lines = net_bench(args.net, args.rounds) if args.net else []
     sizes = sorted(int(x) for x in args.sas.split(","))
@@ -380,6 +508,20 @@ def main(argv: list[str] | None = None) -> int:
     home_public = home_key.public_key()
     # Any initiator ID (each handshake has its own), all with home's key.
     vm_policy = dataclasses.replace(vm_policy, peer_id=None, peer_key=lambda _t, _d: home_public)
+    if args.idle:
+        print(
+            f"idle responder with {args.idle} live peers, sans-IO, {args.idle_seconds:.0f} s "
+            f"of fake time; system calls measured on loopback ({syscall_us():.1f} us a "
+            f"datagram); machine load {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"{'SAs':>6} {'dpd s':>6} {'up at end':>7} {'datagrams/s':>12} {'wakeups/s':>10} "
+            f"{'core %':>9} {'syscall %':>10} {'total %':>8}"
+        )
+        for dpd in (float(x) for x in args.dpd.split(",")):
+            print(idle_bench(args.idle, args.idle_seconds, dpd, home_policy, vm_policy), flush=True)
+        print("%: of one core; wakeups: responder timer firings (each also an event-loop turn)")
+        return 0
     floor_before = floor_us(args.floor_reps)
     resp = Responder(vm_policy)
     now = 1000.0

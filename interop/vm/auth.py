@@ -51,7 +51,7 @@ def ikectl_ca(workdir: Path, hosts: tuple[str, ...]) -> Path:
     """``ikectl ca vpn create`` and a certificate per host; returns the CA directory.
 
     ikectl works under /etc/ssl only: a private mount namespace binds a directory
-    holding interop/ikeca.cnf there (as tests/test_interop_iked_certs.py does).
+    holding interop/ikeca.cnf there (tests/test_interop_iked_certs.py uses this too).
     """
     ssl = workdir / "ssl"
     shutil.rmtree(ssl, ignore_errors=True)  # a reused --workdir: a fresh CA each run

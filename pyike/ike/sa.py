@@ -54,6 +54,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyike.ike")
 
 REKEYED_GRACE = 60.0  # seconds an SA replaced by the peer's rekey waits for its DELETE
+# Both ends of an idle SA usually run the same liveness interval, and each restarts it on
+# hearing the other (2.4), so both timers run out together and every check is done twice.
+# The SA's responder waits this much longer: the initiator (the home box, which needs to
+# find a dead path fast) checks, the responder only answers, unless the initiator's
+# interval is the longer one. Half the datagrams for a responder of many idle peers.
+RESPONDER_LIVENESS_SLACK = 1.2
 
 
 RequestHandler = Callable[["IkeSa", Message, list[wire.Payload], float], list[wire.Payload]]
@@ -149,6 +155,11 @@ class IkeSa:
         self.fragments_out = fragments.Outgoing()
         self.fragments_in = fragments.Reassembly()
         self.mobike = mobike.MobikeState()  # RFC 4555, negotiated in IKE_AUTH (auth.py)
+
+    def liveness_interval(self) -> float:
+        """Seconds without a word from the peer before we check it (0: never)."""
+        dpd = self.policy.dpd_interval
+        return dpd if self.initiator else dpd * RESPONDER_LIVENESS_SLACK
 
     def last_heard(self) -> float:
         """When the peer last proved it is alive: an IKE message, or ESP on a child."""
@@ -379,7 +390,7 @@ class IkeSa:
             and self.policy.dpd_interval > 0
             and self.rekeyed_to is None
         ):
-            deadlines.append(self.last_heard() + self.policy.dpd_interval)
+            deadlines.append(self.last_heard() + self.liveness_interval())
         if self.state == State.ESTABLISHED:
             if self.rekeyed_to is not None:
                 deadlines.append(self.rekeyed_at + REKEYED_GRACE)
@@ -429,7 +440,7 @@ class IkeSa:
         if (
             self.window.outstanding is None
             and self.policy.dpd_interval > 0
-            and now >= self.last_heard() + self.policy.dpd_interval
+            and now >= self.last_heard() + self.liveness_interval()
         ):
             # Liveness (2.4): an empty INFORMATIONAL; no answer after the
             # retransmissions means the peer is gone.
