@@ -32,6 +32,7 @@ request for an algorithm we do not implement raises ``UnsupportedAlgorithm``.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -1050,7 +1051,11 @@ def nat_detection_hash(
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str,
     port: int,
 ) -> bytes:
-    """NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | Port) (RFC 7296 2.23)."""
-    digest = hashes.Hash(hashes.SHA1())
-    digest.update(spi_i + spi_r + ipaddress.ip_address(ip).packed + port.to_bytes(2, "big"))
-    return digest.finalize()
+    """NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | Port) (RFC 7296 2.23).
+
+    Every liveness check and its answer carry two (RFC 4555 3.5), so this is kept
+    cheap: an address object is used as it is (ip_address() of one formats it as
+    text and parses it again), and hashlib's SHA-1 needs no context object."""
+    if isinstance(ip, str):
+        ip = ipaddress.ip_address(ip)
+    return hashlib.sha1(spi_i + spi_r + ip.packed + port.to_bytes(2, "big")).digest()

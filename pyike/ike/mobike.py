@@ -115,9 +115,10 @@ def answer(sa: IkeSa) -> list[wire.Payload]:
 
 def nat_notifies(sa: IkeSa, local: Addr, peer: Addr) -> list[wire.Payload]:
     """NAT_DETECTION_SOURCE/DESTINATION_IP for an established SA (both SPIs, 2.23)."""
-    src = crypto.nat_detection_hash(sa.spi_i, sa.spi_r, local[0], local[1])
     if sa.policy.force_encap:
-        src = sa.endpoint.rng(len(src))  # keep UDP encapsulation, as in IKE_SA_INIT
+        src = sa.endpoint.rng(20)  # keep UDP encapsulation, as in IKE_SA_INIT (SHA-1 sized)
+    else:
+        src = crypto.nat_detection_hash(sa.spi_i, sa.spi_r, local[0], local[1])
     dst = crypto.nat_detection_hash(sa.spi_i, sa.spi_r, peer[0], peer[1])
     return [
         notify(NotifyType.NAT_DETECTION_SOURCE_IP, src),
