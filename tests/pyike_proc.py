@@ -55,6 +55,45 @@ def write_keydir(
     return root
 
 
+def charon_vm(
+    hosts: Any, tmp: Path, name: str, remote_addr: str = "192.0.2.1", **extra: str
+) -> tuple[Path, Any]:
+    """The guide's VM played by strongSwan's charon (kernel-libipsec) on ``hosts.vm``,
+    started with its connection loaded, and the home key directory that trusts it:
+    P-384 raw keys, AES-GCM, ``2001:db8:c1da::2`` <-> ``::1``. ``extra``: more
+    ``interop.strongswan.Charon`` fields (conn_extra, child_extra, ...)."""
+    from interop.strongswan import Charon
+
+    home_id, vm_id, home_inner, vm_inner = (
+        "carinho.lan",
+        "namorar.example.com",
+        "2001:db8:c1da::1",
+        "2001:db8:c1da::2",
+    )
+    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    home_keys = write_keydir(tmp / "home-keys", hk, {vm_id: vk.public_key()})
+    hosts.vm.run(["ip", "-6", "addr", "add", f"{vm_inner}/128", "dev", "lo", "nodad"])
+    charon = Charon(
+        hosts.vm,
+        tmp / "charon",
+        name=name,
+        local_addr="192.0.2.2",
+        remote_addr=remote_addr,
+        local_id=vm_id,
+        remote_id=home_id,
+        private_key_pem=keys.private_key_pem(vk, pkcs8=True),
+        peer_public_pem=keys.public_key_pem(hk.public_key()),
+        ike_proposals="aes256gcm16-prfsha384-x25519",
+        esp_proposals="aes256gcm16",
+        local_ts=f"{vm_inner}/128",
+        remote_ts=f"{home_inner}/128",
+        **extra,  # type: ignore[arg-type]
+    )
+    charon.start()
+    charon.load()
+    return home_keys, charon
+
+
 def private_config(conf: Path, workdir: Path) -> Path:
     """``conf`` as pyike (and iked) accept it: mode 0600. A file of this checkout (the
     guide's, 0644 in git) is copied into ``workdir``; a test's own file is chmod-ed where

@@ -36,7 +36,7 @@ from pyike.privsep import requests as rq
 from pyike.privsep.drop import read_status
 from pyike.registry import IdType
 from tests.netns import Netns, TwoHosts, ping, requires_root, wait_until
-from tests.pyike_proc import REPO, PyikeProc, write_keydir
+from tests.pyike_proc import REPO, PyikeProc, charon_vm, write_keydir
 
 pytestmark = [pytest.mark.netns, requires_root]
 
@@ -390,28 +390,7 @@ def test_pyike_pair_separated(two_hosts: TwoHosts, tmp_path: Path, system_user: 
 def _start_charon(hosts: TwoHosts, tmp: Path) -> tuple[PyikeProc, object]:
     """pyike at home (child SA lifetime 6 s), charon (kernel-libipsec) as the VM,
     answering from any home address in 192.0.2.0/24 (home's address changes)."""
-    from interop.strongswan import Charon
-
-    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
-    home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
-    hosts.vm.run(["ip", "-6", "addr", "add", f"{VPN1}/128", "dev", "lo", "nodad"])
-    charon = Charon(
-        hosts.vm,
-        tmp / "charon",
-        name="privsep",
-        local_addr="192.0.2.2",
-        remote_addr="192.0.2.0/24",
-        local_id="namorar.example.com",
-        remote_id="carinho.lan",
-        private_key_pem=keys.private_key_pem(vk, pkcs8=True),
-        peer_public_pem=keys.public_key_pem(hk.public_key()),
-        ike_proposals="aes256gcm16-prfsha384-x25519",
-        esp_proposals="aes256gcm16",
-        local_ts=f"{VPN1}/128",
-        remote_ts=f"{VPN0}/128",
-    )
-    charon.start()
-    charon.load()
+    home_keys, charon = charon_vm(hosts, tmp, "privsep", remote_addr="192.0.2.0/24")
     home = PyikeProc(hosts.home, tmp, _conf(tmp / "home.conf", True), home_keys).start()
     return home, charon
 

@@ -22,10 +22,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from interop.strongswan import Charon
-from pyike import keys
 from tests.conftest import HOME_ADDRS, VM_ADDRS
 from tests.netns import Netns, TwoHosts, veth_pair
-from tests.pyike_proc import PyikeProc, write_keydir
+from tests.pyike_proc import PyikeProc, charon_vm, write_keydir
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -145,29 +144,14 @@ def _start_charon(
     hosts: TwoHosts, tmp: Path, home_life: tuple[int, int], vm_life: tuple[int, int]
 ) -> tuple[PyikeProc, Charon]:
     """pyike at home, strongSwan charon (kernel-libipsec) as the VM."""
-    hk, vk = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
-    home_keys = write_keydir(tmp / "home-keys", hk, {"namorar.example.com": vk.public_key()})
-    hosts.vm.run(["ip", "-6", "addr", "add", f"{VPN1}/128", "dev", "lo", "nodad"])
-    charon = Charon(
-        hosts.vm,
-        tmp / "charon",
-        name="rekey",
-        local_addr="192.0.2.2",
-        remote_addr="192.0.2.1",
-        local_id="namorar.example.com",
-        remote_id="carinho.lan",
-        private_key_pem=keys.private_key_pem(vk, pkcs8=True),
-        peer_public_pem=keys.public_key_pem(hk.public_key()),
-        ike_proposals="aes256gcm16-prfsha384-x25519",
-        esp_proposals="aes256gcm16",
-        local_ts=f"{VPN1}/128",
-        remote_ts=f"{VPN0}/128",
+    home_keys, charon = charon_vm(
+        hosts,
+        tmp,
+        "rekey",
         # charon's rekey_time is its soft lifetime; rand_time 0 keeps it exact.
         conn_extra=f"rekey_time = {vm_life[1]}s\n over_time = {vm_life[1]}s\n rand_time = 0",
         child_extra=f"rekey_time = {vm_life[0]}s\n life_time = {2 * vm_life[0]}s\nrand_time = 0",
     )
-    charon.start()
-    charon.load()
     home = PyikeProc(
         hosts.home,
         tmp,
