@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from pyike import esp
-from pyike.ike import ChildSaCreated, Endpoint, IkeSaEstablished, SaPolicy
+from pyike.ike import ChildSaCreated, Endpoint, IkeSaEstablished, SaPolicy, State
 from pyike.limits import Limits
 from pyike.registry import IdType
 from tests.ike_pair import HOME, HOME_ID, VM, VM_ID, VPN0, VPN1, make_policy
@@ -199,8 +199,9 @@ def syscall_us(reps: int = 20000) -> float:
     """One datagram's system calls in a daemon, on loopback: the receiver's recvmsg()
     with ancillary space and the sender's sendmsg() with packet info, per datagram."""
     import socket
+    from ipaddress import ip_address
 
-    from pyike.driver import _IN_PKTINFO, IP_PKTINFO
+    from pyike.driver import IP_PKTINFO, _pktinfo
 
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -208,9 +209,7 @@ def syscall_us(reps: int = 20000) -> float:
         rx.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         rx.bind(("127.0.0.1", 0))
         dst = rx.getsockname()
-        cmsg = [
-            (socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, bytes([127, 0, 0, 1]), bytes(4)))
-        ]
+        cmsg = _pktinfo(socket.AF_INET, ip_address("127.0.0.1"))  # what Driver.send passes
         data = bytes(80)  # a liveness probe is about this size
         best = float("inf")
         for _ in range(5):
@@ -239,9 +238,15 @@ class _Timed:
 
 
 def idle_bench(
-    n: int, seconds: float, dpd: float, home_policy: SaPolicy, vm_policy: SaPolicy
+    n: int,
+    seconds: float,
+    dpd: float,
+    home_policy: SaPolicy,
+    vm_policy: SaPolicy,
+    datagram_us: float,
 ) -> str:
-    """N live, idle SA pairs for ``seconds`` of fake time: one line of figures."""
+    """N live, idle SA pairs for ``seconds`` of fake time: one line of figures;
+    ``datagram_us``: the system calls' cost per datagram (syscall_us())."""
     home_policy = dataclasses.replace(home_policy, dpd_interval=dpd)
     vm_policy = dataclasses.replace(vm_policy, dpd_interval=dpd)
     resp = Responder(vm_policy)
@@ -296,10 +301,10 @@ def idle_bench(
         for t in out:
             home.receive(t.data, VM, HOME, now)
         shuttle(True)
-    alive = sum(1 for sa in resp.endpoint.sas.values() if sa.state.name == "ESTABLISHED")
+    alive = sum(1 for sa in resp.endpoint.sas.values() if sa.state == State.ESTABLISHED)
     per_s = datagrams[0] / seconds
     core = 100 * timed.cpu / seconds
-    sys_pct = 100 * per_s * syscall_us() / 1e6
+    sys_pct = 100 * per_s * datagram_us / 1e6
     return (
         f"{n:>6} {dpd:>6.0f} {alive:>7} {per_s:>12.0f} {wakeups / seconds:>10.1f} "
         f"{core:>9.2f} {sys_pct:>10.2f} {core + sys_pct:>8.2f}"
@@ -509,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     # Any initiator ID (each handshake has its own), all with home's key.
     vm_policy = dataclasses.replace(vm_policy, peer_id=None, peer_key=lambda _t, _d: home_public)
     if args.idle:
+        datagram_us = syscall_us()
         print(
             f"idle responder with {args.idle} live peers, sans-IO, {args.idle_seconds:.0f} s "
-            f"of fake time; system calls measured on loopback ({syscall_us():.1f} us a "
+            f"of fake time; system calls measured on loopback ({datagram_us:.1f} us a "
             f"datagram); machine load {os.getloadavg()[0]:.1f}"
         )
         print(
@@ -519,7 +525,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{'core %':>9} {'syscall %':>10} {'total %':>8}"
         )
         for dpd in (float(x) for x in args.dpd.split(",")):
-            print(idle_bench(args.idle, args.idle_seconds, dpd, home_policy, vm_policy), flush=True)
+            line = idle_bench(
+                args.idle, args.idle_seconds, dpd, home_policy, vm_policy, datagram_us
+            )
+            print(line, flush=True)
         print("%: of one core; wakeups: responder timer firings (each also an event-loop turn)")
         return 0
     floor_before = floor_us(args.floor_reps)
