@@ -17,9 +17,10 @@ Speed (docs: tools/bench_tunnel.py measures it): a packet's cost is its system
 calls, so the hot paths below move many packets per call where Linux allows it
 (pyike.offload has the arithmetic): ESP goes out as UDP GSO sends (one sendmsg()
 per run of equal-sized packets), comes in as UDP GRO receives (the driver splits
-them), and decrypted TCP segments of one flow are merged into one GSO write to
-the TUN device (IFF_VNET_HDR). Each falls back to one packet per call, logged
-once, where the kernel refuses it; PYIKE_OFFLOAD=0 turns all of them off.
+them), and decrypted TCP segments of one flow (and equal-sized UDP datagrams of
+one flow) are merged into one GSO write to the TUN device (IFF_VNET_HDR). Each
+falls back to one packet per call, logged once, where the kernel refuses it;
+PYIKE_OFFLOAD=0 turns all of them off.
 Cipher objects are built once per SA (pyike.esp), nothing is looked up by name
 per packet that can be bound before the loop.
 
@@ -136,6 +137,7 @@ class DataPlane:
         self.vnet = False  # TUN frames carry a virtio-net header
         self.gso = self.offload  # UDP_SEGMENT sends
         self.merge = self.offload  # GSO writes of merged TCP segments to the TUN
+        self.merge_udp = self.offload  # ... and of merged UDP datagrams (Linux 6.2)
 
     # ------------------------------------------------------------------ device
 
@@ -469,7 +471,8 @@ class DataPlane:
             self._write_tun(inner)
 
     def _write_tun(self, packets: list[bytes | memoryview]) -> None:
-        """Decrypted packets into the TUN: merged TCP segments where possible."""
+        """Decrypted packets into the TUN: merged TCP segments and UDP datagrams where
+        possible."""
         fd, counters = self.fd, self.counters
         if not self.vnet:
             for p in packets:
@@ -479,7 +482,7 @@ class DataPlane:
             for p in packets:
                 self._tun_write(os.writev, [offload.PLAIN_VNET_HDR, p], 1)
             return
-        for start, end, bufs in offload.coalesce(packets):  # type: ignore[arg-type]  # bytes | memoryview (perf)
+        for start, end, bufs in offload.coalesce(packets, udp=self.merge_udp):  # type: ignore[arg-type]  # bytes | memoryview (perf)
             if end - start == 1:
                 self._tun_write(os.writev, bufs, 1)
                 continue
@@ -492,10 +495,18 @@ class DataPlane:
                 if e.errno != errno.EINVAL:
                     self._rate_log("tun_write", f"TUN write failed: {e.strerror}")
                     continue
-                self.merge = False  # the kernel cannot take GSO writes: segment by segment
+                # The kernel cannot take this kind of GSO write (UDP GSO on TUN
+                # writes needs Linux 6.2): from now on, packet by packet.
+                if bufs[0][1] == offload.VNET_GSO_UDP_L4:
+                    self.merge_udp = False
+                    what = "UDP GSO"
+                else:
+                    self.merge = False
+                    what = "GSO"
                 log.info(
-                    "TUN %s refused a GSO write (%s): one write per packet",
+                    "TUN %s refused a %s write (%s): one write per packet",
                     self.tun_name,
+                    what,
                     e.strerror,
                 )
                 for p in packets[start:end]:

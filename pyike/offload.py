@@ -14,7 +14,9 @@ when the kernel refuses a feature.
   starts with a 10-byte ``struct virtio_net_hdr``. With it, one write may carry a
   TCP "super-packet" that the kernel treats as the segments it stands for (as a NIC
   with GRO hands up). coalesce() merges consecutive in-order segments of one TCP
-  flow (the rules of Linux's tcp_gro_receive) into such writes.
+  flow (the rules of Linux's tcp_gro_receive) into such writes, and runs of equal-sized
+  datagrams of one UDP flow into UDP GSO writes (VIRTIO_NET_HDR_GSO_UDP_L4, accepted
+  on TUN writes since Linux 6.2).
 
 Python's socket module lacks the UDP_SEGMENT/UDP_GRO constants: they are here.
 """
@@ -43,11 +45,14 @@ VNET_F_NEEDS_CSUM = 1
 VNET_GSO_NONE = 0
 VNET_GSO_TCPV4 = 1
 VNET_GSO_TCPV6 = 4
+VNET_GSO_UDP_L4 = 5  # Linux cuts it into gso_size datagrams (net/ipv4/udp_offload.c)
 PLAIN_VNET_HDR = bytes(VNET_HDR_LEN)  # "a whole, checksummed packet": every other write
 
 TCP_ACK = 0x10
 TCP_PSH = 0x08
 _TCP_CSUM_OFFSET = 16  # th->check within the TCP header (RFC 9293 3.1)
+_UDP_CSUM_OFFSET = 6  # uh->check within the UDP header (RFC 768)
+_UDP_HDR = 8
 _IPV6_HDR = 40
 _IPV4_HDR = 20  # only option-less IPv4 headers are merged
 COALESCE_MAX_BYTES = 65535  # IPv6 payload length / IPv4 total length are 16 bits
@@ -147,14 +152,14 @@ def complete_checksum(pkt: bytes, csum_start: int, csum_offset: int) -> bytes:
     return pkt[:at] + _U16.pack(csum) + pkt[at + 2 :]
 
 
-def _pseudo_v6(pkt: bytes, upper_len: int) -> int:
-    # RFC 8200 8.1: source, destination, upper-layer length (32 bits), next header 6
-    return ones_sum(pkt[8:40] + _U32.pack(upper_len) + b"\0\0\0\x06")
+def _pseudo_v6(pkt: bytes, upper_len: int, proto: int = 6) -> int:
+    # RFC 8200 8.1: source, destination, upper-layer length (32 bits), next header
+    return ones_sum(pkt[8:40] + _U32.pack(upper_len) + bytes((0, 0, 0, proto)))
 
 
-def _pseudo_v4(pkt: bytes, upper_len: int) -> int:
-    # RFC 9293 3.1: source, destination, zero, protocol 6, TCP length
-    return ones_sum(pkt[12:20] + b"\0\x06" + _U16.pack(upper_len))
+def _pseudo_v4(pkt: bytes, upper_len: int, proto: int = 6) -> int:
+    # RFC 9293 3.1 / RFC 768: source, destination, zero, protocol, upper-layer length
+    return ones_sum(pkt[12:20] + bytes((0, proto)) + _U16.pack(upper_len))
 
 
 # --------------------------------------------------------------------------------------
@@ -222,8 +227,53 @@ def _key_mask(ip_len: int, thl: int) -> int:
     return mask
 
 
+def udp_datagram(pkt: bytes) -> tuple[int, int, int, int, int, int] | None:
+    """What decides whether the UDP datagram ``pkt`` may merge with its neighbours, or
+    None: the shape of tcp_segment()'s answer, with seq -1 and flags 0.
+
+    Datagrams merge when their keys are equal (addresses, ports and every IP field
+    Linux's UDP GSO copies from the first into each datagram it cuts) and all but
+    the last have the first's payload size: the kernel then cuts the write back into
+    the very same datagrams. Only datagrams with some payload and a checksum (IPv4
+    allows 0, "none": GSO would add one) qualify; no IPv6 extension headers, no IPv4
+    options or fragments.
+    """
+    n = len(pkt)
+    if n < _IPV4_HDR + _UDP_HDR + 1:
+        return None
+    b0 = pkt[0]
+    if b0 >> 4 == 6:
+        if pkt[6] != 17 or (pkt[4] << 8 | pkt[5]) + _IPV6_HDR != n:
+            return None
+        t, ip_id, mask = _IPV6_HDR, -1, _UDP_KEY_V6
+    elif b0 == 0x45:
+        if pkt[9] != 17 or (pkt[2] << 8 | pkt[3]) != n or pkt[6] & 0x3F or pkt[7]:
+            return None
+        t, ip_id, mask = _IPV4_HDR, pkt[4] << 8 | pkt[5], _UDP_KEY_V4
+    else:
+        return None
+    hl = t + _UDP_HDR
+    if hl >= n or (pkt[t + 4] << 8 | pkt[t + 5]) != n - t or not (pkt[t + 6] | pkt[t + 7]):
+        return None  # no payload, a UDP length that disagrees with IP's, or no checksum
+    return int.from_bytes(pkt[:hl], "big") & mask, -1, hl, n - hl, 0, ip_id
+
+
+def _udp_key_mask(ip_len: int) -> int:
+    """The mask of header bytes that must be equal for a UDP merge (see udp_datagram)."""
+    varying = [(ip_len + 4, 4)]  # UDP length and checksum
+    varying += [(4, 2)] if ip_len == _IPV6_HDR else [(2, 2), (4, 2), (10, 2)]
+    m = bytearray(b"\xff" * (ip_len + _UDP_HDR))
+    for at, size in varying:
+        m[at : at + size] = bytes(size)
+    return int.from_bytes(m, "big")
+
+
+_UDP_KEY_V6 = _udp_key_mask(_IPV6_HDR)
+_UDP_KEY_V4 = _udp_key_mask(_IPV4_HDR)
+
+
 def coalesce(
-    packets: list[bytes] | list[memoryview],
+    packets: list[bytes] | list[memoryview], *, udp: bool = False
 ) -> list[tuple[int, int, list[bytes | memoryview]]]:
     """TUN writes for ``packets`` (in order): (start, end, buffers for os.writev()),
     the write carrying packets[start:end].
@@ -233,13 +283,18 @@ def coalesce(
     GSO with gso_size = that payload size and NEEDS_CSUM, the first segment's IP and
     TCP headers with the lengths of the whole, the last one's flags (PSH), and the
     pseudo-header sum as partial checksum (the kernel sums the rest, like a NIC).
-    Every other packet is written alone behind a zero virtio header, unchanged.
+    With ``udp``, runs of datagrams of one UDP flow with equal payload sizes (the
+    last may be shorter) become one UDP GSO write the same way. Every other packet
+    is written alone behind a zero virtio header, unchanged.
 
     Trusting the merged payload without re-checking each segment's TCP checksum is
     what a NIC with receive offload does; here every byte was authenticated by the
     ESP ICV (RFC 4303 3.4.4) on the way in.
     """
-    info = [tcp_segment(p) for p in packets]  # type: ignore[arg-type]  # bytes | memoryview (perf)
+    if udp:
+        info = [tcp_segment(p) or udp_datagram(p) for p in packets]  # type: ignore[arg-type]  # bytes | memoryview (perf)
+    else:
+        info = [tcp_segment(p) for p in packets]  # type: ignore[arg-type]  # bytes | memoryview (perf)
     out: list[tuple[int, int, list[bytes | memoryview]]] = []
     i, n = 0, len(packets)
     while i < n:
@@ -247,6 +302,7 @@ def coalesce(
         j = i + 1
         if first is not None and not first[4] & TCP_PSH:
             key, seq, hl, size, _flags, ip_id = first
+            tcp = seq >= 0  # UDP has no sequence space: equal keys and sizes suffice
             expect = (seq + size) & 0xFFFFFFFF
             total = hl + size
             while j < n and j - i < COALESCE_MAX_SEGMENTS:
@@ -254,7 +310,7 @@ def coalesce(
                 if (
                     s is None
                     or s[0] != key
-                    or s[1] != expect
+                    or (tcp and s[1] != expect)
                     or s[3] > size
                     or total + s[3] > COALESCE_MAX_BYTES
                     or (ip_id >= 0 and s[5] != (ip_id + j - i) & 0xFFFF)
@@ -276,32 +332,35 @@ def coalesce(
 def _merged(
     packets: list[bytes], info: list, i: int, j: int, total: int
 ) -> list[bytes | memoryview]:
-    """The writev() buffers of segments i..j-1 merged into one GSO super-packet."""
-    _key, _seq, hl, size, _flags, _id = info[i]
+    """The writev() buffers of segments or datagrams i..j-1 merged into one GSO
+    super-packet."""
+    _key, seq, hl, size, _flags, _id = info[i]
     p = bytes(packets[i][:hl])  # the headers (the packets may be memoryviews)
-    last_flags = info[j - 1][4]
     v6 = p[0] >> 4 == 6
-    ip_len = _IPV6_HDR if v6 else _IPV4_HDR
-    tcp_len = total - ip_len
+    t = _IPV6_HDR if v6 else _IPV4_HDR
+    l4_len = total - t
     if v6:
-        ip = p[0:4] + _U16.pack(tcp_len) + p[6:40]
-        pseudo = _pseudo_v6(p, tcp_len)
-        gso = VNET_GSO_TCPV6
+        ip = p[0:4] + _U16.pack(l4_len) + p[6:40]
     else:
         ip = p[0:2] + _U16.pack(total) + p[4:10] + b"\0\0" + p[12:20]
         ip = ip[:10] + _U16.pack(~ones_sum(ip) & 0xFFFF) + ip[12:]
-        pseudo = _pseudo_v4(p, tcp_len)
-        gso = VNET_GSO_TCPV4
-    t = ip_len
-    tcp = (
-        p[t : t + 13]
-        + bytes((last_flags,))
-        + p[t + 14 : t + 16]
-        + _U16.pack(pseudo)
-        + p[t + 18 : hl]
-    )
-    vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso, hl, size, ip_len, _TCP_CSUM_OFFSET)
-    bufs: list[bytes | memoryview] = [vnet + ip + tcp]
+    if seq < 0:  # UDP (udp_datagram)
+        pseudo = _pseudo_v6(p, l4_len, 17) if v6 else _pseudo_v4(p, l4_len, 17)
+        l4 = p[t : t + 4] + _U16.pack(l4_len) + _U16.pack(pseudo)
+        gso, csum_offset = VNET_GSO_UDP_L4, _UDP_CSUM_OFFSET
+    else:
+        pseudo = _pseudo_v6(p, l4_len) if v6 else _pseudo_v4(p, l4_len)
+        l4 = (
+            p[t : t + 13]
+            + bytes((info[j - 1][4],))  # the last segment's flags (PSH)
+            + p[t + 14 : t + 16]
+            + _U16.pack(pseudo)
+            + p[t + 18 : hl]
+        )
+        gso = VNET_GSO_TCPV6 if v6 else VNET_GSO_TCPV4
+        csum_offset = _TCP_CSUM_OFFSET
+    vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso, hl, size, t, csum_offset)
+    bufs: list[bytes | memoryview] = [vnet + ip + l4]
     for k in range(i, j):
         bufs.append(memoryview(packets[k])[info[k][2] :])
     return bufs

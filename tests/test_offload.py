@@ -1,9 +1,11 @@
-"""pyike.offload: UDP GSO/GRO arithmetic and TCP segment merging, on real bytes.
+"""pyike.offload: UDP GSO/GRO arithmetic and TCP segment / UDP datagram merging, on
+real bytes.
 
 Packets are built by scapy (an independent implementation of the headers and
 checksums); GSO/GRO go through the real kernel on loopback. The merge tests
-check that a merged GSO write, cut again the way the kernel's TCP GSO cuts it,
-gives back the original segments byte for byte (checksums included).
+check that a merged GSO write, cut again the way the kernel's TCP or UDP GSO cuts
+it, gives back the original segments byte for byte (checksums included);
+tests/test_tun_gso_netns.py sends merged writes through a real TUN and router.
 """
 
 from __future__ import annotations
@@ -364,3 +366,160 @@ def test_coalesce_never_raises_and_covers_every_packet(packets: list[bytes]) -> 
             assert frame[
                 offload.VNET_HDR_LEN + offload.VNET_HDR.unpack_from(frame)[2] :
             ] == b"".join(p[offload.tcp_segment(p)[2] :] for p in packets[s:e])  # type: ignore[index]
+
+
+# --- UDP datagram merging (UDP GSO writes to the TUN) -----------------------------------
+
+
+def datagrams(
+    n: int, size: int = 64, *, v6: bool = True, last: int | None = None, ip_id: int = 7
+) -> list[bytes]:
+    """n datagrams of one UDP flow, as a sender's stack emits them (checksummed)."""
+    out = []
+    for k in range(n):
+        plen = last if (last is not None and k == n - 1) else size
+        payload = bytes((k * 7 + i) & 0xFF for i in range(plen))
+        ip = (
+            IPv6(src=SRC6, dst=DST6, hlim=64)
+            if v6
+            else IP(src=SRC4, dst=DST4, ttl=64, id=(ip_id + k) & 0xFFFF, flags="DF")
+        )
+        out.append(bytes(ip / UDP(sport=40000, dport=5201) / payload))
+    return out
+
+
+def kernel_cut_udp(frame: bytes) -> list[bytes]:
+    """What Linux's UDP GSO makes of a merged write: gso_size payload per datagram, the
+    first one's IP header (IPv4 ids incremented), lengths and checksums recomputed
+    (by scapy here)."""
+    _flags, gso_type, hdr_len, gso_size, _start, _off = offload.VNET_HDR.unpack_from(frame)
+    assert gso_type == offload.VNET_GSO_UDP_L4
+    pkt = frame[offload.VNET_HDR_LEN :]
+    parsed = IPv6(pkt) if pkt[0] >> 4 == 6 else IP(pkt)
+    udp = parsed[UDP]
+    out = []
+    for k, at in enumerate(range(0, len(pkt) - hdr_len, gso_size)):
+        ip = parsed.copy()
+        ip.remove_payload()
+        if isinstance(ip, IPv6):
+            ip.plen = None
+        else:
+            ip.len = ip.chksum = None
+            ip.id = (parsed.id + k) & 0xFFFF
+        u = UDP(sport=udp.sport, dport=udp.dport)
+        out.append(bytes(ip / u / pkt[hdr_len + at : hdr_len + at + gso_size]))
+    return out
+
+
+@pytest.mark.parametrize("v6", [True, False], ids=["ipv6", "ipv4"])
+@pytest.mark.parametrize("last", [64, 17], ids=["full-last", "short-last"])
+def test_merged_udp_write_cuts_back_into_the_original_datagrams(v6: bool, last: int) -> None:
+    pk = datagrams(10, 64, v6=v6, last=last)
+    out = offload.coalesce(pk, udp=True)
+    assert [(s, e) for s, e, _ in out] == [(0, 10)]
+    frame = b"".join(bytes(b) for b in out[0][2])
+    ip_len = 40 if v6 else 20
+    assert offload.VNET_HDR.unpack_from(frame) == (
+        offload.VNET_F_NEEDS_CSUM,
+        offload.VNET_GSO_UDP_L4,
+        ip_len + 8,
+        64,
+        ip_len,
+        6,
+    )
+    merged = frame[offload.VNET_HDR_LEN :]
+    assert len(merged) == ip_len + 8 + 9 * 64 + last
+    if not v6:
+        assert offload.ones_sum(merged[:20]) == 0xFFFF
+    # The partial checksum, completed as the kernel would, is the true UDP checksum
+    # of the whole: the seed Linux adjusts per datagram when it cuts.
+    full = offload.complete_checksum(merged, ip_len, 6)
+    ref = IPv6(full) if v6 else IP(full)
+    want = ref.copy()
+    want[UDP].chksum = None
+    assert (IPv6 if v6 else IP)(bytes(want))[UDP].chksum == ref[UDP].chksum
+    assert kernel_cut_udp(frame) == pk
+
+
+def test_udp_merging_is_off_unless_asked() -> None:
+    assert [(s, e) for s, e, _ in offload.coalesce(datagrams(5))] == [(i, i + 1) for i in range(5)]
+
+
+def test_udp_datagrams_that_must_stay_alone() -> None:
+    # A larger datagram after a smaller one ends the run (GSO cuts equal sizes).
+    # Another port, a missing IPv4 checksum, a non-consecutive IPv4 id, an empty
+    # datagram, a UDP length that disagrees with IP's: each stops a run.
+    small_big = datagrams(2, 40) + datagrams(2, 64)
+    assert [(s, e) for s, e, _ in offload.coalesce(small_big, udp=True)] == [(0, 2), (2, 4)]
+    other_port = bytes(IPv6(src=SRC6, dst=DST6) / UDP(sport=40001, dport=5201) / bytes(64))
+    no_csum = bytearray(datagrams(1, 64, v6=False, ip_id=9)[0])
+    no_csum[26:28] = b"\0\0"
+    odd_id = datagrams(3, 64, v6=False)
+    p = IP(odd_id[2])
+    p.id, p.chksum = 99, None
+    odd_id[2] = bytes(p)
+    empty = bytes(IPv6(src=SRC6, dst=DST6) / UDP(sport=40000, dport=5201))
+    bad_len = bytearray(datagrams(1, 64)[0])
+    bad_len[44:46] = (60).to_bytes(2, "big")
+    v6 = datagrams(2, 64)
+    pk = [*v6, other_port, *v6, empty, *v6, bytes(bad_len), *v6]
+    assert [(s, e) for s, e, _ in offload.coalesce(pk, udp=True)] == [
+        (0, 2), (2, 3), (3, 5), (5, 6), (6, 8), (8, 9), (9, 11),
+    ]  # fmt: skip
+    v4 = [*datagrams(2, 64, v6=False, ip_id=7), bytes(no_csum)]
+    assert [(s, e) for s, e, _ in offload.coalesce(v4, udp=True)] == [(0, 2), (2, 3)]
+    assert [(s, e) for s, e, _ in offload.coalesce(odd_id, udp=True)] == [(0, 2), (2, 3)]
+
+
+def test_tcp_and_udp_runs_in_one_batch() -> None:
+    tcp = segments(3, 1000, psh_last=False)
+    udp = datagrams(4, 200)
+    pk = [*tcp, *udp, *tcp[:1]]
+    out = offload.coalesce(pk, udp=True)
+    assert [(s, e) for s, e, _ in out] == [(0, 3), (3, 7), (7, 8)]
+    assert kernel_cut(b"".join(bytes(b) for b in out[0][2])) == tcp
+    assert kernel_cut_udp(b"".join(bytes(b) for b in out[1][2])) == udp
+
+
+def test_a_merged_udp_write_stays_within_one_ip_packet_and_64_datagrams() -> None:
+    big = datagrams(60, 1400)
+    small = datagrams(100, 64)
+    assert [e - s for s, e, _ in offload.coalesce(big, udp=True)] == [46, 14]
+    assert [e - s for s, e, _ in offload.coalesce(small, udp=True)] == [64, 36]
+    for pk in (big, small):
+        frames = writes_udp(pk)
+        assert all(len(f) - offload.VNET_HDR_LEN - 40 <= offload.COALESCE_MAX_BYTES for f in frames)
+        assert [d for f in frames for d in kernel_cut_udp(f)] == pk
+
+
+def writes_udp(packets: list[bytes]) -> list[bytes]:
+    return [
+        b"".join(bytes(b) for b in bufs) for _s, _e, bufs in offload.coalesce(packets, udp=True)
+    ]
+
+
+_REAL_UDP = datagrams(4, 100) + datagrams(3, 80, v6=False)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=120),
+            st.tuples(st.sampled_from(_REAL_UDP), st.integers(0, 60), st.integers(0, 255)).map(
+                lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]
+            ),  # one byte changed
+            st.sampled_from(_REAL_UDP),
+        ),
+        max_size=12,
+    )
+)
+def test_udp_coalesce_never_raises_and_covers_every_packet(packets: list[bytes]) -> None:
+    out = offload.coalesce(packets, udp=True)
+    assert [k for s, e, _ in out for k in range(s, e)] == list(range(len(packets)))
+    for s, e, bufs in out:
+        if e - s == 1:
+            assert bytes(bufs[0]) == offload.PLAIN_VNET_HDR and bytes(bufs[1]) == packets[s]
+        else:
+            frame = b"".join(bytes(b) for b in bufs)
+            hl = offload.VNET_HDR.unpack_from(frame)[2]
+            assert frame[offload.VNET_HDR_LEN + hl :] == b"".join(p[hl:] for p in packets[s:e])
