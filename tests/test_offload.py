@@ -94,8 +94,22 @@ def kernel_cut(frame: bytes) -> list[bytes]:
     return out
 
 
-def writes(packets: list[bytes]) -> list[bytes]:
-    return [b"".join(bytes(b) for b in bufs) for _s, _e, bufs in offload.coalesce(packets)]
+def writes(packets: list[bytes], udp: bool = False) -> list[bytes]:
+    return [b"".join(bytes(b) for b in bufs) for _s, _e, bufs in offload.coalesce(packets, udp=udp)]
+
+
+def assert_partial_checksum_completes(merged: bytes, v6: bool, layer: type) -> None:
+    """The partial checksum of a merged packet, completed as the kernel would (from
+    csum_start to the end), is the true TCP/UDP checksum of the whole: the seed Linux
+    adjusts per segment when it cuts. The IPv4 header checksum must be right too."""
+    ip_len = 40 if v6 else 20
+    if not v6:
+        assert offload.ones_sum(merged[:20]) == 0xFFFF
+    full = offload.complete_checksum(merged, ip_len, 16 if layer is TCP else 6)
+    ref = IPv6(full) if v6 else IP(full)
+    want = ref.copy()
+    want[layer].chksum = None
+    assert (IPv6 if v6 else IP)(bytes(want))[layer].chksum == ref[layer].chksum
 
 
 # --- UDP GSO grouping -----------------------------------------------------------------
@@ -254,14 +268,7 @@ def test_merged_write_cuts_back_into_the_original_segments(v6: bool, last: int) 
     parsed = IPv6(merged) if v6 else IP(merged)
     assert parsed[TCP].seq == 1000 and parsed[TCP].flags == "PA"
     assert bytes(parsed[TCP].payload) == b"".join(p[ip_len + 32 :] for p in pk)
-    if not v6:  # the IPv4 header checksum must be right: the kernel checks it
-        assert offload.ones_sum(merged[:20]) == 0xFFFF
-    # The partial checksum, completed as the kernel would, is the true TCP checksum.
-    full = offload.complete_checksum(merged, ip_len, 16)
-    ref = IPv6(full) if v6 else IP(full)
-    want = ref.copy()
-    want[TCP].chksum = None
-    assert (IPv6 if v6 else IP)(bytes(want))[TCP].chksum == ref[TCP].chksum
+    assert_partial_checksum_completes(merged, v6, TCP)
     assert kernel_cut(frame) == pk
 
 
@@ -338,36 +345,6 @@ def test_a_merged_write_stays_within_one_ip_packet() -> None:
     assert [p for f in writes(pk) for p in kernel_cut(f)] == pk
 
 
-_REAL = segments(4, 600, psh_last=False) + segments(3, 500, v6=False, psh_last=False)
-
-
-@given(
-    st.lists(
-        st.one_of(
-            st.binary(max_size=120),
-            st.tuples(st.sampled_from(_REAL), st.integers(0, 200), st.integers(0, 255)).map(
-                lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]
-            ),  # one byte changed
-            st.tuples(st.sampled_from(_REAL), st.integers(0, 700)).map(lambda t: t[0][: t[1]]),
-        ),
-        max_size=12,
-    )
-)
-def test_coalesce_never_raises_and_covers_every_packet(packets: list[bytes]) -> None:
-    """Whatever an authenticated peer tunnels: no exception escapes, every packet is
-    written exactly once and in order, unmerged ones unchanged."""
-    out = offload.coalesce(packets)
-    assert [k for s, e, _ in out for k in range(s, e)] == list(range(len(packets)))
-    for s, e, bufs in out:
-        if e - s == 1:
-            assert bytes(bufs[0]) == offload.PLAIN_VNET_HDR and bytes(bufs[1]) == packets[s]
-        else:
-            frame = b"".join(bytes(b) for b in bufs)
-            assert frame[
-                offload.VNET_HDR_LEN + offload.VNET_HDR.unpack_from(frame)[2] :
-            ] == b"".join(p[offload.tcp_segment(p)[2] :] for p in packets[s:e])  # type: ignore[index]
-
-
 # --- UDP datagram merging (UDP GSO writes to the TUN) -----------------------------------
 
 
@@ -429,15 +406,7 @@ def test_merged_udp_write_cuts_back_into_the_original_datagrams(v6: bool, last: 
     )
     merged = frame[offload.VNET_HDR_LEN :]
     assert len(merged) == ip_len + 8 + 9 * 64 + last
-    if not v6:
-        assert offload.ones_sum(merged[:20]) == 0xFFFF
-    # The partial checksum, completed as the kernel would, is the true UDP checksum
-    # of the whole: the seed Linux adjusts per datagram when it cuts.
-    full = offload.complete_checksum(merged, ip_len, 6)
-    ref = IPv6(full) if v6 else IP(full)
-    want = ref.copy()
-    want[UDP].chksum = None
-    assert (IPv6 if v6 else IP)(bytes(want))[UDP].chksum == ref[UDP].chksum
+    assert_partial_checksum_completes(merged, v6, UDP)
     assert kernel_cut_udp(frame) == pk
 
 
@@ -487,39 +456,44 @@ def test_a_merged_udp_write_stays_within_one_ip_packet_and_64_datagrams() -> Non
     assert [e - s for s, e, _ in offload.coalesce(big, udp=True)] == [46, 14]
     assert [e - s for s, e, _ in offload.coalesce(small, udp=True)] == [64, 36]
     for pk in (big, small):
-        frames = writes_udp(pk)
+        frames = writes(pk, udp=True)
         assert all(len(f) - offload.VNET_HDR_LEN - 40 <= offload.COALESCE_MAX_BYTES for f in frames)
         assert [d for f in frames for d in kernel_cut_udp(f)] == pk
 
 
-def writes_udp(packets: list[bytes]) -> list[bytes]:
-    return [
-        b"".join(bytes(b) for b in bufs) for _s, _e, bufs in offload.coalesce(packets, udp=True)
-    ]
-
-
-_REAL_UDP = datagrams(4, 100) + datagrams(3, 80, v6=False)
+_REAL = (
+    segments(4, 600, psh_last=False)
+    + segments(3, 500, v6=False, psh_last=False)
+    + datagrams(4, 100)
+    + datagrams(3, 80, v6=False)
+)
 
 
 @given(
     st.lists(
         st.one_of(
             st.binary(max_size=120),
-            st.tuples(st.sampled_from(_REAL_UDP), st.integers(0, 60), st.integers(0, 255)).map(
+            st.tuples(st.sampled_from(_REAL), st.integers(0, 200), st.integers(0, 255)).map(
                 lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]
             ),  # one byte changed
-            st.sampled_from(_REAL_UDP),
+            st.tuples(st.sampled_from(_REAL), st.integers(0, 700)).map(lambda t: t[0][: t[1]]),
+            st.sampled_from(_REAL),
         ),
         max_size=12,
-    )
+    ),
+    st.booleans(),
 )
-def test_udp_coalesce_never_raises_and_covers_every_packet(packets: list[bytes]) -> None:
-    out = offload.coalesce(packets, udp=True)
+def test_coalesce_never_raises_and_covers_every_packet(packets: list[bytes], udp: bool) -> None:
+    """Whatever an authenticated peer tunnels: no exception escapes, every packet is
+    written exactly once and in order, unmerged ones unchanged, merged ones carry the
+    payloads in order."""
+    out = offload.coalesce(packets, udp=udp)
     assert [k for s, e, _ in out for k in range(s, e)] == list(range(len(packets)))
     for s, e, bufs in out:
         if e - s == 1:
             assert bytes(bufs[0]) == offload.PLAIN_VNET_HDR and bytes(bufs[1]) == packets[s]
         else:
             frame = b"".join(bytes(b) for b in bufs)
-            hl = offload.VNET_HDR.unpack_from(frame)[2]
+            _f, gso_type, hl = offload.VNET_HDR.unpack_from(frame)[:3]
+            assert udp or gso_type != offload.VNET_GSO_UDP_L4
             assert frame[offload.VNET_HDR_LEN + hl :] == b"".join(p[hl:] for p in packets[s:e])
