@@ -227,7 +227,7 @@ def _key_mask(ip_len: int, thl: int) -> int:
     return mask
 
 
-def udp_datagram(pkt: bytes) -> tuple[int, int, int, int, int, int] | None:
+def udp_datagram(pkt: bytes) -> tuple[object, int, int, int, int, int] | None:
     """What decides whether the UDP datagram ``pkt`` may merge with its neighbours, or
     None: the shape of tcp_segment()'s answer, with seq -1 and flags 0.
 
@@ -236,40 +236,44 @@ def udp_datagram(pkt: bytes) -> tuple[int, int, int, int, int, int] | None:
     the last have the first's payload size: the kernel then cuts the write back into
     the very same datagrams. Only datagrams with some payload and a checksum (IPv4
     allows 0, "none": GSO would add one) qualify; no IPv6 extension headers, no IPv4
-    options or fragments.
+    options or fragments. The key is a tuple of the header's constant parts, read by
+    one unpack_from (half the cost of a byte-by-byte parse, which matters at 64-byte
+    packets).
     """
     n = len(pkt)
-    if n < _IPV4_HDR + _UDP_HDR + 1:
+    if n <= _IPV4_HDR + _UDP_HDR:
         return None
     b0 = pkt[0]
     if b0 >> 4 == 6:
-        if pkt[6] != 17 or (pkt[4] << 8 | pkt[5]) + _IPV6_HDR != n:
+        if n <= _IPV6_HDR + _UDP_HDR:
             return None
-        t, ip_id, mask = _IPV6_HDR, -1, _UDP_KEY_V6
-    elif b0 == 0x45:
-        if pkt[9] != 17 or (pkt[2] << 8 | pkt[3]) != n or pkt[6] & 0x3F or pkt[7]:
+        head, plen, rest, ulen, csum = _UDP6.unpack_from(pkt)
+        if rest[0] != 17 or plen + _IPV6_HDR != n or ulen != plen or not csum:
+            return None  # not UDP, lengths that disagree, or no checksum
+        return (head, rest), -1, _IPV6_HDR + _UDP_HDR, n - _IPV6_HDR - _UDP_HDR, 0, -1
+    if b0 == 0x45:
+        tos, total, ip_id, frag, ttl_proto, rest, ulen, csum = _UDP4.unpack_from(pkt)
+        if (
+            ttl_proto[1] != 17
+            or total != n
+            or ulen != n - _IPV4_HDR
+            or not csum
+            or frag[0] & 0x3F  # MF or an offset: a fragment
+            or frag[1]
+        ):
             return None
-        t, ip_id, mask = _IPV4_HDR, pkt[4] << 8 | pkt[5], _UDP_KEY_V4
-    else:
-        return None
-    hl = t + _UDP_HDR
-    if hl >= n or (pkt[t + 4] << 8 | pkt[t + 5]) != n - t or not (pkt[t + 6] | pkt[t + 7]):
-        return None  # no payload, a UDP length that disagrees with IP's, or no checksum
-    return int.from_bytes(pkt[:hl], "big") & mask, -1, hl, n - hl, 0, ip_id
+        key = (tos, frag, ttl_proto, rest)
+        return key, -1, _IPV4_HDR + _UDP_HDR, n - _IPV4_HDR - _UDP_HDR, 0, ip_id
+    return None
 
 
-def _udp_key_mask(ip_len: int) -> int:
-    """The mask of header bytes that must be equal for a UDP merge (see udp_datagram)."""
-    varying = [(ip_len + 4, 4)]  # UDP length and checksum
-    varying += [(4, 2)] if ip_len == _IPV6_HDR else [(2, 2), (4, 2), (10, 2)]
-    m = bytearray(b"\xff" * (ip_len + _UDP_HDR))
-    for at, size in varying:
-        m[at : at + size] = bytes(size)
-    return int.from_bytes(m, "big")
-
-
-_UDP_KEY_V6 = _udp_key_mask(_IPV6_HDR)
-_UDP_KEY_V4 = _udp_key_mask(_IPV4_HDR)
+# The constant parts of the headers as a few fields (see udp_datagram): IPv6 version,
+# class and flow label | payload length | next header, hop limit, addresses and
+# ports | UDP length | checksum; IPv4 version+TOS | total length | id | flags and
+# offset | TTL and protocol | (header checksum) | addresses and ports | UDP length |
+# checksum.
+_UDP6 = struct.Struct(">4sH38sHH")
+_UDP4 = struct.Struct(">2sHH2s2s2x12sHH")
 
 
 def coalesce(

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
 
 from pyike import offload
@@ -437,6 +437,20 @@ def test_udp_datagrams_that_must_stay_alone() -> None:
     ]  # fmt: skip
     v4 = [*datagrams(2, 64, v6=False, ip_id=7), bytes(no_csum)]
     assert [(s, e) for s, e, _ in offload.coalesce(v4, udp=True)] == [(0, 2), (2, 3)]
+    # Fragments, IPv4 options, another hop limit: never merged with their neighbours.
+    frag = bytes(
+        IP(src=SRC4, dst=DST4, id=9, flags="MF") / UDP(sport=40000, dport=5201) / bytes(64)
+    )
+    opts = bytes(
+        IP(src=SRC4, dst=DST4, id=10, options=[IPOption_NOP()] * 4)
+        / UDP(sport=40000, dport=5201)
+        / bytes(64)
+    )
+    hop = bytes(IPv6(src=SRC6, dst=DST6, hlim=63) / UDP(sport=40000, dport=5201) / bytes(64))
+    for odd in (frag, opts):
+        assert offload.udp_datagram(odd) is None
+    pk = [*datagrams(2, 64), hop, *datagrams(2, 64)]
+    assert [(s, e) for s, e, _ in offload.coalesce(pk, udp=True)] == [(0, 2), (2, 3), (3, 5)]
     assert [(s, e) for s, e, _ in offload.coalesce(odd_id, udp=True)] == [(0, 2), (2, 3)]
 
 

@@ -2,7 +2,8 @@
 
 Usage (root): .venv/bin/python tools/bench_tunnel.py [--seconds N] [--runs K]
                  [--only pyike|pyike3|pyike100|noprivsep|wireguard|strongswan|veth|baseline]
-                 [--baseline DIR] [--profile S] [--no-veth-gro] [--keep]
+                 [--baseline DIR] [--profile S [--profile-test tcp|udp64]]
+                 [--no-veth-gro] [--keep]
 
 The set-ups, each in a fresh pair of network namespaces joined by veth
 (outer 192.0.2.1 home <-> 192.0.2.2 vm, RFC 5737; inner 2001:db8:c1da::1 <-> ::2,
@@ -38,15 +39,16 @@ the table reports TCP Mbit/s, its retransmits and the tunnel devices' drops mean
 the median ping RTT under load, UDP Mbit/s received, received packets/s and loss,
 the CPU % of each daemon process over each test (utime+stime deltas of
 /proc/<pid>/stat, all threads; 100 % = one core) and each daemon's CPU time per
-packet it moved (us/pkt: TCP segments both ways counted at home; for UDP the
-tunnel device's counters, so home's figure is the encryption direction and the
-vm's the decryption direction). With ``--runs K`` each figure
-is the median of K runs (the set-ups are interleaved run by run, so drift hits
-all of them alike). The last columns give pyike/strongSwan.
+packet it moved (us/pkt: TCP segments both ways counted at home; for UDP what
+home read from its tunnel device and the inner datagrams the vm's kernel took, so
+home's figure is the encryption direction and the vm's the decryption direction).
+With ``--runs K`` each figure is the median of K runs (the set-ups are
+interleaved run by run, so drift hits all of them alike). The last columns give pyike/strongSwan.
 
 ``--profile S`` samples both pyike daemons with py-spy (if on PATH) for S seconds
-during an extra TCP test and prints the top functions by own time (leaf samples)
-and by total time. Figures are noisy (+-20-30 %): compare within one run.
+during an extra TCP test (``--profile-test udp64``: 64-byte UDP) and prints the
+top functions by own time (leaf samples) and by total time. Figures are noisy
+(+-20-30 %): compare within one run.
 
 Everything is bounded in time and cleaned up (processes by PID, namespaces
 deleted) on exit, error, Ctrl-C or SIGTERM, by tests/netns.py's Netns.
@@ -653,7 +655,7 @@ def iperf_server(vm: Netns) -> Iterator[None]:
 
 
 def measure(
-    name: str, work: Path, seconds: int, udp_rate: str, profile_s: int
+    name: str, work: Path, seconds: int, udp_rate: str, profile_s: int, profile_test: str = "tcp"
 ) -> tuple[Sample, Sample, Sample, str, str]:
     """Bring ``name`` up, run TCP, UDP and small UDP, tear it down:
     (tcp, udp, udp64, note, profile)."""
@@ -667,7 +669,12 @@ def measure(
             small = with_cpu(
                 s, lambda: iperf_udp(s.home, seconds, udp_rate, SMALL_LEN), tunnel_packets
             )
-            prof = profile(s, work, profile_s) if profile_s else ""
+            load: Callable[[int], object] = (
+                (lambda t: iperf_tcp(s.home, t))
+                if profile_test == "tcp"
+                else (lambda t: iperf_udp(s.home, t, udp_rate, SMALL_LEN))
+            )
+            prof = profile(s, work, profile_s, load, profile_test) if profile_s else ""
     lost = ", ".join(f"{k} {v}" for k, v in tcp.drops.items()) or "none"
     s.note += f"; drops during TCP: {lost}"
     return tcp, udp, small, s.note, prof
@@ -676,8 +683,15 @@ def measure(
 # --- profile hint ---------------------------------------------------------------------
 
 
-def profile(s: Setup, work: Path, seconds: int, top: int = 10) -> str:
-    """py-spy both daemons during an extra TCP test; top functions per daemon."""
+def profile(
+    s: Setup,
+    work: Path,
+    seconds: int,
+    load: Callable[[int], object],
+    test: str,
+    top: int = 10,
+) -> str:
+    """py-spy both daemons during an extra test (``load``); top functions per daemon."""
     spy = shutil.which("py-spy")
     if spy is None:
         return "profile: py-spy not on PATH (pip install py-spy), skipped"
@@ -708,7 +722,7 @@ def profile(s: Setup, work: Path, seconds: int, top: int = 10) -> str:
             out,
         )
     try:
-        iperf_tcp(s.home, seconds + 1)
+        load(seconds + 1)
     finally:
         for p, _ in procs.values():
             try:
@@ -723,7 +737,7 @@ def profile(s: Setup, work: Path, seconds: int, top: int = 10) -> str:
             err = p.stderr.read().decode(errors="replace")[-300:] if p.stderr else ""
             lines.append(f"profile {label}: py-spy failed ({p.returncode}) {err}")
             continue
-        lines.append(f"profile pyike {label} = {side}, {seconds} s, py-spy:")
+        lines.append(f"profile pyike {label} = {side}, {test}, {seconds} s, py-spy:")
         lines.extend(collapsed_top(out.read_text(), top))
     return "\n".join(lines)
 
@@ -876,7 +890,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="S",
-        help="py-spy both pyike daemons for S s in an extra TCP test",
+        help="py-spy both pyike daemons for S s in an extra test",
+    )
+    ap.add_argument(
+        "--profile-test",
+        choices=("tcp", "udp64"),
+        default="tcp",
+        help="the extra test --profile runs: one TCP stream, or 64-byte UDP",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     ap.add_argument(
@@ -934,7 +954,12 @@ def main(argv: list[str] | None = None) -> int:
                 prof_s = args.profile if name == "pyike" and run == args.runs - 1 else 0
                 print(f"run {run + 1}/{args.runs}: {name} ...", file=sys.stderr, flush=True)
                 tcp, udp, small, notes[name], prof = measure(
-                    name, work / f"{name}-{run}", args.seconds, args.udp_rate, prof_s
+                    name,
+                    work / f"{name}-{run}",
+                    args.seconds,
+                    args.udp_rate,
+                    prof_s,
+                    args.profile_test,
                 )
                 results[name].append((tcp, udp, small))
                 if prof:
