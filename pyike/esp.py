@@ -974,11 +974,15 @@ class Spd:
     """Outbound policy lookup: which OutboundSa carries an inner packet (RFC 4301 5.1).
 
     Ordered like an RFC 4301 SPD: the first entry whose (local TS, remote TS) covers the
-    packet wins, entries in the order added. A rekeyed SA takes its predecessor's place
-    with replace(). Lookups are cached per flow (addresses, protocol, ports), so a bulk
-    flow costs one dict hit after its first packet; the cache is dropped whenever the
-    entries change and when it grows past _SPD_CACHE_MAX. `no_sa` counts packets that
-    no entry covers (including malformed ones).
+    packet wins, entries in the order added, except that an SA added with the very
+    selectors of an earlier one goes before it: the newer of two SAs for one policy
+    carries the traffic (a replacement IKE SA's Child SA, made because the old one
+    stopped answering, takes over at once instead of when the old one is gone). A
+    rekeyed SA takes its predecessor's place with replace(). Lookups are cached per flow
+    (addresses, protocol, ports), so a bulk flow costs one dict hit after its first
+    packet; the cache is dropped whenever the entries change and when it grows past
+    _SPD_CACHE_MAX. `no_sa` counts packets that no entry covers (including malformed
+    ones).
     """
 
     __slots__ = ("_cache", "_entries", "_fast", "no_sa")
@@ -992,8 +996,13 @@ class Spd:
     def add(
         self, sa: OutboundSa, local_ts: Sequence[SelectorLike], remote_ts: Sequence[SelectorLike]
     ) -> None:
-        """Route packets from `local_ts` to `remote_ts` through `sa` (after earlier entries)."""
-        self._entries.append((sa, _compile(local_ts), _compile(remote_ts)))
+        """Route packets from `local_ts` to `remote_ts` through `sa`: after earlier
+        entries, but before one with exactly these selectors (the newer SA wins)."""
+        entry = (sa, _compile(local_ts), _compile(remote_ts))
+        at = next(
+            (i for i, e in enumerate(self._entries) if e[1:] == entry[1:]), len(self._entries)
+        )
+        self._entries.insert(at, entry)
         self._cache.clear()
         self._fast.clear()
 

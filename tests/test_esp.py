@@ -870,6 +870,28 @@ def test_spd_match_order_cache_and_no_sa() -> None:
         spd.replace(sa_web, sa_web_new)
 
 
+def test_spd_newer_sa_with_the_same_selectors_wins() -> None:
+    """Two SAs for one policy (a replacement IKE SA next to a silent old one): the newer
+    carries the traffic at once; when it goes, the older one does again. SAs with other
+    selectors keep the order they were added in."""
+    spd = Spd()
+    old, _ = sa_pair(spi=0x30)
+    other, _ = sa_pair(spi=0x31)
+    new, _ = sa_pair(spi=0x32)
+    local, remote = [Selector.network(V6_LOCAL)], [Selector.network(V6_REMOTE)]
+    wider = [Selector.network("2001:db8::/32")]
+    pkt = raw(IPv6(src="2001:db8:1::5", dst="2001:db8:2::9") / UDP(dport=53))
+    spd.add(old, local, remote)
+    spd.add(other, local, wider)  # other selectors: after the first, as added
+    assert spd.match(pkt) is old
+    spd.add(new, local, remote)
+    assert spd.match(pkt) is new
+    spd.remove(new)
+    assert spd.match(pkt) is old
+    spd.remove(old)
+    assert spd.match(pkt) is other
+
+
 def test_icmp_type_code_selectors_and_opaque() -> None:
     """ICMP type/code ride in the port fields (RFC 4301 4.4.1.1, RFC 7296 3.13.1)."""
     net = Selector.network(V4_REMOTE)

@@ -78,6 +78,33 @@ def test_restarted_peer_answers_invalid_ike_spi_and_we_hear_it() -> None:
     assert len(p.events("home", PeerLostSa)) == 1
 
 
+def test_invalid_ike_spi_answering_our_delete_ends_the_sa_at_once() -> None:
+    """The peer took our DELETE but its answer was lost (or it restarted): our
+    retransmission gets INVALID_IKE_SPI. The SA, already being deleted, closes then,
+    instead of after a minute of retransmissions with its Child SAs still in use."""
+    p, sa = established_pair()
+    restart_vm(p)
+    p.wire_log.clear()
+    sa.delete(p.now, "replaced")
+    p.run()
+    assert sa.state == State.CLOSED
+    assert sa.close_reason == "replaced (the peer no longer knew it)"
+    (closed,) = p.events("home", IkeSaClosed)
+    assert closed.spi == sa.our_spi and not closed.error
+    requests = [x for x in sent(p, "home->vm") if not x[2]]
+    assert len(requests) == 1  # one DELETE, no retransmissions
+    assert not p.events("home", PeerLostSa)
+
+
+def test_invalid_ike_spi_outside_a_delete_does_not_close_the_sa() -> None:
+    """Unauthenticated, so an INVALID_IKE_SPI answer to a liveness check is only a hint
+    (PeerLostSa, for the daemon to weigh); the SA stays."""
+    p, sa = established_pair()
+    restart_vm(p)
+    p.advance(5.5)
+    assert sa.state == State.ESTABLISHED and not p.events("home", IkeSaClosed)
+
+
 def test_invalid_ike_spi_is_rate_limited_and_never_answers_a_response() -> None:
     p, sa = established_pair(retransmit_base=0.25, retransmit_cap=0.25, retransmit_tries=20)
     restart_vm(p)

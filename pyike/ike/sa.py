@@ -634,7 +634,19 @@ class IkeSa:
             # 2.21.4: an unprotected answer to a protected request can only be the
             # peer saying it does not know this SA (it restarted). Unauthenticated:
             # report it once and keep the SA (and its retransmissions) as it is.
-            if msg.notify(NotifyType.INVALID_IKE_SPI) is not None and not self.lost_reported:
+            # Except as the answer to our DELETE: the peer has forgotten the SA we are
+            # deleting (it took our DELETE and its answer was lost, or it restarted),
+            # and a forged one can only end a deletion already under way, instead of
+            # our retransmitting it for a minute while its Child SAs stay in use.
+            invalid_spi = msg.notify(NotifyType.INVALID_IKE_SPI) is not None
+            if invalid_spi and self.state == State.DELETING:
+                self.close(
+                    f"{self.close_reason or 'deleted'} (the peer no longer knew it)",
+                    now,
+                    error=False,
+                )
+                return
+            if invalid_spi and not self.lost_reported:
                 self.lost_reported = True
                 log.warning(
                     "%s: peer [%s]:%d does not know this IKE SA (INVALID_IKE_SPI)",
