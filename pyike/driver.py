@@ -24,7 +24,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -126,6 +126,46 @@ _STEER_COOKIES = [
     (_BPF_RET_K, 0, 0, 0),  # socket 0
 ]
 SO_ATTACH_REUSEPORT_CBPF = 51  # not in Python's socket module
+SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27
+_BPF_LD_W_ABS = 0x20
+_SKF_NET_OFF = -0x100000  # linux/filter.h: offsets from the network header
+
+
+def blocklist_program(sources: Iterable[int]) -> list[tuple[int, int, int, int]]:
+    """A classic BPF socket filter (socket(7) SO_ATTACH_FILTER) for an IPv4 UDP socket:
+    drop datagrams from ``sources`` (IPv4 addresses as ints, at most 255), accept the
+    rest. The source address is at octet 12 of the IPv4 header (RFC 791)."""
+    addrs = sorted(sources)
+    n = len(addrs)
+    if n > 255:
+        raise ValueError("at most 255 sources: a classic BPF jump is 8 bits")
+    prog = [(_BPF_LD_W_ABS, 0, 0, (_SKF_NET_OFF + 12) & 0xFFFFFFFF)]  # A = source
+    for i, a in enumerate(addrs):
+        prog.append((_BPF_JEQ_K, n - i, 0, a))  # A == a ? to the drop at the end
+    prog.append((_BPF_RET_K, 0, 0, 0xFFFFFFFF))  # accept whole
+    prog.append((_BPF_RET_K, 0, 0, 0))  # drop
+    return prog
+
+
+def attach_blocklist(s: UdpSocket, sources: Iterable[int]) -> bool:
+    """Have the kernel drop ``s``'s datagrams from ``sources`` (none: the filter goes)."""
+    try:
+        if not sources:
+            s.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            return True
+        prog = blocklist_program(sources)
+        buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
+        s.sock.setsockopt(
+            socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(prog), ctypes.addressof(buf))
+        )
+        return True
+    except OSError as e:
+        if e.errno == errno.ENOENT:  # detaching when no filter is attached
+            return True
+        _log_once("blocklist", "socket filter refused by the kernel (%s)", e.strerror)
+        return False
+
+
 # A plain int: socket.MSG_TRUNC is an IntFlag, and `flags & IntFlag` builds an enum member
 # (about a microsecond) for every datagram received.
 _MSG_TRUNC = int(socket.MSG_TRUNC)
@@ -254,6 +294,7 @@ class Driver:
         # Port 500's second socket per family, fed by attach_cookie_steering.
         self.priority: dict[int, UdpSocket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._block_timer = False  # a _block_tick is scheduled
         self._timer: asyncio.TimerHandle | None = None
         self._stopping: asyncio.Event | None = None
         self._stop_deadline = 0.0
@@ -364,7 +405,26 @@ class Driver:
                 # else a NAT-T keepalive (RFC 3948 2.3) or a runt: ignored
         if esp:
             self._deliver_esp(esp, esp_src)
+        if not natt:
+            self._refresh_blocklist()
         self.pump()
+
+    def _refresh_blocklist(self) -> None:
+        """Install the guard's set of flooding sources as the kernel's drop list on the
+        main IPv4 port-500 socket (guard.flooding_sources). While it is not empty this
+        runs every second from a timer too: the kernel now drops those sources'
+        datagrams, so their blocks must expire without a datagram to wake us."""
+        blocked = self.endpoint.guard.flooding_sources(self.now())
+        main = self.sockets.get((socket.AF_INET, self.ports[0]))
+        if blocked is not None and main is not None:
+            attach_blocklist(main, blocked)
+        if self.endpoint.guard.blocked and self._loop is not None and not self._block_timer:
+            self._block_timer = True
+            self._loop.call_later(1.0, self._block_tick)
+
+    def _block_tick(self) -> None:
+        self._block_timer = False
+        self._refresh_blocklist()
 
     def _drain(self, s: UdpSocket) -> None:
         """Whatever waits on the priority socket, now (it only carries IKE)."""

@@ -281,3 +281,66 @@ def test_reuseport_steering_sends_notify_first_messages_to_the_priority_socket()
             prio.sock.close()
         if "client" in locals():
             client.close()
+
+
+def test_flooding_sources_are_blocked_for_a_while_then_freed() -> None:
+    """A source refused HEAVY_REFUSALS COOKIE answers within a window is handed to the
+    kernel's drop list (guard.flooding_sources) for BLOCK_S; a source within a few
+    times its budget never is; IPv6 sources are left to the budget (IPv4 filter)."""
+    from pyike.ike import guard as g
+
+    limits = Limits(cookie_threshold=0, cookies_per_source_per_s=2.0, cookie_burst=4)
+    p = default_pair(limits=limits)
+    data = _init_request()
+    flood, mild = _source(1), _source(2)
+    six = (ip_address("2001:db8:ff::1"), 500)
+    for n in range(g.HEAVY_REFUSALS + 10):
+        p.vm.receive(_spoof(data, n + 1), flood, VM, p.now)
+        p.vm.receive(_spoof(data, n + 1), six, VM, p.now)
+    for n in range(8):  # twice its burst: refused a few times, not a flood
+        p.vm.receive(_spoof(data, n + 500), mild, VM, p.now)
+    p.now += g.HEAVY_WINDOW_S
+    blocked = p.vm.guard.flooding_sources(p.now)
+    assert blocked == frozenset({int(flood[0])})
+    assert p.vm.guard.flooding_sources(p.now + 0.01) is None  # not due yet
+    p.now += g.HEAVY_WINDOW_S
+    assert p.vm.guard.flooding_sources(p.now) is None  # unchanged: nothing to install
+    p.now += g.BLOCK_S
+    assert p.vm.guard.flooding_sources(p.now) == frozenset()  # expired, no new refusals
+
+
+def test_blocklist_filter_drops_only_the_listed_sources_in_the_kernel() -> None:
+    """driver.blocklist_program run by the kernel on a loopback socket: datagrams from a
+    listed source never reach the socket, others do; detaching restores them."""
+    import socket
+
+    from pyike import driver
+
+    rx = driver.open_udp(socket.AF_INET, 0, "127.0.0.1")
+    port = rx.sock.getsockname()[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.sock.settimeout(0.3)
+
+    def arrives(payload: bytes) -> bool:
+        tx.sendto(payload, ("127.0.0.1", port))
+        try:
+            return rx.sock.recv(100) == payload
+        except TimeoutError:
+            return False
+
+    loopback = int(ip_address("127.0.0.1"))
+    others = [int(ip_address(f"203.0.113.{i}")) for i in range(1, 200)]
+    try:
+        assert arrives(b"before")
+        assert driver.attach_blocklist(rx, others)
+        assert arrives(b"not listed")
+        assert driver.attach_blocklist(rx, [*others, loopback])
+        assert not arrives(b"listed")
+        assert driver.attach_blocklist(rx, frozenset())
+        assert arrives(b"detached")
+        assert driver.attach_blocklist(rx, frozenset())  # detaching twice is fine
+        with pytest.raises(ValueError):
+            driver.blocklist_program(range(256))
+    finally:
+        rx.sock.close()
+        tx.close()

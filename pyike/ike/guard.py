@@ -42,6 +42,15 @@ _RESPONSE = int(HeaderFlag.RESPONSE)
 _NONE, _NONCE, _NOTIFY = int(PayloadType.NONE), int(PayloadType.NONCE), int(PayloadType.NOTIFY)
 LOG_WINDOW_S = 60.0
 MAX_BUCKETS = 4096  # per-source rate state kept; beyond, the table starts afresh
+# Sources refused this many COOKIE answers within one HEAVY_WINDOW_S (about 50 times
+# their budget) are flooding: the driver has the kernel drop their datagrams to the
+# main port-500 socket for BLOCK_S (a socket filter), so that reading them no longer
+# crowds out a real initiator's first IKE_SA_INIT (which the kernel would otherwise
+# drop from a full buffer). At most MAX_BLOCKED (classic BPF jumps are 8 bits).
+HEAVY_REFUSALS = 25
+HEAVY_WINDOW_S = 0.25
+BLOCK_S = 10.0
+MAX_BLOCKED = 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +146,9 @@ class Guard:
         # address ::a.b.c.d share a bucket; nobody sends from the latter.)
         self._auth_buckets: dict[int, tuple[float, float]] = {}  # tokens, at
         self._cookie_buckets: dict[int, tuple[float, float]] = {}
+        self._refused: Counter[int] = Counter()  # COOKIE answers refused, this window
+        self._window_start = 0.0
+        self.blocked: dict[int, float] = {}  # IPv4 address as int -> blocked until
 
     def note(
         self, kind: str, now: float, fmt: str, *args: object, level: int = logging.WARNING
@@ -192,6 +204,8 @@ class Guard:
             now,
         ):
             return True
+        if len(self._refused) < MAX_BUCKETS:
+            self._refused[int(src[0])] += 1
         self.note(
             "cookie_limited",
             now,
@@ -200,6 +214,37 @@ class Guard:
             self.limits.cookies_per_source_per_s,
         )
         return False
+
+    def flooding_sources(self, now: float) -> frozenset[int] | None:
+        """The IPv4 sources (as ints) whose datagrams the kernel should drop now, or
+        None when that set has not changed since the last call. Called by the driver
+        after each read batch; cheap when nothing is due."""
+        if now - self._window_start < HEAVY_WINDOW_S:
+            return None
+        self._window_start = now
+        before = set(self.blocked)
+        for src, n in self._refused.items():
+            if n >= HEAVY_REFUSALS and src < 1 << 32:
+                self.blocked[src] = now + BLOCK_S
+        self._refused.clear()
+        for src in [a for a, until in self.blocked.items() if until <= now]:
+            del self.blocked[src]
+        if len(self.blocked) > MAX_BLOCKED:  # keep the newest
+            newest = sorted(self.blocked.items(), key=lambda kv: kv[1])[-MAX_BLOCKED:]
+            self.blocked = dict(newest)
+        if set(self.blocked) == before:
+            return None
+        if len(self.blocked) > len(before):
+            self.note(
+                "flood_blocked",
+                now,
+                "under a flood: the kernel drops IKE_SA_INIT from %d sources that exceeded "
+                "their COOKIE budget %d-fold (each for %g s)",
+                len(self.blocked),
+                int(HEAVY_REFUSALS / HEAVY_WINDOW_S / self.limits.cookies_per_source_per_s),
+                BLOCK_S,
+            )
+        return frozenset(self.blocked)
 
     def allow_auth(self, src: IPAddress, now: float) -> bool:
         """A token for one signature verification from ``src`` (bucket per address)."""
