@@ -131,6 +131,14 @@ _BPF_LD_W_ABS = 0x20
 _SKF_NET_OFF = -0x100000  # linux/filter.h: offsets from the network header
 
 
+def _attach_bpf(s: UdpSocket, option: int, prog: list[tuple[int, int, int, int]]) -> None:
+    """setsockopt(``option``) with a classic BPF program: a struct sock_fprog pointing
+    at the struct sock_filter array (linux/filter.h), kept alive for the call."""
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in prog))
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+    s.sock.setsockopt(socket.SOL_SOCKET, option, fprog)
+
+
 def blocklist_program(sources: Iterable[int]) -> list[tuple[int, int, int, int]]:
     """A classic BPF socket filter (socket(7) SO_ATTACH_FILTER) for an IPv4 UDP socket:
     drop datagrams from ``sources`` (IPv4 addresses as ints, at most 255), accept the
@@ -153,11 +161,7 @@ def attach_blocklist(s: UdpSocket, sources: Iterable[int]) -> bool:
         if not sources:
             s.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
             return True
-        prog = blocklist_program(sources)
-        buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
-        s.sock.setsockopt(
-            socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(prog), ctypes.addressof(buf))
-        )
+        _attach_bpf(s, SO_ATTACH_FILTER, blocklist_program(sources))
         return True
     except OSError as e:
         if e.errno == errno.ENOENT:  # detaching when no filter is attached
@@ -174,11 +178,8 @@ PRIORITY_EVERY = 8  # while draining socket 0, look at the priority socket this 
 
 def attach_cookie_steering(s: UdpSocket) -> bool:
     """Attach the steering program to ``s``'s reuseport group (logged once if refused)."""
-    prog = b"".join(struct.pack("HBBI", *insn) for insn in _STEER_COOKIES)
-    buf = ctypes.create_string_buffer(prog)
-    fprog = struct.pack("HL", len(_STEER_COOKIES), ctypes.addressof(buf))
     try:
-        s.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+        _attach_bpf(s, SO_ATTACH_REUSEPORT_CBPF, _STEER_COOKIES)
         return True
     except OSError as e:
         _log_once(
@@ -415,9 +416,10 @@ class Driver:
         runs every second from a timer too: the kernel now drops those sources'
         datagrams, so their blocks must expire without a datagram to wake us."""
         blocked = self.endpoint.guard.flooding_sources(self.now())
-        main = self.sockets.get((socket.AF_INET, self.ports[0]))
-        if blocked is not None and main is not None:
-            attach_blocklist(main, blocked)
+        if blocked is not None:
+            main = self.sockets.get((socket.AF_INET, self.ports[0]))
+            if main is not None:
+                attach_blocklist(main, blocked)
         if self.endpoint.guard.blocked and self._loop is not None and not self._block_timer:
             self._block_timer = True
             self._loop.call_later(1.0, self._block_tick)

@@ -22,14 +22,12 @@ import pytest
 
 from pyike import offload
 from tests.netns import Netns, veth_pair, wait_until
-from tests.test_offload import datagrams, segments
+
+# tests/test_offload.py's packets go from the tunnel's far end (SRC) to a host behind
+# the gateway (DST).
+from tests.test_offload import DST4, DST6, SRC4, SRC6, datagrams, segments
 
 pytestmark = [pytest.mark.netns]
-
-# The addresses tests/test_offload.py's packets carry: from the tunnel's far end
-# (SRC) to a host behind the gateway (DST).
-SRC6, DST6 = "2001:db8:c1da::1", "2001:db8:c1da::2"
-SRC4, DST4 = "192.0.2.1", "198.51.100.7"
 
 WRITER = """
 import os, sys, time
